@@ -1,0 +1,139 @@
+"""One settings model for the CLI, the flows and the stages.
+
+Precedence (highest first): keyword overrides (CLI flags, flow parameters) > environment
+variables (``DIRECT2V_<KEY>``, nested with ``__``: ``DIRECT2V_RENDER__NUM_INFERENCE_STEPS=20``)
+> a TOML file (``--config FILE`` or ``DIRECT2V_CONFIG``) > the embedded defaults below.
+
+The embedded defaults point at the tiny models that ``direct2v models build`` writes under
+``.state/models``; a real deployment points ``director.model_dir`` and ``render.model_dir`` at
+its own local Hugging Face directories.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+STATE_DIR = Path(".state")
+DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
+DEFAULT_SD_DIR = STATE_DIR / "models" / "tiny-sd"
+
+
+class ConfigError(ValueError):
+    """A user's configuration is invalid; the message names the offending keys."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DirectorSettings(_Section):
+    """The LLM director (vLLM offline engine)."""
+
+    model_dir: Path = DEFAULT_LLM_DIR
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(4096, ge=256)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    cpu_kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
+    enforce_eager: bool | None = Field(
+        None, description="skip torch.compile/CUDA graphs; None = eager on CPU (starts in ~25 s instead of ~100 s)"
+    )
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    seed: int = 0
+    max_tokens: int = Field(4096, ge=16, description="cap on answer tokens (the schema bounds them too)")
+    max_attempts: int = Field(3, ge=1, description="first try plus repair turns per prompt")
+    camera: bool = Field(True, description="ask for camera angles and movements (paper Fig. 13)")
+
+
+class RenderSettings(_Section):
+    """The diffusion renderer. Defaults follow the paper (App. C)."""
+
+    model_dir: Path = DEFAULT_SD_DIR
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    height: int | None = Field(None, ge=8, description="pixels; None = the model's native size")
+    width: int | None = Field(None, ge=8)
+    num_inference_steps: int = Field(100, ge=2)
+    guidance_scale: float = Field(12.0, ge=1.0)
+    t0: int = Field(90, ge=0, description="Text2Video-Zero: frame 1 alone is denoised to the step t0 from the end")
+    t1: int = Field(95, ge=1, description="joint denoising starts t1+1 steps from the end")
+    rvm_period: float = Field(4, ge=1, description="RVM period m in steps; inf = Text2Video-Zero")
+    rvm_blocks: Literal["up", "all"] = Field("up", description="'up': up_blocks.2/.3 (authors); 'all'")
+    negative_prompt: str = ""
+    motion_strength_x: float = 0.0
+    motion_strength_y: float = 0.0
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "RenderSettings":
+        if not self.t0 < self.t1 < self.num_inference_steps:
+            raise ValueError(
+                f"need t0 < t1 < num_inference_steps, got t0={self.t0}, t1={self.t1}, "
+                f"num_inference_steps={self.num_inference_steps}"
+            )
+        if not (math.isinf(self.rvm_period) or float(self.rvm_period).is_integer()):
+            raise ValueError(f"rvm_period must be a whole number of steps or inf, got {self.rvm_period}")
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything a run needs; one instance is built per run and recorded with it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIRECT2V_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    output_root: Path = Path("outputs")
+    state_dir: Path = STATE_DIR
+    frames: int = Field(8, ge=2, le=512, description="frames per video unless a prompt record says otherwise")
+    fps: int = Field(2, ge=1, le=120, description="frame rate given to the director and written to the MP4")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    director: DirectorSettings = DirectorSettings()
+    render: RenderSettings = RenderSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("DIRECT2V_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
+        return tuple(sources)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into a ConfigError that names each key."""
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        os.environ["DIRECT2V_CONFIG"] = str(config_file)
+    toml_file = os.environ.get("DIRECT2V_CONFIG")
+    if toml_file and not Path(toml_file).is_file():
+        raise ConfigError(f"DIRECT2V_CONFIG points at a missing file: {toml_file}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError("invalid configuration:\n" + _describe(error)) from None
+    except ValueError as error:  # e.g. a TOML syntax error
+        raise ConfigError(f"invalid configuration file {toml_file}: {error}") from None

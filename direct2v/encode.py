@@ -1,0 +1,97 @@
+"""Frames -> H.264 MP4 with ffmpeg-python, checked by reading the file back.
+
+The ffmpeg binary is the one the ``imageio-ffmpeg`` wheel ships (it has libx264), so a fresh
+machine needs no system ffmpeg. A video is written under a temporary name, decoded again to
+count its frames and read its frame rate, and only then renamed into place: a crash never
+leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+from pydantic import BaseModel
+
+
+class EncodedVideo(BaseModel):
+    """What was read back from a finished MP4."""
+
+    path: Path
+    frame_count: int
+    fps: float
+    duration_s: float
+    width: int
+    height: int
+
+
+class EncodeError(RuntimeError):
+    """ffmpeg failed, or the file it wrote does not hold what was asked for."""
+
+
+def ffmpeg_exe() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) floats in [0, 1] or uint8 -> contiguous uint8."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (F, H, W, 3), got {frames.shape}")
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return np.ascontiguousarray(frames)
+
+
+def probe_video(path: Path) -> EncodedVideo:
+    """Decode ``path`` fully: frame count, frame rate, duration and size as a player sees them."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = next(reader)
+        frame_count = sum(1 for _ in reader)
+    except (RuntimeError, OSError, StopIteration) as error:
+        raise EncodeError(f"cannot read back {path}: {error}") from None
+    finally:
+        reader.close()
+    width, height = meta["size"]
+    return EncodedVideo(
+        path=Path(path),
+        frame_count=frame_count,
+        fps=float(meta["fps"]),
+        duration_s=float(meta["duration"]),
+        width=width,
+        height=height,
+    )
+
+
+def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18) -> EncodedVideo:
+    """Encode (F, H, W, 3) frames to ``path`` at ``fps`` and verify the result before publishing it."""
+    frames = to_uint8(frames)
+    count, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {width}x{height}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial.mp4")
+    stream = (
+        ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+        .output(
+            str(partial), vcodec="libx264", pix_fmt="yuv420p", crf=crf, r=fps, movflags="+faststart", format="mp4"
+        )
+        .overwrite_output()
+    )
+    try:
+        stream.run(cmd=ffmpeg_exe(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as error:
+        partial.unlink(missing_ok=True)
+        tail = error.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise EncodeError(f"ffmpeg failed for {path.name}: {' | '.join(tail)}") from None
+    video = probe_video(partial)
+    if video.frame_count != count or abs(video.fps - fps) > 1e-3:
+        partial.unlink(missing_ok=True)
+        raise EncodeError(
+            f"{path.name}: wrote {video.frame_count} frames at {video.fps} fps, expected {count} at {fps}"
+        )
+    partial.replace(path)
+    return video.model_copy(update={"path": path})

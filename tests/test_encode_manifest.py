@@ -1,0 +1,45 @@
+"""MP4 encoding read back from the file, and the Parquet manifest's schema and journal."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from direct2v.encode import encode_mp4, probe_video
+from direct2v.manifest import SCHEMA, ManifestRow, append_rows, compact, read_journal, read_manifest
+
+
+@pytest.mark.parametrize("count, fps", [(8, 2), (5, 1), (16, 8)])
+def test_mp4_frame_count_fps_and_duration_read_back(tmp_path, count, fps):
+    frames = np.random.default_rng(0).random((count, 64, 48, 3))
+    video = encode_mp4(frames, tmp_path / "v.mp4", fps=fps)
+    probed = probe_video(tmp_path / "v.mp4")
+    assert (probed.frame_count, probed.fps, probed.width, probed.height) == (count, fps, 48, 64)
+    assert probed.duration_s == pytest.approx(count / fps, abs=0.05)
+    assert video.path == tmp_path / "v.mp4"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # no temporary left behind
+
+
+def test_encode_refuses_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        encode_mp4(np.zeros((2, 8, 8)), tmp_path / "v.mp4", fps=1)
+    with pytest.raises(ValueError, match="even"):
+        encode_mp4(np.zeros((2, 9, 8, 3)), tmp_path / "v.mp4", fps=1)
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_manifest_schema_and_last_row_wins(tmp_path):
+    append_rows(tmp_path, [ManifestRow(run_id="r", prompt_id="a", status="failed", failed_stage="render", error="x")])
+    append_rows(tmp_path, [
+        ManifestRow(run_id="r", prompt_id="b", prompt="B", frame_prompts=["1", "2"], fps=2, frame_count=2,
+                    seed=3, video_path="videos/b.mp4", status="ok", render_s=1.5),
+        ManifestRow(run_id="r", prompt_id="a", prompt="A", status="ok"),
+    ])
+    with open(tmp_path / "manifest.jsonl", "a") as journal:
+        journal.write('{"run_id": "r", "prompt_id": "torn')  # a crash mid-write
+    table = read_manifest(compact(tmp_path))
+    assert table.schema.equals(SCHEMA)
+    assert table.schema.field("frame_prompts").type == pa.list_(pa.string())
+    rows = {r["prompt_id"]: r for r in table.to_pylist()}
+    assert set(rows) == {"a", "b"} and rows["a"]["status"] == "ok"
+    assert rows["b"]["frame_prompts"] == ["1", "2"] and rows["b"]["seed"] == 3
+    assert len(read_journal(tmp_path)) == 2
