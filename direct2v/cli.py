@@ -41,6 +41,8 @@ class UserError(Exception):
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def parse_overrides(items: list[str] | None, **flags: Any) -> dict[str, Any]:
@@ -188,7 +190,7 @@ def main() -> None:
     from .prompts import PromptFileError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the exit code instead of raising SystemExit
     except (UserError, ConfigError, PromptFileError, PlanFileError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -204,6 +206,7 @@ def main() -> None:
             error.show()
             sys.exit(error.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,13 @@ class RenderSettings(_Section):
     t1: int = Field(95, ge=1, description="joint denoising starts t1+1 steps from the end")
     rvm_period: float = Field(4, ge=1, description="RVM period m in steps; inf = Text2Video-Zero")
     rvm_blocks: Literal["up", "all"] = Field("up", description="'up': up_blocks.2/.3 (authors); 'all'")
+    value_mapping: Literal["rotational", "random"] = Field(
+        "rotational", description="reference frame per step: RVM, or the paper's random-VM ablation (seeded)"
+    )
+    dsf: bool = Field(True, description="dual-softmax filtering (paper Eq. 3-4)")
+    dsf_quantile: float = Field(0.05, ge=0.0, lt=1.0, description="phi: queries below this confidence quantile keep their own frame's attention")
+    scheduler: Literal["pndm", "ddim", "dpmsolver++"] = "pndm"
+    batch_size: int = Field(8, ge=2, description="most frames per UNet call; longer videos use cached-attention chunking")
     negative_prompt: str = ""
     motion_strength_x: float = 0.0
     motion_strength_y: float = 0.0

@@ -28,9 +28,10 @@ def resolve_device(settings: RenderSettings) -> tuple[torch.device, torch.dtype]
     """'auto' picks CUDA when present; 'auto' dtype is fp16 on CUDA and fp32 on CPU."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise RenderError("render.device is 'cuda' but no CUDA GPU is available (set render.device=cpu or auto)")
-    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device)
-    if device.type == "auto":
-        device = torch.device("cpu")
+    if settings.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(settings.device)
     if settings.dtype == "auto":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     else:

@@ -20,7 +20,7 @@ from direct2v.orchestration import configure_prefect_environment
 
 configure_prefect_environment()
 
-from prefect import flow, get_run_logger, task  # noqa: E402  (environment first)
+from prefect import flow, get_run_logger, task, unmapped  # noqa: E402  (environment first)
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
@@ -84,7 +84,9 @@ def generate(prompt_file: str = "prompts_in/examples.txt", settings: dict | None
 
     started = time.perf_counter()
     sources = {record.id: record.source for record in records}
-    futures = render_video.map(plans, run_dir, resolved.render, [sources.get(p.prompt_id, "") for p in plans])
+    futures = render_video.map(
+        plans, unmapped(run_dir), unmapped(resolved.render), [sources.get(p.prompt_id, "") for p in plans]
+    )
     futures.wait()
     timings["render_s"] = round(time.perf_counter() - started, 2)
 

@@ -15,7 +15,10 @@ case "$accel" in cpu|cuda) ;; *) echo "DIRECT2V_ACCEL must be auto, cpu or cuda 
 requirements=requirements/$accel.txt
 lock=requirements/$accel.lock
 stamp=.venv/.direct2v-$accel
-wanted=$(cat "$requirements" "$lock" pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+[ -f "$requirements" ] || { echo "setup: $requirements is missing" >&2; exit 2; }
+hashed=("$requirements" pyproject.toml scripts/setup.sh)
+[ -f "$lock" ] && hashed+=("$lock")
+wanted=$(cat "${hashed[@]}" | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   exit 0
 fi
