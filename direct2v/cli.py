@@ -175,7 +175,10 @@ def run(
     strict: Annotated[bool, typer.Option(help="exit 1 if any prompt failed (default: only if all failed)")] = False,
 ) -> None:
     """The whole job under Prefect: plan (vLLM, own process) -> render -> MP4 -> manifest."""
+    from .prompts import check_prompt_file
+
     settings = resolve_settings(config, sets, frames=frames, fps=fps, seed=seed)
+    check_prompt_file(prompt_file)
     from flows.generate import generate  # imported late: sets up Prefect's environment first
 
     summary = generate(prompt_file=str(prompt_file), settings=settings.model_dump(mode="json"), fps_doublings=fps_doublings)

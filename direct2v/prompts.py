@@ -119,6 +119,18 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def check_prompt_file(path: Path) -> Path:
+    """Problems with the file as a whole, found before any work starts."""
+    path = Path(path)
+    if not path.exists():
+        raise PromptFileError(f"prompt file not found: {path}")
+    if path.is_dir():
+        raise PromptFileError(f"{path} is a directory; give a .txt or .jsonl prompt file")
+    if path.suffix.lower() not in {".txt", ".jsonl"}:
+        raise PromptFileError(f"{path}: unsupported prompt file type {path.suffix!r}; use .txt or .jsonl")
+    return path
+
+
 def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
     """Yield one record or problem per meaningful line of ``path``, in file order.
 
@@ -126,14 +138,8 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
     an unsupported suffix); everything wrong with a single line is yielded as a PromptProblem.
     Duplicate ids are problems too: the first occurrence wins.
     """
-    path = Path(path)
-    if not path.exists():
-        raise PromptFileError(f"prompt file not found: {path}")
-    if path.is_dir():
-        raise PromptFileError(f"{path} is a directory; give a .txt or .jsonl prompt file")
+    path = check_prompt_file(path)
     suffix = path.suffix.lower()
-    if suffix not in {".txt", ".jsonl"}:
-        raise PromptFileError(f"{path}: unsupported prompt file type {suffix!r}; use .txt or .jsonl")
     seen: set[str] = set()
     with path.open("rb") as stream:
         for line_number, raw_bytes in enumerate(stream, start=1):

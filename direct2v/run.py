@@ -91,7 +91,8 @@ def plan_in_subprocess(records_file: Path, run_dir: Path, fps_doublings: int = 0
     if fps_doublings:
         command += ["--fps-doublings", str(fps_doublings)]
     log.info("starting the director: %s", " ".join(command))
-    completed = subprocess.run(command, env=os.environ.copy(), check=False)
+    # The child's own report goes to stderr: stdout belongs to the caller's result (the run summary).
+    completed = subprocess.run(command, env=os.environ.copy(), stdout=sys.stderr, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"the director process failed with exit code {completed.returncode}")
 
