@@ -37,8 +37,9 @@ class DirectorSettings(_Section):
 
     model_dir: Path = DEFAULT_LLM_DIR
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
-    max_model_len: int = Field(4096, ge=256)
+    max_model_len: int = Field(8192, ge=256, description="prompt + every round's answers must fit")
     tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     cpu_kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
     enforce_eager: bool | None = Field(
@@ -50,6 +51,12 @@ class DirectorSettings(_Section):
     seed: int = 0
     max_tokens: int = Field(4096, ge=16, description="cap on answer tokens (the schema bounds them too)")
     max_attempts: int = Field(3, ge=1, description="first try plus repair turns per prompt")
+    quality_policy: Literal["warn", "retry", "fail"] = Field(
+        "retry",
+        description="soft rules (frames repeating the prompt, identical neighbours, a static video): "
+        "warn = accept with warnings; retry = repair turns, then accept with warnings; fail = repair turns, then fail",
+    )
+    cache: bool = Field(True, description="reuse plans of identical (prompt, settings, template, model) requests")
     camera: bool = Field(True, description="ask for camera angles and movements (paper Fig. 13)")
 
 
@@ -90,6 +97,22 @@ class RenderSettings(_Section):
         return self
 
 
+class EvalSettings(_Section):
+    """``direct2v eval``: the CLIP model for the paper's metrics, and optional QC thresholds.
+
+    A threshold left at None is not checked. A video that misses any checked threshold is marked
+    ``rejected`` in the manifest, with the reasons (its files stay on disk).
+    """
+
+    clip_model_dir: Path | None = Field(None, description="local Hugging Face CLIP directory (safetensors)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1, description="images or texts per CLIP forward pass")
+    min_frame_clip: float | None = Field(None, description="reject if the mean frame-prompt CLIP score is lower")
+    max_avg_dist: float | None = Field(None, ge=0.0, description="reject if Avg. Dist. is higher")
+    min_consistency: float | None = Field(None, description="reject if the consecutive-frame CLIP consistency is lower")
+    max_flicker: float | None = Field(None, ge=0.0, le=1.0, description="reject if the flicker score is higher")
+
+
 class Settings(BaseSettings):
     """Everything a run needs; one instance is built per run and recorded with it."""
 
@@ -104,6 +127,7 @@ class Settings(BaseSettings):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     director: DirectorSettings = DirectorSettings()
     render: RenderSettings = RenderSettings()
+    eval: EvalSettings = EvalSettings()
 
     @classmethod
     def settings_customise_sources(

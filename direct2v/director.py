@@ -13,8 +13,11 @@ ignored when misconfigured). A prompt whose answer stays invalid after the repai
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,13 +25,16 @@ from importlib import resources
 from pathlib import Path
 
 from .config import DirectorSettings
-from .plan import MAX_FRAME_CHARS, FramePlan, PlanFailure, PlanRound, parse_frames
+from .plan import FramePlan, PlanFailure, PlanRound, TokenBudget, lineage, parse_frames, quality_problems
 from .prompts import PromptRecord
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_VERSION = "v1"
 CAMERA_INSTRUCTION = "4. Infer the desired camera angles and movements\n"
+# Brief descriptions (the paper's GPT-4 ones are ~150 characters); 200 characters stay well inside
+# SD's 77 CLIP tokens and stop a small model from looping inside one string.
+SCHEMA_FRAME_CHARS = 200
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -78,7 +84,7 @@ def frames_schema(frames: int) -> dict:
     """JSON schema of the answer: the paper's format, a list of exactly ``frames`` strings."""
     return {
         "type": "array",
-        "items": {"type": "string", "minLength": 1, "maxLength": MAX_FRAME_CHARS},
+        "items": {"type": "string", "minLength": 1, "maxLength": SCHEMA_FRAME_CHARS},
         "minItems": frames,
         "maxItems": frames,
     }
@@ -94,7 +100,46 @@ class _Conversation:
     rounds: list[PlanRound] = field(default_factory=list)
     attempts: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     last_answer: str = ""
+
+
+@dataclass
+class DirectorReport:
+    """Counts for a batch: how many answers broke each rule on the first try and in the end."""
+
+    prompts: int = 0
+    cached: int = 0
+    valid_first_try: int = 0
+    valid_final: int = 0
+    failed: int = 0
+    first_try_rules: Counter = field(default_factory=Counter)
+    final_rules: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        planned = max(self.prompts - self.cached, 1)
+        return {
+            "prompts": self.prompts,
+            "cached": self.cached,
+            "valid_first_try": self.valid_first_try,
+            "valid_final": self.valid_final,
+            "failed": self.failed,
+            "valid_rate_first_try": round(self.valid_first_try / planned, 4),
+            "valid_rate_final": round(self.valid_final / planned, 4),
+            "rule_rates_first_try": {k: round(v / planned, 4) for k, v in sorted(self.first_try_rules.items())},
+            "rule_rates_final": {k: round(v / planned, 4) for k, v in sorted(self.final_rules.items())},
+        }
+
+
+def judge_answer(
+    answer: str, frames: int, user_prompt: str, budget: TokenBudget | None
+) -> tuple[list[str] | None, dict[str, str]]:
+    """Parse an answer and name every rule it breaks: ``hard`` problems make it unusable,
+    quality problems (see plan.quality_problems) are judged by the policy."""
+    parsed, problems = parse_frames(answer, frames, budget)
+    if parsed is None:
+        return None, {"hard": "; ".join(problems)}
+    return parsed, quality_problems(parsed, user_prompt)
 
 
 def configure_vllm_environment(settings: DirectorSettings, state_dir: Path) -> None:
@@ -125,18 +170,27 @@ def check_model_dir(model_dir: Path) -> None:
 class Director:
     """A loaded vLLM engine that turns batches of prompt records into frame plans."""
 
-    def __init__(self, settings: DirectorSettings, state_dir: Path = Path(".state")):
+    def __init__(
+        self,
+        settings: DirectorSettings,
+        state_dir: Path = Path(".state"),
+        budget: TokenBudget | None = None,
+    ):
         check_model_dir(settings.model_dir)
         configure_vllm_environment(settings, state_dir)
         from vllm import LLM  # imported late: heavy, and its environment must be set first
 
         self.settings = settings
+        self.budget = budget
         self.model_name = Path(settings.model_dir).name
+        self.cache = PlanCache(state_dir / "plan-cache", model_fingerprint(settings.model_dir)) if settings.cache else None
+        self.report = DirectorReport()
         enforce_eager = settings.enforce_eager
         if enforce_eager is None:
             import torch
 
             enforce_eager = not torch.cuda.is_available()
+        parallel = {"data_parallel_size": settings.data_parallel_size} if settings.data_parallel_size > 1 else {}
         self.llm = LLM(
             model=str(settings.model_dir),
             enforce_eager=enforce_eager,
@@ -146,6 +200,7 @@ class Director:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,
             trust_remote_code=False,
+            **parallel,
         )
 
     def close(self) -> None:
@@ -169,8 +224,8 @@ class Director:
                 temperature=self.settings.temperature,
                 top_p=self.settings.top_p,
                 repetition_penalty=self.settings.repetition_penalty,
-                # a description is at most MAX_FRAME_CHARS characters, i.e. ~MAX_FRAME_CHARS/3 tokens
-                max_tokens=min(self.settings.max_tokens, c.frames * (MAX_FRAME_CHARS // 3 + 8) + 32),
+                # a description is at most SCHEMA_FRAME_CHARS characters, i.e. ~SCHEMA_FRAME_CHARS/3 tokens
+                max_tokens=min(self.settings.max_tokens, c.frames * (SCHEMA_FRAME_CHARS // 3 + 8) + 32),
                 seed=self.settings.seed,
                 structured_outputs=StructuredOutputsParams(json=frames_schema(c.frames)),
             )
@@ -179,41 +234,66 @@ class Director:
         outputs = self.llm.chat([c.messages for c in conversations], params, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
 
-    def _run_round(self, conversations: list[_Conversation]) -> None:
-        """Ask every conversation's pending turn in one batched call, repairing invalid answers."""
+    def _run_round(self, conversations: list[_Conversation], first_round: bool) -> None:
+        """Ask every conversation's pending turn in one batched call, repairing invalid answers.
+
+        Hard problems always get repair turns and fail the prompt when they persist; quality
+        problems follow ``settings.quality_policy``.
+        """
+        policy = self.settings.quality_policy
         pending = list(conversations)
         for attempt in range(1, self.settings.max_attempts + 1):
             if not pending:
                 return
             answers = self._generate(pending)
-            still_invalid = []
+            retry = []
             for conversation, answer in zip(pending, answers, strict=True):
                 conversation.attempts += 1
                 conversation.last_answer = answer
-                frames, problems = parse_frames(answer, conversation.frames)
                 conversation.messages.append({"role": "assistant", "content": answer})
-                if frames is not None:
-                    conversation.rounds.append(PlanRound(fps=conversation.fps, frames=frames))
-                    conversation.problems = []
+                frames, broken = judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget)
+                if first_round and attempt == 1:
+                    self.report.first_try_rules.update(broken)
+                    self.report.valid_first_try += not broken
+                blocking = broken if policy != "warn" or "hard" in broken else {}
+                last_try = attempt == self.settings.max_attempts
+                if blocking and not last_try:
+                    conversation.messages.append(
+                        {"role": "user", "content": repair_text(list(blocking.values()), conversation.frames)}
+                    )
+                    retry.append(conversation)
                     continue
-                conversation.problems = problems
-                if attempt < self.settings.max_attempts:
-                    conversation.messages.append({"role": "user", "content": repair_text(problems, conversation.frames)})
-                still_invalid.append(conversation)
-            log.info("director attempt %d: %d/%d answers valid", attempt, len(pending) - len(still_invalid), len(pending))
-            pending = still_invalid
+                self.report.final_rules.update(broken)
+                if "hard" in broken or (policy == "fail" and broken):
+                    conversation.problems = list(broken.values())
+                    continue
+                conversation.problems = []
+                conversation.warnings = [f"{rule}: {text}" for rule, text in broken.items()]
+                parents = lineage(len(frames)) if conversation.rounds else []
+                conversation.rounds.append(PlanRound(fps=conversation.fps, frames=frames, parents=parents))
+            log.info("director attempt %d: %d/%d answers accepted", attempt, len(pending) - len(retry), len(pending))
+            pending = retry
 
     def plan(
         self, records: Sequence[PromptRecord], frames: int, fps: int, seed: int, fps_doublings: int = 0
     ) -> list[FramePlan | PlanFailure]:
-        """Plan every record (record values override the defaults), in input order."""
-        conversations = []
+        """Plan every record (record values override the defaults), in input order.
+
+        Round k+1 (an FPS doubling) of every prompt still valid after round k goes out in one call.
+        """
+        conversations, results = [], {}
         for record in records:
             conversation = _Conversation(
-                record=record, frames=record.frames or frames, fps=record.fps or fps, seed=record.seed
-                if record.seed is not None
-                else seed
+                record=record,
+                frames=record.frames or frames,
+                fps=record.fps or fps,
+                seed=record.seed if record.seed is not None else seed,
             )
+            key = self._cache_key(conversation, fps_doublings)
+            cached = self.cache.get(key, record) if self.cache else None
+            if cached is not None:
+                results[record.id] = cached
+                continue
             conversation.messages.append(
                 {
                     "role": "user",
@@ -221,6 +301,8 @@ class Director:
                 }
             )
             conversations.append(conversation)
+        self.report.prompts += len(records)
+        self.report.cached += len(records) - len(conversations)
         active = conversations
         for doubling in range(fps_doublings + 1):
             if doubling:
@@ -230,17 +312,43 @@ class Director:
                     conversation.messages.append(
                         {"role": "user", "content": doubling_text(conversation.frames, conversation.fps)}
                     )
-            self._run_round(active)
+            self._run_round(active, first_round=doubling == 0)
             active = [c for c in active if not c.problems]
-        return [self._result(c) for c in conversations]
+        for conversation in conversations:
+            result = self._result(conversation)
+            results[conversation.record.id] = result
+            if isinstance(result, FramePlan):
+                self.report.valid_final += 1
+                if self.cache:
+                    self.cache.put(self._cache_key(conversation, fps_doublings, original=True), result)
+            else:
+                self.report.failed += 1
+        return [results[record.id] for record in records]
+
+    def _cache_key(self, conversation: _Conversation, fps_doublings: int, original: bool = False) -> dict:
+        """Everything that decides the answer. After planning, frames/fps hold the last round's
+        values, so ``original`` recomputes the requested ones."""
+        scale = 2**fps_doublings if original else 1
+        s = self.settings
+        return {
+            "prompt": conversation.record.prompt,
+            "frames": conversation.frames // scale,
+            "fps": conversation.fps // scale,
+            "seed": conversation.seed,
+            "fps_doublings": fps_doublings,
+            "template_version": TEMPLATE_VERSION,
+            "camera": s.camera,
+            "sampling": [s.temperature, s.top_p, s.repetition_penalty, s.seed, s.max_attempts, s.quality_policy],
+            "token_limit": self.budget.limit if self.budget else None,
+        }
 
     def _result(self, conversation: _Conversation) -> FramePlan | PlanFailure:
         record = conversation.record
-        if conversation.problems:
+        if conversation.problems or not conversation.rounds:
             return PlanFailure(
                 prompt_id=record.id,
                 prompt=record.prompt,
-                reason="; ".join(conversation.problems),
+                reason="; ".join(conversation.problems) or "no answer",
                 attempts=conversation.attempts,
                 raw_output=conversation.last_answer[:4000],
             )
@@ -255,4 +363,43 @@ class Director:
             director_model=self.model_name,
             template_version=TEMPLATE_VERSION,
             attempts=conversation.attempts,
+            warnings=conversation.warnings,
         )
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Identifies a model directory's contents cheaply: config, and weight file names and sizes."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return f"{model_dir.name}@{digest.hexdigest()[:12]}"
+
+
+class PlanCache:
+    """Plans keyed by a hash of everything that decides them, so the same request is not planned twice."""
+
+    def __init__(self, root: Path, model: str):
+        self.root = Path(root)
+        self.model = model
+
+    def _path(self, key: dict) -> Path:
+        blob = json.dumps({**key, "model": self.model}, sort_keys=True).encode("utf-8")
+        return self.root / f"{hashlib.sha256(blob).hexdigest()}.json"
+
+    def get(self, key: dict, record: PromptRecord) -> FramePlan | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            plan = FramePlan.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None  # a damaged entry is simply planned again
+        return plan.model_copy(update={"prompt_id": record.id})
+
+    def put(self, key: dict, plan: FramePlan) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(plan.model_dump_json(), encoding="utf-8")
+        temporary.replace(path)

@@ -8,32 +8,69 @@ nothing unvalidated reaches the renderer.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 PLAN_SCHEMA_VERSION = 1
-MAX_FRAME_CHARS = 300  # ~75 CLIP tokens: longer would be cut by SD's 77-token encoder anyway
+MAX_FRAME_CHARS = 300  # a sanity bound; the real limit is the text encoder's, in tokens (TokenCounter)
+
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """How the configured SD text encoder sees a description: ``count`` includes BOS/EOS, and
+    anything past ``limit`` tokens would be silently cut off by the encoder."""
+
+    count: Callable[[str], int]
+    limit: int
+
+    @classmethod
+    def from_sd_model(cls, model_dir: Path) -> "TokenBudget":
+        """The budget of a local diffusers SD directory's CLIP tokenizer."""
+        from transformers import CLIPTokenizer
+
+        tokenizer_dir = Path(model_dir) / "tokenizer"
+        if not tokenizer_dir.is_dir():
+            raise FileNotFoundError(f"{tokenizer_dir} not found: render.model_dir is not a diffusers SD directory")
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        return cls(count=lambda text: len(tokenizer(text).input_ids), limit=tokenizer.model_max_length)
 
 
 class PlanRound(BaseModel):
-    """The frames of one director round; round k+1 doubles the frames and the frame rate of round k."""
+    """The frames of one director round; round k+1 doubles the frames and the frame rate of round k.
+
+    ``parents[j]`` is the frame of the previous round that frame j was divided from (empty for the
+    first round): always ``j // 2`` (see ``lineage``), stored so a reader need not know the rule.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     fps: int = Field(ge=1)
     frames: list[str]
+    parents: list[int] = Field(default_factory=list)
+
+
+def lineage(num_frames: int) -> list[int]:
+    """Parents of the frames of a doubled round: frame j comes from frame j // 2."""
+    return [parent_frame(j) for j in range(num_frames)]
 
 
 class FramePlan(BaseModel):
-    """A validated per-frame description of one video."""
+    """A validated per-frame description of one video.
+
+    Validated with ``context={"token_budget": TokenBudget}``, every frame must also fit the text
+    encoder; without a budget only the other hard rules apply.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = PLAN_SCHEMA_VERSION
     prompt_id: str
     prompt: str
-    fps: int = Field(ge=1, le=120)
+    fps: int = Field(ge=1, le=960)
     seed: int = Field(ge=0, le=2**32 - 1)
     frames: list[str] = Field(min_length=2)
     rounds: list[PlanRound] = Field(default_factory=list, description="every director round, first to last")
@@ -43,12 +80,19 @@ class FramePlan(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _frames_are_valid(self) -> "FramePlan":
-        problems = validate_frames(self.frames, len(self.frames))
+    def _frames_are_valid(self, info: ValidationInfo) -> "FramePlan":
+        budget = (info.context or {}).get("token_budget")
+        problems = validate_frames(self.frames, len(self.frames), budget)
         if problems:
             raise ValueError("; ".join(problems))
-        if self.rounds and self.rounds[-1].frames != self.frames:
-            raise ValueError("the last round's frames must be the plan's frames")
+        if self.rounds:
+            if self.rounds[-1].frames != self.frames:
+                raise ValueError("the last round's frames must be the plan's frames")
+            for previous, current in zip(self.rounds, self.rounds[1:]):
+                if len(current.frames) != 2 * len(previous.frames) or current.fps != 2 * previous.fps:
+                    raise ValueError("each round must double the previous round's frames and fps")
+                if current.parents != lineage(len(current.frames)):
+                    raise ValueError("a doubled round's parents must be [0, 0, 1, 1, ...] (frame j from j // 2)")
         return self
 
 
@@ -64,7 +108,7 @@ class PlanFailure(BaseModel):
     raw_output: str = ""
 
 
-def validate_frames(frames: object, expected: int) -> list[str]:
+def validate_frames(frames: object, expected: int, budget: TokenBudget | None = None) -> list[str]:
     """Hard rules for a list of frame descriptions; returns the problems (empty = valid)."""
     if not isinstance(frames, list):
         return [f"expected a JSON list of {expected} strings, got {type(frames).__name__}"]
@@ -78,10 +122,15 @@ def validate_frames(frames: object, expected: int) -> list[str]:
             problems.append(f"frame {index} is empty")
         elif len(frame) > MAX_FRAME_CHARS:
             problems.append(f"frame {index} is longer than {MAX_FRAME_CHARS} characters")
+        elif budget is not None and (tokens := budget.count(frame)) > budget.limit:
+            problems.append(
+                f"frame {index} has {tokens} text-encoder tokens, more than the {budget.limit} "
+                "the renderer can read; shorten it"
+            )
     return problems
 
 
-def parse_frames(text: str, expected: int) -> tuple[list[str] | None, list[str]]:
+def parse_frames(text: str, expected: int, budget: TokenBudget | None = None) -> tuple[list[str] | None, list[str]]:
     """Parse an LLM answer (a JSON list, or an object whose only list is the frames) and validate it."""
     try:
         data = json.loads(text)
@@ -90,10 +139,41 @@ def parse_frames(text: str, expected: int) -> tuple[list[str] | None, list[str]]
     if isinstance(data, dict):
         lists = [value for value in data.values() if isinstance(value, list)]
         data = lists[0] if len(lists) == 1 else data
-    problems = validate_frames(data, expected)
+    if isinstance(data, list):
+        data = [" ".join(frame.split()) if isinstance(frame, str) else frame for frame in data]
+    problems = validate_frames(data, expected, budget)
     if problems:
         return None, problems
-    return [" ".join(frame.split()) for frame in data], []
+    return data, []
+
+
+QUALITY_RULES = ("repeats_prompt", "adjacent_identical", "static_video")
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().strip(" .!").split())
+
+
+def quality_problems(frames: list[str], user_prompt: str) -> dict[str, str]:
+    """Soft rules (a plan can break them and still render), keyed by rule name.
+
+    * ``repeats_prompt``: a frame merely repeats the user prompt (no direction was added);
+    * ``adjacent_identical``: two neighbouring frames are the same;
+    * ``static_video``: every frame is the same, so nothing changes across the video.
+    Small models break these often (SmolLM2-135M likes to return the prompt F times).
+    """
+    normal = [_normalise(frame) for frame in frames]
+    prompt = _normalise(user_prompt)
+    found = {}
+    repeats = [i + 1 for i, frame in enumerate(normal) if frame == prompt]
+    if repeats:
+        found["repeats_prompt"] = f"frames {repeats} only repeat the user prompt; describe what is seen in each frame"
+    same = [i + 1 for i in range(len(normal) - 1) if normal[i] == normal[i + 1]]
+    if len(set(normal)) == 1:
+        found["static_video"] = "all frames are identical; each frame must show the next small change"
+    elif same:
+        found["adjacent_identical"] = f"frames {same} are identical to the frame after them; make each frame differ a little"
+    return found
 
 
 def parent_frame(child_index: int) -> int:
@@ -117,11 +197,11 @@ def write_plan(plan: FramePlan, plans_dir: Path) -> Path:
     return target
 
 
-def read_plan(path: Path) -> FramePlan:
+def read_plan(path: Path, budget: TokenBudget | None = None) -> FramePlan:
     """Read and validate a plan file; raises PlanFileError with the file name and the problems."""
     path = Path(path)
     try:
-        return FramePlan.model_validate_json(path.read_text(encoding="utf-8"))
+        return FramePlan.model_validate_json(path.read_text(encoding="utf-8"), context={"token_budget": budget})
     except OSError as error:
         raise PlanFileError(f"{path}: cannot read plan ({error.strerror})") from None
     except ValidationError as error:

@@ -1,0 +1,72 @@
+"""Director rules without an engine: quality rules, answer judging, lineage, token budget, cache."""
+
+import pytest
+
+from direct2v.director import DirectorReport, PlanCache, judge_answer
+from direct2v.plan import FramePlan, PlanRound, TokenBudget, lineage, quality_problems, validate_frames
+from direct2v.prompts import PromptRecord
+
+PROMPT = "A corgi runs in a park"
+
+
+def test_quality_rules():
+    assert quality_problems(["a corgi sits", "a corgi stands", "a corgi runs"], PROMPT) == {}
+    found = quality_problems(["A corgi runs in a park.", "a corgi stands", "a corgi stands"], PROMPT)
+    assert set(found) == {"repeats_prompt", "adjacent_identical"}
+    assert "frames [1]" in found["repeats_prompt"] and "frames [2]" in found["adjacent_identical"]
+    assert set(quality_problems(["x", "X.", "x"], PROMPT)) == {"static_video"}
+    assert set(quality_problems([PROMPT] * 3, PROMPT)) == {"repeats_prompt", "static_video"}
+
+
+def test_judge_answer_separates_hard_and_quality_problems():
+    frames, broken = judge_answer('["a corgi sits", "a corgi runs"]', 2, PROMPT, None)
+    assert frames == ["a corgi sits", "a corgi runs"] and broken == {}
+    frames, broken = judge_answer('["a corgi sits"]', 2, PROMPT, None)
+    assert frames is None and "exactly 2" in broken["hard"]
+    frames, broken = judge_answer(f'["{PROMPT}", "{PROMPT}"]', 2, PROMPT, None)
+    assert frames is not None and set(broken) == {"repeats_prompt", "static_video"}
+
+
+def test_token_budget_uses_the_sd_tokenizer(tiny_sd_dir):
+    budget = TokenBudget.from_sd_model(tiny_sd_dir)
+    assert budget.limit == 77
+    assert budget.count("a corgi") < budget.count("a corgi runs across a wide green park at noon")
+    long = " ".join(["corgi"] * 45)  # 269 characters, but ~90 tokens
+    problems = validate_frames(["short", long], 2, budget)
+    assert len(problems) == 1 and "frame 2 has" in problems[0] and "more than the 77" in problems[0]
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        TokenBudget.from_sd_model(tiny_sd_dir / "nowhere")
+
+
+def plan_with_rounds(rounds):
+    return FramePlan(prompt_id="p", prompt="x", fps=rounds[-1].fps, seed=0, frames=rounds[-1].frames, rounds=rounds)
+
+
+def test_lineage_is_validated():
+    first = PlanRound(fps=1, frames=["a", "b"])
+    second = PlanRound(fps=2, frames=["a1", "a2", "b1", "b2"], parents=lineage(4))
+    assert plan_with_rounds([first, second]).rounds[1].parents == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="parents"):
+        plan_with_rounds([first, second.model_copy(update={"parents": [0, 1, 0, 1]})])
+    with pytest.raises(ValueError, match="double"):
+        plan_with_rounds([first, PlanRound(fps=2, frames=["a1", "a2", "b1"], parents=lineage(3))])
+
+
+def test_plan_cache_round_trip(tmp_path):
+    cache = PlanCache(tmp_path, model="m@1")
+    plan = FramePlan(prompt_id="first", prompt="x", fps=2, seed=0, frames=["a", "b"])
+    key = {"prompt": "x", "frames": 2}
+    assert cache.get(key, PromptRecord(id="again", prompt="x")) is None
+    cache.put(key, plan)
+    again = cache.get(key, PromptRecord(id="again", prompt="x"))
+    assert again.prompt_id == "again" and again.frames == ["a", "b"]
+    assert PlanCache(tmp_path, model="m@2").get(key, PromptRecord(id="z", prompt="x")) is None
+    assert cache.get({**key, "frames": 3}, PromptRecord(id="z", prompt="x")) is None
+
+
+def test_report_rates():
+    report = DirectorReport(prompts=4, cached=0, valid_first_try=1, valid_final=3, failed=1)
+    report.first_try_rules.update({"repeats_prompt": 2, "hard": 1})
+    rates = report.as_dict()
+    assert rates["valid_rate_first_try"] == 0.25 and rates["valid_rate_final"] == 0.75
+    assert rates["rule_rates_first_try"] == {"hard": 0.25, "repeats_prompt": 0.5}
