@@ -102,7 +102,7 @@ def plan(
 ) -> None:
     """Plan frames for every prompt with the LLM director (vLLM), one batched call per round."""
     from .director import Director
-    from .plan import PlanFailure, write_plan
+    from .plan import PlanFailure, TokenBudget, write_plan
     from .run import split_prompt_file, write_plan_failures
 
     settings = resolve_settings(config, sets, settings_file, frames=frames, fps=fps, seed=seed)
@@ -112,14 +112,26 @@ def plan(
     if not records:
         raise UserError(f"{prompt_file}: no valid prompts to plan")
     out.mkdir(parents=True, exist_ok=True)
-    with Director(settings.director, settings.state_dir) as director:
+    budget = None
+    if (settings.render.model_dir / "tokenizer").is_dir():
+        budget = TokenBudget.from_sd_model(settings.render.model_dir)
+    else:
+        log.warning("%s has no tokenizer/: frame descriptions are not checked against the text encoder's "
+                    "token limit", settings.render.model_dir)
+    with Director(settings.director, settings.state_dir, budget) as director:
         results = director.plan(records, settings.frames, settings.fps, settings.seed, fps_doublings)
+        report = director.report.as_dict()
     failures = [r for r in results if isinstance(r, PlanFailure)]
     for result in results:
         if not isinstance(result, PlanFailure):
             write_plan(result, out / "plans")
     write_plan_failures(failures, out)
+    (out / "director_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     typer.echo(f"planned {len(results) - len(failures)}/{len(results)} prompts -> {out / 'plans'}")
+    typer.echo(
+        f"valid on the first try: {report['valid_rate_first_try']:.0%}, after repair: {report['valid_rate_final']:.0%}"
+        f" ({report['cached']} from cache); rules broken on the first try: {report['rule_rates_first_try']}"
+    )
     for failure in failures:
         typer.echo(f"  failed {failure.prompt_id}: {failure.reason}", err=True)
 
@@ -133,7 +145,7 @@ def render(
 ) -> None:
     """Render plan files (LLM-made or hand-written) to MP4, without the LLM."""
     from .manifest import append_rows, compact
-    from .plan import PlanFileError, read_plan
+    from .plan import PlanFileError, TokenBudget, read_plan
     from .render import Renderer
     from .run import render_plan
 
@@ -142,10 +154,11 @@ def render(
     if not paths:
         raise UserError(f"{plans}: no plan .json files found")
     out.mkdir(parents=True, exist_ok=True)
+    budget = TokenBudget.from_sd_model(settings.render.model_dir)  # hand-written plans meet the same rules
     valid = []
     for path in paths:
         try:
-            valid.append(read_plan(path))
+            valid.append(read_plan(path, budget))
         except PlanFileError as error:
             log.error("%s", error)
     renderer = Renderer(settings.render)
