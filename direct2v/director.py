@@ -253,7 +253,7 @@ class Director:
                 conversation.messages.append({"role": "assistant", "content": answer})
                 frames, broken = judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget)
                 if first_round and attempt == 1:
-                    self.report.first_try_rules.update(broken)
+                    self.report.first_try_rules.update(broken.keys())
                     self.report.valid_first_try += not broken
                 blocking = broken if policy != "warn" or "hard" in broken else {}
                 last_try = attempt == self.settings.max_attempts
@@ -263,7 +263,7 @@ class Director:
                     )
                     retry.append(conversation)
                     continue
-                self.report.final_rules.update(broken)
+                self.report.final_rules.update(broken.keys())
                 if "hard" in broken or (policy == "fail" and broken):
                     conversation.problems = list(broken.values())
                     continue

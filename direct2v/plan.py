@@ -36,7 +36,7 @@ class TokenBudget:
         if not tokenizer_dir.is_dir():
             raise FileNotFoundError(f"{tokenizer_dir} not found: render.model_dir is not a diffusers SD directory")
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        return cls(count=lambda text: len(tokenizer(text).input_ids), limit=tokenizer.model_max_length)
+        return cls(count=lambda text: len(tokenizer(text, verbose=False).input_ids), limit=tokenizer.model_max_length)
 
 
 class PlanRound(BaseModel):
