@@ -17,5 +17,8 @@ def configure_prefect_environment(state_dir: Path = Path(".state")) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # The temporary server migrates a fresh database before it answers; on a loaded 2-core machine
+    # that takes longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # The UI is not needed for a batch run and its static build is not shipped offline.
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
