@@ -1,15 +1,26 @@
-"""Rotational value mapping as a diffusers attention processor.
+"""Rotational value mapping and dual-softmax filtering as diffusers attention processors.
 
 ``RotationalValueMappingProcessor`` is installed on UNet attention layers with
 ``unet.set_attn_processor``. In self-attention it lets every frame attend, with its own queries, to
 the keys and values of one reference frame (paper Eq. 2); cross-attention (to the text) is left as
 plain scaled-dot-product attention. Which frame is the reference is read, at every call, from a
-shared :class:`FrameReference` that the pipeline updates once per denoising step, so one processor
-instance serves every layer and no layer needs to know about the schedule.
+shared :class:`FrameReference` that the pipeline updates once per denoising step, so no layer needs
+to know about the schedule. ``DualSoftmaxFilterProcessor`` adds the paper's dual-softmax filtering
+(Eq. 3-4): queries whose match in the reference frame is unreliable keep their own frame's attention.
+
+Chunked rendering (videos longer than one UNet batch) adds an :class:`AnchorKVCache`: while the
+anchor frames are denoised, each layer stores the anchors' key/value at the (step, anchor) pairs a
+later section will use as its reference; while a section is denoised, a reference index below the
+number of anchors is read from that cache instead of from the batch.
+
+The dual-softmax math is written as small pure functions over (query, key, ...) tensors:
+:func:`dual_softmax_confidence`, :func:`quantile`, :func:`confidence_mask`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,19 +32,195 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 #: Self-attention layers the authors put RVM on: the two highest-resolution decoder stages of SD 1.x.
 AUTHORS_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
 
+#: Largest score block (query rows x keys x heads...) the dual softmax materialises at once, in
+#: elements: 2**24 float32 = 64 MiB. At 512 px (4096 tokens, 2 CFG groups x 8 heads per frame) that
+#: is 256 query rows per block instead of a 4096 x 4096 matrix per head and frame.
+DSF_CHUNK_ELEMENTS = 2**24
+
+
+# --- dual-softmax filtering: the math (paper Eq. 3-4) ---------------------------------------------
+
+
+def _query_rows_per_block(lead: int, num_keys: int, max_elements: int) -> int:
+    """How many query rows of a ``(lead, rows, num_keys)`` score block fit in ``max_elements``."""
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
+        raise ValueError(f"max_elements must be a positive int, got {max_elements!r}")
+    return max(1, max_elements // max(1, lead * num_keys))
+
+
+def dual_softmax_confidence(
+    query: torch.Tensor, key: torch.Tensor, max_elements: int = DSF_CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """Per-query confidence ``mean_k C_qk`` of the dual softmax ``C = softmax_k(S) * softmax_q(S)``.
+
+    ``S = Q K^T / sqrt(d)`` is the score matrix of the value mapping itself (Eq. 2), and both
+    softmaxes are taken over the SAME matrix: entry (q, k) of the row softmax (over keys) times
+    entry (q, k) of the column softmax (over queries). (The authors' demo multiplied
+    ``softmax(QK^T)`` by ``softmax(KQ^T)`` untransposed, pairing (q, k) with (k, q).)
+
+    Never holds the whole ``Nq x Nk`` matrix: the column softmax only needs, per key, the
+    log-sum-exp over all queries, so a first pass over blocks of query rows accumulates it (and the
+    rows' own log-sum-exp), and a second pass recomputes each block's scores and averages
+    ``exp(S_qk - lse_row_q) * exp(S_qk - lse_col_k)`` over the keys. A block holds at most
+    ``max_elements`` scores (at least one query row). Computed in float32 whatever the inputs'
+    dtype: the confidences are of order ``1/(Nq Nk)``, below fp16's range at 512 px.
+
+    Args:
+        query: ``(..., Nq, d)``; key: ``(..., Nk, d)``, leading dimensions broadcastable.
+        max_elements: largest score block, in elements.
+    Returns:
+        float32 ``(..., Nq)``.
+    """
+    lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
+    num_queries, num_keys = query.shape[-2], key.shape[-2]
+    rows = _query_rows_per_block(math.prod(lead), num_keys, max_elements)
+    scale = query.shape[-1] ** -0.5
+    key_t = key.float().transpose(-1, -2)
+
+    def scores(start: int) -> torch.Tensor:
+        return (query[..., start : start + rows, :].float() @ key_t) * scale
+
+    blocks = range(0, num_queries, rows)
+    row_lse, col_lse = [], torch.full((*lead, num_keys), -math.inf, device=query.device)
+    for start in blocks:
+        block = scores(start)
+        row_lse.append(block.logsumexp(dim=-1))
+        col_lse = torch.logaddexp(col_lse, block.logsumexp(dim=-2))
+    confidence = []
+    for start, lse in zip(blocks, row_lse):
+        block = scores(start)
+        confidence.append(torch.exp(2 * block - lse[..., None] - col_lse[..., None, :]).mean(dim=-1))
+    return torch.cat(confidence, dim=-1)
+
+
+def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q``-quantile of all elements of ``values``, for any number of elements.
+
+    Same definition as ``torch.quantile(values.flatten(), q)`` with its default ``"linear"``
+    interpolation: with the values sorted ascending as ``v_0..v_{n-1}`` and ``p = q (n - 1)``, the
+    result is ``v_floor(p) + (p - floor(p)) (v_floor(p)+1 - v_floor(p))``; the position is computed
+    in Python's double precision, so it stays exact for any n. ``torch.quantile`` refuses inputs of
+    more than 2**24 elements. The order statistics come from one ``torch.sort``, not
+    ``torch.kthvalue``: on CPU the latter's selection degrades quadratically on reverse-ordered
+    input (2.8 s for 2**18 elements, measured), while sorting is O(n log n) whatever the order
+    (about 80 ms for the 2**19 confidences of a 512-px layer call on one CPU core).
+
+    Raises:
+        ValueError: for an empty tensor or ``q`` outside [0, 1].
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q!r}")
+    flat = values.reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("the quantile of an empty tensor is undefined")
+    position = q * (flat.numel() - 1)
+    below = math.floor(position)
+    weight = position - below
+    ordered = flat.sort().values
+    if weight == 0.0:
+        return ordered[below]
+    return torch.lerp(ordered[below], ordered[below + 1], weight)
+
+
+def confidence_mask(confidence: torch.Tensor, q: float) -> torch.Tensor:
+    """``M = 1(confidence > phi)``, ``phi`` the ``q``-quantile of all of ``confidence`` (Eq. 4).
+
+    Strictly greater, as in the paper: at least the least confident query fails (q = 0 masks out
+    only the minimum), and ties at the threshold keep their own attention.
+    """
+    return confidence > quantile(confidence, q)
+
+
+# --- the anchor cache of chunked rendering ---------------------------------------------------------
+
+
+class AnchorKVCache:
+    """The anchor frames' self-attention key/value, kept only where a later section will read them.
+
+    Keys are ``(layer, step, anchor)``; values the ``(key, value)`` pair of that anchor, each
+    ``(cfg_groups, heads, tokens, head_dim)`` (both classifier-free-guidance groups: a section's
+    unconditional half reads the anchor's unconditional half). ``wanted`` is the set of
+    ``(step, anchor)`` pairs some section has as its reference (see
+    :func:`direct2v.rvm.cached_anchor_steps`); since it does not grow with the number of frames,
+    neither does the cache.
+
+    Written during the anchor pass (:meth:`record`), read during the sections (:meth:`load`).
+    """
+
+    def __init__(self, wanted: Iterable[tuple[int, int]], num_anchors: int):
+        self.wanted = frozenset(wanted)
+        self.num_anchors = num_anchors
+        bad = sorted(pair for pair in self.wanted if not 0 <= pair[1] < num_anchors)
+        if bad:
+            raise ValueError(f"wanted (step, anchor) pairs outside the {num_anchors} anchors: {bad[:5]}")
+        self._entries: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(self, layer: str, step: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store the wanted anchors' key/value from an anchor batch ``(groups, anchors, heads, tokens, d)``.
+
+        Each is copied into its own contiguous tensor, so the cache never keeps the whole batch's
+        key/value alive through a view.
+        """
+        if key.shape[1] != self.num_anchors:
+            raise ValueError(f"the anchor pass must batch exactly the {self.num_anchors} anchors, got {key.shape[1]}")
+        for anchor in range(self.num_anchors):
+            if (step, anchor) in self.wanted:
+                self._entries[layer, step, anchor] = (
+                    key[:, anchor].clone(memory_format=torch.contiguous_format),
+                    value[:, anchor].clone(memory_format=torch.contiguous_format),
+                )
+
+    def load(self, layer: str, step: int, anchor: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached ``(key, value)``; a miss means the schedules of the passes disagree."""
+        try:
+            return self._entries[layer, step, anchor]
+        except KeyError:
+            raise RuntimeError(
+                f"anchor cache miss: layer {layer!r}, step {step}, anchor {anchor} was not recorded "
+                f"(the anchor pass and the section schedules disagree)"
+            ) from None
+
+    def check_complete(self) -> None:
+        """After the anchor pass: every layer that recorded must hold every wanted pair."""
+        layers = {layer for layer, _, _ in self._entries}
+        if self.wanted and not layers:
+            raise RuntimeError("the anchor pass recorded nothing: no RVM layer ran during it")
+        missing = [(l, s, a) for l in sorted(layers) for s, a in sorted(self.wanted) if (l, s, a) not in self._entries]
+        if missing:
+            raise RuntimeError(f"the anchor pass left {len(missing)} cache entries unrecorded, e.g. {missing[:3]}")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the sum of ``nbytes`` of every cached key and value tensor."""
+        return sum(k.nbytes + v.nbytes for k, v in self._entries.values())
+
+
+# --- the processors ------------------------------------------------------------------------------
+
 
 @dataclass
 class FrameReference:
     """Mutable state shared by the pipeline (writer) and every RVM processor (readers).
 
     Attributes:
-        index: the reference frame r, 0-based, among the frames of the current UNet batch.
+        index: the reference frame r, 0-based, in the current (virtual) batch: among the UNet
+            batch's frames, or, while a section is rendered, among ``[anchors..., section frames...]``.
         cfg_groups: how many copies of the frame sequence the batch holds: 2 with classifier-free
             guidance (batch = [uncond frames 0..F-1, cond frames 0..F-1]), 1 without.
+        step: t', the joint step being denoised (the cache's step key).
+        record_to: during the anchor pass of a chunked render: where the layers store the anchors'
+            key/value.
+        anchors: during a section: the cache holding the virtual batch's first ``num_anchors`` frames.
     """
 
     index: int = 0
     cfg_groups: int = 2
+    step: int = 0
+    record_to: AnchorKVCache | None = None
+    anchors: AnchorKVCache | None = None
 
 
 class RotationalValueMappingProcessor:
@@ -49,8 +236,9 @@ class RotationalValueMappingProcessor:
     query/key/value and can combine :meth:`value_mapping` with each frame's own attention.
     """
 
-    def __init__(self, state: FrameReference):
+    def __init__(self, state: FrameReference, layer: str = ""):
         self.state = state
+        self.layer = layer  # the module name: the anchor cache's layer key
 
     def __call__(
         self,
@@ -126,11 +314,29 @@ class RotationalValueMappingProcessor:
         Returns:
             ``(groups, frames, heads, tokens, head_dim)``: here the value mapping of every frame.
         """
-        frames = query.shape[1]
-        reference = self.state.index
-        if not 0 <= reference < frames:
-            raise IndexError(f"reference frame {reference} is outside the {frames} frames of this batch")
-        return self.value_mapping(query, key[:, reference], value[:, reference])
+        ref_key, ref_value = self.reference_key_value(key, value)
+        return self.value_mapping(query, ref_key, ref_value)
+
+    def reference_key_value(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference frame's key and value, ``(groups, heads, tokens, head_dim)`` each.
+
+        Records the anchors' key/value first when the anchor pass of a chunked render asks for it;
+        during a section, a reference among the anchors comes from the cache.
+        """
+        state = self.state
+        if state.record_to is not None:
+            state.record_to.record(self.layer, state.step, key, value)
+        reference, cached = state.index, 0
+        if state.anchors is not None:
+            cached = state.anchors.num_anchors
+            if 0 <= reference < cached:
+                return state.anchors.load(self.layer, state.step, reference)
+        frames = key.shape[1]
+        if not 0 <= reference - cached < frames:
+            raise IndexError(
+                f"reference frame {reference} is outside the {cached} cached + {frames} frames of this batch"
+            )
+        return key[:, reference - cached], value[:, reference - cached]
 
     @staticmethod
     def value_mapping(query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor) -> torch.Tensor:
@@ -148,27 +354,83 @@ class RotationalValueMappingProcessor:
         return out.view(groups, heads, frames, tokens, head_dim).permute(0, 2, 1, 3, 4)
 
 
-def install_rvm(unet: UNet2DConditionModel, blocks: Literal["up", "all"], state: FrameReference) -> None:
-    """Put one RVM processor, reading ``state``, on the chosen attention layers of ``unet``.
+class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
+    """Rotational value mapping with dual-softmax filtering (paper Eq. 3-4).
+
+    Output for frame f: ``M_f * VM_f + (1 - M_f) * Attention(Q_f, K_f, V_f)``, where ``M_f`` is 1 for
+    the queries (per head, broadcast over the head's channels) whose dual-softmax confidence against
+    the reference frame is above ``phi``, and ``phi`` is the ``quantile`` of the confidences.
+
+    Quantile scope: one threshold per layer call, over every confidence the call computes: all
+    classifier-free-guidance groups, all frames of the UNet batch (the reference frame included,
+    when it is in the batch), all heads and all queries. That is the public code's scope. In a
+    chunked section the cached anchors are not in the batch, so the pool is the section's frames.
+    Interpolation: linear, as ``torch.quantile``'s default (see :func:`quantile`).
+
+    A one-frame batch that is its own reference skips the filter: both branches are the same
+    attention there, so the output would not change.
+    """
+
+    def __init__(
+        self, state: FrameReference, quantile: float = 0.05, layer: str = "", max_elements: int = DSF_CHUNK_ELEMENTS
+    ):
+        super().__init__(state, layer)
+        if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 <= quantile < 1.0:
+            raise ValueError(f"the dual-softmax quantile must be in [0, 1), got {quantile!r}")
+        _query_rows_per_block(1, 1, max_elements)  # validates max_elements
+        self.quantile = float(quantile)
+        self.max_elements = max_elements
+
+    def self_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ref_key, ref_value = self.reference_key_value(key, value)
+        mapped = self.value_mapping(query, ref_key, ref_value)
+        groups, frames, heads, tokens, head_dim = query.shape
+        if frames == 1 and self.state.anchors is None:
+            return mapped  # the single frame is its own reference: VM == its own attention
+        own = F.scaled_dot_product_attention(query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1))
+        own = own.view(groups, frames, heads, tokens, head_dim)
+        confidence = torch.stack(
+            [dual_softmax_confidence(query[:, f], ref_key, self.max_elements) for f in range(frames)], dim=1
+        )
+        mask = confidence_mask(confidence, self.quantile)  # (groups, frames, heads, tokens)
+        return torch.where(mask[..., None], mapped, own)
+
+
+def install_rvm(
+    unet: UNet2DConditionModel,
+    blocks: Literal["up", "all"],
+    state: FrameReference,
+    dsf_quantile: float | None = None,
+) -> list[str]:
+    """Put an RVM processor, reading ``state``, on the chosen attention layers of ``unet``.
 
     ``"up"``: the self-attention (attn1) layers of up_blocks.2 and up_blocks.3, as the authors did.
     ``"all"``: every attention layer (cross-attention passes through unchanged), which with the
     reference pinned to frame 0 is exactly Text2Video-Zero's cross-frame attention.
-    Every other layer gets diffusers' default ``AttnProcessor2_0``. The caller saves
+    ``dsf_quantile``: None for plain RVM, else dual-softmax filtering with that quantile phi.
+    Every other layer gets diffusers' default ``AttnProcessor2_0``. Each chosen layer gets a
+    processor of its own, named after the layer (the anchor cache's key). The caller saves
     ``unet.attn_processors`` beforehand if it wants to restore them.
 
+    Returns:
+        the names of the layers that got the RVM processor.
     Raises:
-        ValueError: for an unknown ``blocks`` or a UNet without the layers it names.
+        ValueError: for an unknown ``blocks``, a bad quantile, or a UNet without the layers it names.
     """
     if blocks not in ("up", "all"):
         raise ValueError(f"blocks must be 'up' or 'all', got {blocks!r}")
-    rvm = RotationalValueMappingProcessor(state)
     default = AttnProcessor2_0()
+
+    def rvm(name: str) -> RotationalValueMappingProcessor:
+        if dsf_quantile is None:
+            return RotationalValueMappingProcessor(state, layer=name)
+        return DualSoftmaxFilterProcessor(state, quantile=dsf_quantile, layer=name)
 
     def wanted(name: str) -> bool:
         return blocks == "all" or (name.startswith(AUTHORS_BLOCKS) and ".attn1." in name)
 
-    processors = {name: rvm if wanted(name) else default for name in unet.attn_processors}
-    if not any(processor is rvm for processor in processors.values()):
+    chosen = [name for name in unet.attn_processors if wanted(name)]
+    if not chosen:
         raise ValueError(f"this UNet has no attention layers for rvm_blocks={blocks!r} (looked for {AUTHORS_BLOCKS})")
-    unet.set_attn_processor(processors)
+    unet.set_attn_processor({name: rvm(name) if wanted(name) else default for name in unet.attn_processors})
+    return chosen

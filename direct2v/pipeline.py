@@ -10,11 +10,22 @@ pipelines give the same video for the same seed (tests/test_oracle.py checks it)
    and pushed back to t1 with the DDPM forward process;
 3. all frames (frame 1 from its own x_t1) are denoised together over ``timesteps[-t1-1:]`` with the
    scheduler copy, each frame with its own prompt, while rotational value mapping makes every frame
-   attend to a reference frame that changes every ``rvm_period`` steps.
+   attend to a reference frame that changes every ``rvm_period`` steps (optionally with dual-softmax
+   filtering, which lets unreliably matched queries keep their own frame's attention).
 
 Deliberate differences from diffusers: one prompt per frame; frame 1's first passes use frame 1's
 own (negative, positive) pair (the authors' demo used two negatives there); the pipeline's
 registered scheduler is not replaced by the copy after a call.
+
+Cached-attention chunking (paper §4.3), when F exceeds ``batch_size`` B (see
+:func:`direct2v.rvm.chunk_plan`): steps 1-2 run once for the whole video (motion by GLOBAL frame
+index, one forward-process draw for all frames, so every frame starts the joint pass exactly as it
+would unchunked). Step 3 runs first for the A = floor(B/2) anchor frames alone (RVM rotating over
+the A anchors), which store their self-attention key/value at every (step, anchor) a later section
+will use as its reference; then each section of at most A further frames runs step 3 from a fresh
+copy of the same scheduler, as the virtual batch ``[anchors..., section...]``: at joint step t' its
+reference is ``r(t')`` over that virtual batch, read from the cache when it is an anchor. No UNet
+call holds more than A frames, and the cache does not grow with F.
 """
 
 from __future__ import annotations
@@ -31,17 +42,34 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    PNDMScheduler,
+    UNet2DConditionModel,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .attention import FrameReference, install_rvm
-from .rvm import rvm_reference_frame
+from .attention import AnchorKVCache, FrameReference, install_rvm
+from .rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
 
 log = logging.getLogger(__name__)
 
 #: Text2Video-Zero expresses motion in pixels of a 512 x 512 canvas, whatever the image size.
 MOTION_CANVAS = 512
+
+#: Most prompts per text-encoder call.
+ENCODE_BATCH = 64
+
+#: Scheduler names -> (class, overrides); each is built from the model's own scheduler config.
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    "pndm": (PNDMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+}
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 
@@ -127,8 +155,11 @@ class _Pass:
     guidance_scale: float
     generator: torch.Generator | None
     state: FrameReference
-    reference: Callable[[int], int]  # step index within the segment -> reference frame
+    reference: Callable[[int], int]  # step index within the segment -> reference frame (virtual batch)
     tracker: _Progress
+    label: str  # names the segment in errors
+    record_to: AnchorKVCache | None = None  # the anchor pass of a chunked render
+    anchors: AnchorKVCache | None = None  # a section of a chunked render
 
 
 class DirecT2VPipeline(DiffusionPipeline):
@@ -183,7 +214,9 @@ class DirecT2VPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """CLIP text embeddings ``(len(prompts), 77, dim)``, all prompts in one encoder call.
+        """CLIP text embeddings ``(len(prompts), 77, dim)``, ``ENCODE_BATCH`` prompts per encoder call.
+
+        Batched so that a long video's text encoding does not grow the encoder's activations with F.
 
         Prompts longer than the tokenizer's limit are truncated by CLIP; that is logged, since the
         end of a frame description would silently be ignored.
@@ -196,7 +229,8 @@ class DirecT2VPipeline(DiffusionPipeline):
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
         ).input_ids
-        embeddings = self.text_encoder(ids.to(self._execution_device))[0]
+        ids = ids.to(self._execution_device)
+        embeddings = torch.cat([self.text_encoder(part)[0] for part in ids.split(ENCODE_BATCH)])
         return embeddings.to(dtype=self.text_encoder.dtype)
 
     @torch.no_grad()
@@ -212,9 +246,15 @@ class DirecT2VPipeline(DiffusionPipeline):
         width: int | None = None,
         rvm_period: float = 4,
         rvm_blocks: Literal["up", "all"] = "up",
+        value_mapping: Literal["rotational", "random"] = "rotational",
+        dsf: bool = True,
+        dsf_quantile: float = 0.05,
+        scheduler: Literal["pndm", "ddim", "dpmsolver++"] | None = None,
+        batch_size: int = 8,
         motion_strength_x: float = 0.0,
         motion_strength_y: float = 0.0,
         generator: torch.Generator | None = None,
+        reference_generator: torch.Generator | None = None,
         output_type: Literal["np", "latent"] = "np",
         progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray | torch.Tensor:
@@ -230,32 +270,57 @@ class DirecT2VPipeline(DiffusionPipeline):
             rvm_period: the RVM period m in steps; ``math.inf`` keeps frame 0 as the reference
                 (Text2Video-Zero).
             rvm_blocks: ``"up"`` (up_blocks.2/.3 self-attention, the authors' choice) or ``"all"``.
+            value_mapping: ``"rotational"`` (RVM) or ``"random"`` (the paper's ablation: a random
+                reference every joint step, drawn from ``reference_generator``; ``rvm_period`` unused).
+            dsf: dual-softmax filtering (paper Eq. 3-4) on the RVM layers.
+            dsf_quantile: phi, the quantile of each layer call's confidences below which (inclusive)
+                a query keeps its own frame's attention; see ``DualSoftmaxFilterProcessor``.
+            scheduler: ``"pndm"`` (the paper's), ``"ddim"`` or ``"dpmsolver++"``, built from the
+                registered scheduler's config; None uses the registered scheduler itself.
+            batch_size: B, the most frames one UNet call may hold (per CFG half); longer videos are
+                rendered with cached-attention chunking (module docstring). F <= B renders in one batch.
             motion_strength_x, motion_strength_y: Text2Video-Zero's global translation per frame,
                 in pixels of a 512-px canvas.
-            generator: the only source of randomness (initial noise, then the forward-process
+            generator: the source of the latent randomness (initial noise, then the forward-process
                 noise); the same seed gives the same video.
+            reference_generator: the random ablation's own generator (required for it; kept apart
+                so that the ablation does not change the noise).
             output_type: ``"np"``: float32 frames ``(F, H, W, 3)`` in [0, 1]; ``"latent"``: the
                 final latents ``(F, 4, H/8, W/8)``.
             progress: called as ``progress(done, total)`` after every UNet evaluation.
+
+        Raises:
+            ValueError: for any bad argument, before a model runs.
+            FloatingPointError: the latents became NaN/inf (typically an fp16 overflow).
         """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self._check_inputs(
             frame_prompts, num_inference_steps, t0, t1, height, width, rvm_period, rvm_blocks,
-            motion_strength_x, motion_strength_y, output_type,
+            motion_strength_x, motion_strength_y, output_type, value_mapping, dsf, dsf_quantile,
+            scheduler, batch_size, reference_generator,
         )
         num_frames = len(frame_prompts)
         device = self._execution_device
         use_cfg = guidance_scale > 1.0
+        plan = chunk_plan(num_frames, batch_size)
 
         negative, positive = self._frame_embeddings(frame_prompts, negative_prompt)
-        scheduler = self.scheduler
+        scheduler = self.make_scheduler(scheduler)
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         if t1 + 1 >= len(timesteps):
             raise ValueError(f"t1={t1} leaves no step for frame 1 alone: the scheduler has {len(timesteps)} steps")
         first, second, joint = timesteps[: -t1 - 1], timesteps[-t1 - 1 : -t0 - 1], timesteps[-t1 - 1 :]
-        tracker = _Progress(progress, len(first) + (len(second) if num_frames > 1 else 0) + len(joint))
+        joint_passes = 1 + len(plan.sections)
+        tracker = _Progress(progress, len(first) + (len(second) if num_frames > 1 else 0) + len(joint) * joint_passes)
+
+        # Every pass's reference schedule, fixed before any UNet call (the cache must know what to keep).
+        anchor_size = plan.num_anchors
+        schedules = [
+            reference_schedule(len(joint), size, value_mapping, rvm_period, reference_generator)
+            for size in [anchor_size, *(anchor_size + len(section) for section in plan.sections)]
+        ]
 
         factor = self.vae_scale_factor
         latent_shape = (1, self.unet.config.in_channels, height // factor, width // factor)
@@ -263,10 +328,11 @@ class DirecT2VPipeline(DiffusionPipeline):
 
         state = FrameReference(index=0, cfg_groups=2 if use_cfg else 1)
         original_processors = self.unet.attn_processors
-        install_rvm(self.unet, rvm_blocks, state)
+        install_rvm(self.unet, rvm_blocks, state, dsf_quantile if dsf else None)
         try:
             # Frame 1 alone, with its own (negative, positive) pair: a one-frame batch is its own reference.
-            alone = _Pass(negative[:1], positive[:1], guidance_scale, generator, state, lambda step: 0, tracker)
+            alone = _Pass(negative[:1], positive[:1], guidance_scale, generator, state, lambda step: 0, tracker,
+                          "frame 1 alone")
             frame1_t1 = self._denoise(scheduler, latents, first, alone)
             joint_scheduler = copy.deepcopy(scheduler)
             if num_frames > 1:  # a single frame has no one to hand x_t0 to: its t1 -> t0 pass would be discarded
@@ -278,17 +344,63 @@ class DirecT2VPipeline(DiffusionPipeline):
             else:
                 latents = frame1_t1
 
-            def rotation(step: int) -> int:
-                return rvm_reference_frame(step, num_frames, rvm_period)
+            def joint_pass(frames: range, schedule: list[int], label: str, **cache) -> _Pass:
+                return _Pass(negative[frames.start : frames.stop], positive[frames.start : frames.stop],
+                             guidance_scale, generator, state, schedule.__getitem__, tracker, label, **cache)
 
-            together = _Pass(negative, positive, guidance_scale, generator, state, rotation, tracker)
-            latents = self._denoise(joint_scheduler, latents, joint, together)
+            latents = self._denoise_joint(joint_scheduler, latents, joint, plan, schedules, joint_pass)
         finally:
             self.unet.set_attn_processor(dict(original_processors))
 
         if output_type == "latent":
             return latents
         return self.decode(latents)
+
+    def _denoise_joint(
+        self,
+        scheduler: SchedulerMixin,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        plan: ChunkPlan,
+        schedules: list[list[int]],
+        joint_pass: Callable[..., _Pass],
+    ) -> torch.Tensor:
+        """Step 3 for all frames: one batch, or the anchors then each section against the anchor cache.
+
+        ``schedules[0]`` is the anchors' reference schedule, ``schedules[1 + s]`` section s's (over
+        its virtual batch). Every pass starts from ``scheduler`` as it stands at t1 (a fresh copy
+        each when chunked), so a section is denoised exactly like the first batch.
+        """
+        anchors = plan.anchors
+        if not plan.sections:  # F <= B: the non-chunked render
+            return self._denoise(scheduler, latents, timesteps, joint_pass(anchors, schedules[0], "joint pass"))
+
+        cache = AnchorKVCache(cached_anchor_steps(schedules[1:], plan.num_anchors), plan.num_anchors)
+        label = f"anchors (frames 1-{anchors.stop}) of a chunked render"
+        run = joint_pass(anchors, schedules[0], label, record_to=cache)
+        done = [self._denoise(copy.deepcopy(scheduler), latents[anchors.start : anchors.stop], timesteps, run)]
+        cache.check_complete()
+        log.info("anchor cache: %d entries for %d (step, anchor) pairs, %.2f MiB; %d sections",
+                 len(cache), len(cache.wanted), cache.nbytes / 2**20, len(plan.sections))
+        for section, schedule in zip(plan.sections, schedules[1:]):
+            label = f"section of frames {section.start + 1}-{section.stop}"
+            run = joint_pass(section, schedule, label, anchors=cache)
+            done.append(self._denoise(copy.deepcopy(scheduler), latents[section.start : section.stop], timesteps, run))
+        return torch.cat(done)
+
+    def make_scheduler(self, name: str | None) -> SchedulerMixin:
+        """The registered scheduler (None), or a fresh named one built from the registered one's config.
+
+        Building from the model's own config keeps its training noise schedule (betas, offsets),
+        which every sampler must share; keys a class does not take (PNDM's ``skip_prk_steps`` for
+        DDIM) are dropped rather than passed on.
+        """
+        if name is None:
+            return self.scheduler
+        cls, overrides = SCHEDULERS[name]
+        accepted = inspect.signature(cls.__init__).parameters
+        config = {key: value for key, value in self.scheduler.config.items() if key in accepted}
+        return cls.from_config({**config, **overrides})
 
     def _check_inputs(
         self,
@@ -303,6 +415,12 @@ class DirecT2VPipeline(DiffusionPipeline):
         motion_strength_x: float,
         motion_strength_y: float,
         output_type: str,
+        value_mapping: str,
+        dsf: bool,
+        dsf_quantile: float,
+        scheduler: str | None,
+        batch_size: int,
+        reference_generator: torch.Generator | None,
     ) -> None:
         """Reject every bad argument before any model runs."""
         if not isinstance(frame_prompts, (list, tuple)) or not frame_prompts:
@@ -325,6 +443,17 @@ class DirecT2VPipeline(DiffusionPipeline):
             raise ValueError(f"motion strengths must be finite, got {motion_strength_x}, {motion_strength_y}")
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        if value_mapping not in ("rotational", "random"):
+            raise ValueError(f"value_mapping must be 'rotational' or 'random', got {value_mapping!r}")
+        if value_mapping == "random" and not isinstance(reference_generator, torch.Generator):
+            raise ValueError("value_mapping='random' needs a reference_generator (a torch.Generator of its own)")
+        if not isinstance(dsf, bool):
+            raise ValueError(f"dsf must be a bool, got {dsf!r}")
+        if isinstance(dsf_quantile, bool) or not isinstance(dsf_quantile, (int, float)) or not 0 <= dsf_quantile < 1:
+            raise ValueError(f"dsf_quantile must be in [0, 1), got {dsf_quantile!r}")
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)} or None, got {scheduler!r}")
+        chunk_plan(len(frame_prompts), batch_size)  # raises ValueError for a bad batch size
 
     def _frame_embeddings(self, frame_prompts: list[str], negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(negative, positive) embeddings, ``(F, 77, dim)`` each; each distinct text is encoded once."""
@@ -341,22 +470,32 @@ class DirecT2VPipeline(DiffusionPipeline):
         """Run ``scheduler`` over ``timesteps`` on a batch of frames, setting the RVM reference before each step.
 
         With classifier-free guidance the UNet batch is [uncond frames 0..F-1, cond frames 0..F-1],
-        the layout the RVM processor expects.
+        the layout the RVM processor expects. Latents that come out NaN/inf raise at once, naming
+        the segment, instead of being decoded into garbage (or black) frames.
         """
         use_cfg = run.guidance_scale > 1.0
         context = torch.cat([run.negative, run.positive]) if use_cfg else run.positive
         accepts_generator = "generator" in inspect.signature(scheduler.step).parameters
         step_kwargs = {"generator": run.generator} if accepts_generator else {}
-        for i, t in enumerate(timesteps):
-            run.state.index = run.reference(i)
-            model_input = torch.cat([latents] * 2) if use_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            noise = self.unet(model_input, t, encoder_hidden_states=context).sample
-            if use_cfg:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + run.guidance_scale * (cond - uncond)
-            latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
-            run.tracker.step()
+        run.state.record_to, run.state.anchors = run.record_to, run.anchors
+        try:
+            for i, t in enumerate(timesteps):
+                run.state.index, run.state.step = run.reference(i), i
+                model_input = torch.cat([latents] * 2) if use_cfg else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise = self.unet(model_input, t, encoder_hidden_states=context).sample
+                if use_cfg:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + run.guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+                run.tracker.step()
+        finally:
+            run.state.record_to = run.state.anchors = None
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError(
+                f"the latents became NaN/inf during {run.label} (dtype {latents.dtype}); "
+                "fp16 overflows do this: use bfloat16 or float32"
+            )
         return latents
 
     @torch.no_grad()

@@ -17,6 +17,9 @@ from .plan import FramePlan
 
 log = logging.getLogger(__name__)
 
+#: The random-VM ablation's generator is seeded with the plan's seed plus this (the noise uses the seed).
+REFERENCE_SEED_OFFSET = 1
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -55,27 +58,46 @@ class Renderer:
         self.model_id = model_identifier(settings.model_dir)
         self.pipeline = DirecT2VPipeline.from_local_dir(settings.model_dir, torch_dtype=self.dtype, device=self.device)
 
-    def render(self, plan: FramePlan, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Render a plan to (F, H, W, 3) floats in [0, 1]; raise RenderError on NaN or blank output."""
+    def render(
+        self, plan: FramePlan, progress: Callable[[int, int], None] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Render a plan to (F, H, W, 3) floats in [0, 1]; raise RenderError on NaN or blank output.
+
+        Randomness comes from the plan's seed only: one CPU generator for the latent noise (so the
+        same seed gives the same video on any device) and, for the random-VM ablation, a second
+        generator seeded ``seed + REFERENCE_SEED_OFFSET`` so that its draws are not the noise's.
+        """
         s = self.settings
+        # batch_size overrides render.batch_size (the out-of-memory retry in run.render_plan halves it)
+        batch_size = s.batch_size if batch_size is None else batch_size
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
-        frames = self.pipeline(
-            frame_prompts=plan.frames,
-            negative_prompt=s.negative_prompt,
-            num_inference_steps=s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            t0=s.t0,
-            t1=s.t1,
-            height=s.height,
-            width=s.width,
-            rvm_period=s.rvm_period,
-            rvm_blocks=s.rvm_blocks,
-            motion_strength_x=s.motion_strength_x,
-            motion_strength_y=s.motion_strength_y,
-            generator=generator,
-            output_type="np",
-            progress=progress,
-        )
+        reference_generator = torch.Generator(device="cpu").manual_seed(plan.seed + REFERENCE_SEED_OFFSET)
+        try:
+            frames = self.pipeline(
+                frame_prompts=plan.frames,
+                negative_prompt=s.negative_prompt,
+                num_inference_steps=s.num_inference_steps,
+                guidance_scale=s.guidance_scale,
+                t0=s.t0,
+                t1=s.t1,
+                height=s.height,
+                width=s.width,
+                rvm_period=s.rvm_period,
+                rvm_blocks=s.rvm_blocks,
+                value_mapping=s.value_mapping,
+                dsf=s.dsf,
+                dsf_quantile=s.dsf_quantile,
+                scheduler=s.scheduler,
+                batch_size=batch_size,
+                motion_strength_x=s.motion_strength_x,
+                motion_strength_y=s.motion_strength_y,
+                generator=generator,
+                reference_generator=reference_generator,
+                output_type="np",
+                progress=progress,
+            )
+        except FloatingPointError as error:  # NaN/inf latents, caught before decoding
+            raise RenderError(f"{plan.prompt_id}: {error}") from error
         check_frames(frames, plan.prompt_id)
         return frames
 

@@ -5,11 +5,17 @@ DirecT2V (paper Eq. 2) replaces the self-attention of each frame f by
 while the frames are denoised together. These functions only say which r to use at a step; the
 attention itself lives in :mod:`direct2v.attention`, the step bookkeeping in the pipeline. Keeping
 the schedule model-free makes it trivial to test.
+
+Chunked rendering (videos longer than one UNet batch) is planned here too: :func:`chunk_plan` says
+which frames are rendered together, and :func:`cached_anchor_steps` which anchor key/values a
+later section will read, so that the cache holds exactly those.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -67,3 +73,99 @@ def random_reference_frame(step: int, num_frames: int, generator: torch.Generato
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     return int(torch.randint(num_frames, (1,), generator=generator, device=generator.device).item())
+
+
+def reference_schedule(
+    num_steps: int,
+    num_frames: int,
+    mode: str = "rotational",
+    period: float = 4,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """The reference frame of every joint step ``t' = 0 .. num_steps-1``, one list per pass.
+
+    ``"rotational"``: :func:`rvm_reference_frame` (``period`` is m). ``"random"``: the paper's
+    random-VM ablation, one :func:`random_reference_frame` draw per step in step order from
+    ``generator`` (``period`` is unused: the reference changes every step, as the paper describes
+    it). Computing the whole schedule up front, before any UNet call, is what lets chunked
+    rendering know which anchor steps to cache.
+
+    Raises:
+        ValueError: for an unknown ``mode``, a random mode without a generator, or bad counts.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if mode == "rotational":
+        return [rvm_reference_frame(step, num_frames, period) for step in range(num_steps)]
+    if mode == "random":
+        if generator is None:
+            raise ValueError("the random value-mapping ablation needs a generator of its own")
+        return [random_reference_frame(step, num_frames, generator) for step in range(num_steps)]
+    raise ValueError(f"mode must be 'rotational' or 'random', got {mode!r}")
+
+
+# --- cached-attention chunking (paper §4.3) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Which global frames are rendered together.
+
+    Attributes:
+        anchors: the frames rendered first, in one UNet batch; with ``sections`` empty this is the
+            whole video (no chunking).
+        sections: the later frames in consecutive runs of at most ``len(anchors)``; section ``s``
+            is denoised in a UNet batch of its own frames, as the virtual batch
+            ``[*anchors, *section]`` whose anchor key/values come from the cache.
+    """
+
+    anchors: range
+    sections: tuple[range, ...] = ()
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchors)
+
+    def virtual_batch(self, section: int) -> tuple[int, ...]:
+        """Global frame indices of section ``section``'s virtual batch: the anchors, then its frames."""
+        return (*self.anchors, *self.sections[section])
+
+
+def chunk_plan(num_frames: int, batch_size: int) -> ChunkPlan:
+    """Split a video of ``num_frames`` for UNet calls of at most ``batch_size`` frames (B).
+
+    ``num_frames <= B``: one batch, ``ChunkPlan(anchors=range(F))``: the non-chunked render.
+    Otherwise the first ``A = floor(B/2)`` frames are the anchors and the rest follow in sections of
+    ``A`` frames (the last one shorter when ``F - A`` is not a multiple of ``A``), so a section's
+    virtual batch ``[anchors, section]`` holds at most ``2A <= B`` frames and no UNet call more
+    than ``A``.
+
+    Raises:
+        ValueError: for ``num_frames < 1`` or ``batch_size < 2`` (one anchor and one new frame is
+            the smallest virtual batch).
+    """
+    _check_frames(num_frames)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}")
+    if num_frames <= batch_size:
+        return ChunkPlan(anchors=range(num_frames))
+    size = batch_size // 2
+    sections = tuple(range(start, min(start + size, num_frames)) for start in range(size, num_frames, size))
+    return ChunkPlan(anchors=range(size), sections=sections)
+
+
+def cached_anchor_steps(section_schedules: Sequence[Sequence[int]], num_anchors: int) -> frozenset[tuple[int, int]]:
+    """The ``(step, anchor)`` pairs whose key/value some section will read: all the cache must keep.
+
+    ``section_schedules[s][t']`` is section s's reference at joint step t', an index into its
+    virtual batch; indices below ``num_anchors`` are anchors (read from the cache), the others are
+    frames of the section itself (in its UNet batch). Rotational schedules of sections of equal
+    length are identical, so the set holds at most one anchor per step and per distinct section
+    length (at most two lengths): its size, and so the cache's, does not grow with the video.
+    """
+    return frozenset(
+        (step, reference)
+        for schedule in section_schedules
+        for step, reference in enumerate(schedule)
+        if reference < num_anchors
+    )

@@ -1,6 +1,6 @@
-"""The equivalence oracle: with the reference frame pinned to frame 0 on every attention layer and one
-prompt for all frames, DirecT2V is Text2Video-Zero, so it must reproduce diffusers'
-TextToVideoZeroPipeline on the same weights, seed and schedule.
+"""The equivalence oracle: with the reference frame pinned to frame 0 on every attention layer, one
+prompt for all frames and dual-softmax filtering off, DirecT2V is Text2Video-Zero, so it must
+reproduce diffusers' TextToVideoZeroPipeline on the same weights, seed and schedule.
 
 Tolerance: on fp32 CPU the two are bit-identical (same ops in the same order: same random draws,
 same PNDM steps, the same SDPA reductions; our processor folds the frames into one query sequence
@@ -49,6 +49,7 @@ def run_both(pipelines, output_type: str, motion: tuple[float, float]):
         [PROMPT] * FRAMES,
         rvm_period=math.inf,
         rvm_blocks="all",
+        dsf=False,  # dual-softmax filtering is on by default; Text2Video-Zero has none
         motion_strength_x=motion[0],
         motion_strength_y=motion[1],
         generator=torch.Generator().manual_seed(0),

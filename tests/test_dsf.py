@@ -1,0 +1,304 @@
+"""Dual-softmax filtering (paper Eq. 3-4): the confidence, the quantile and mask, the processor, the pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from direct2v.attention import (
+    DSF_CHUNK_ELEMENTS,
+    AnchorKVCache,
+    DualSoftmaxFilterProcessor,
+    FrameReference,
+    RotationalValueMappingProcessor,
+    _query_rows_per_block,
+    confidence_mask,
+    dual_softmax_confidence,
+    quantile,
+)
+from direct2v.pipeline import DirecT2VPipeline
+
+FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
+PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]
+
+
+def explicit_confidence(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 written out: the full score matrix, both softmaxes of it, mean over keys."""
+    scores = query.double() @ key.double().transpose(-1, -2) / math.sqrt(query.shape[-1])
+    dual = torch.softmax(scores, dim=-1) * torch.softmax(scores, dim=-2)
+    return dual.mean(dim=-1)
+
+
+# --- the confidence on hand-made inputs -----------------------------------------------------------
+
+
+def test_confidence_of_a_sharp_identity_match_has_a_closed_form():
+    n, c = 6, 3.0
+    q = k = c * torch.eye(n)  # S = c^2/sqrt(n) on the diagonal, 0 elsewhere
+    s = c * c / math.sqrt(n)
+    on, off = math.exp(s) / (math.exp(s) + n - 1), 1 / (math.exp(s) + n - 1)  # row = column softmax here
+    expected = (on**2 + (n - 1) * off**2) / n
+    assert torch.allclose(dual_softmax_confidence(q, k), torch.full((n,), expected), rtol=1e-6, atol=0)
+
+
+def test_identical_queries_have_confidence_one_over_nq_nk():
+    # Identical rows: the column softmax is 1/Nq everywhere, so C_qk = softmax_k / Nq and its mean 1/(Nq Nk).
+    query = torch.randn(1, 8).expand(5, 8)
+    key = torch.randn(7, 8)
+    assert torch.allclose(dual_softmax_confidence(query, key), torch.full((5,), 1 / 35), rtol=1e-6, atol=0)
+
+
+def test_matched_queries_are_more_confident_than_unmatched_ones():
+    key = 4.0 * torch.eye(8)
+    query = torch.cat([4.0 * torch.eye(8)[:4], torch.zeros(4, 8)])  # 4 exact matches, 4 with no preference
+    confidence = dual_softmax_confidence(query, key)
+    assert confidence[:4].min() > 3 * confidence[4:].max()
+    assert torch.equal(confidence_mask(confidence, 0.5), torch.tensor([True] * 4 + [False] * 4))
+
+
+def test_both_softmaxes_are_of_the_same_matrix_not_the_demo_transpose():
+    torch.manual_seed(0)
+    query, key = torch.randn(2, 3, 9, 4), torch.randn(2, 3, 9, 4)
+    ours = dual_softmax_confidence(query, key)
+    assert torch.allclose(ours.double(), explicit_confidence(query, key), rtol=1e-5, atol=0)
+    scores = query @ key.transpose(-1, -2) / 2
+    demo = (torch.softmax(scores, -1) * torch.softmax(scores.transpose(-1, -2), -1)).mean(-1)  # pairs (q,k)/(k,q)
+    assert not torch.allclose(ours, demo, rtol=1e-3, atol=0)
+
+
+def test_query_and_key_counts_may_differ():
+    torch.manual_seed(1)
+    query, key = torch.randn(3, 11, 5), torch.randn(3, 4, 5)
+    assert dual_softmax_confidence(query, key).shape == (3, 11)
+    assert torch.allclose(dual_softmax_confidence(query, key).double(), explicit_confidence(query, key), rtol=1e-5)
+
+
+# --- chunking ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_elements", [1, 5, 37, 200, 10**9])
+def test_chunked_confidence_equals_the_full_matrix(max_elements):
+    torch.manual_seed(2)
+    query, key = 2 * torch.randn(2, 3, 23, 8), 2 * torch.randn(2, 1, 17, 8)  # key broadcast over dim 1
+    ours = dual_softmax_confidence(query, key, max_elements=max_elements)
+    assert ours.shape == (2, 3, 23) and ours.dtype == torch.float32
+    assert torch.allclose(ours.double(), explicit_confidence(query, key), rtol=1e-5, atol=0)
+
+
+def test_block_size_respects_the_budget():
+    assert _query_rows_per_block(lead=16, num_keys=4096, max_elements=2**24) == 256  # 512 px, 2 CFG x 8 heads
+    assert _query_rows_per_block(lead=16, num_keys=4096, max_elements=10) == 1  # never less than a row
+    assert _query_rows_per_block(lead=1, num_keys=10, max_elements=35) == 3
+    with pytest.raises(ValueError):
+        _query_rows_per_block(lead=1, num_keys=10, max_elements=0)
+
+
+def test_half_precision_inputs_give_float32_confidences():
+    torch.manual_seed(3)
+    query, key = torch.randn(4, 64, 8), torch.randn(4, 64, 8)
+    low = dual_softmax_confidence(query.bfloat16(), key.bfloat16())
+    assert low.dtype == torch.float32 and torch.isfinite(low).all() and (low > 0).all()
+    assert torch.allclose(low, dual_softmax_confidence(query, key), rtol=0.1)
+
+
+# --- quantile and mask ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10, 101, 1000])
+@pytest.mark.parametrize("q", [0.0, 0.01, 0.05, 0.3, 0.5, 0.999, 1.0])
+def test_quantile_is_torch_quantile_linear(size, q):
+    values = torch.randn(size, generator=torch.Generator().manual_seed(size))
+    # torch.quantile computes the position q (n - 1) in the input's float32 (a ~1e-7 relative error
+    # in the interpolation weight); ours computes it in double, so compare with float32 tolerance.
+    assert torch.allclose(quantile(values, q), torch.quantile(values, q), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(quantile(values, q).double(), torch.quantile(values.double(), q), rtol=1e-6, atol=1e-7)
+
+
+def test_quantile_flattens_and_hits_the_extremes():
+    values = torch.randn(3, 4, 5)
+    assert quantile(values, 0.0) == values.min() and quantile(values, 1.0) == values.max()
+    assert quantile(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), 0.25) == 2.0
+    assert quantile(torch.tensor([0.0, 10.0]), 0.05) == pytest.approx(0.5)
+
+
+def test_quantile_beyond_torch_quantile_size_limit():
+    values = torch.arange(2**24 + 10, dtype=torch.float32).flip(0)
+    with pytest.raises(RuntimeError):
+        torch.quantile(values, 0.05)
+    position = 0.05 * (values.numel() - 1)  # exact in double; 838861.15 here, between two integers
+    assert quantile(values, 0.05).item() == pytest.approx(position, abs=0.02)
+
+
+def test_quantile_validates():
+    with pytest.raises(ValueError):
+        quantile(torch.tensor([]), 0.5)
+    with pytest.raises(ValueError):
+        quantile(torch.ones(3), 1.5)
+
+
+def test_mask_is_strictly_above_the_quantile():
+    confidence = torch.tensor([[0.1, 0.2], [0.2, 0.4]])
+    assert torch.equal(confidence_mask(confidence, 0.0), confidence > 0.1)  # only the minimum keeps its own
+    assert torch.equal(confidence_mask(confidence, 0.5), confidence > 0.2)  # ties at phi keep their own too
+    assert confidence_mask(torch.full((5,), 0.3), 0.05).sum() == 0  # all equal: nobody is above
+
+
+# --- the processor against a straightforward reference implementation ----------------------------
+
+
+def reference_dsf(
+    attn: Attention,
+    hidden: torch.Tensor,
+    groups: int,
+    ref: int,
+    q: float,
+    ref_hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. 2-4 written out, (group, frame, head) by (group, frame, head), full N x N matrices.
+
+    ``ref_hidden``: ``(groups, tokens, channels)`` of a reference frame outside the batch (a cached
+    anchor); else the reference is frame ``ref`` of each group. One quantile over everything.
+    """
+    frames = hidden.shape[0] // groups
+    query, key, value = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)
+    if ref_hidden is not None:
+        ref_key, ref_value = attn.to_k(ref_hidden), attn.to_v(ref_hidden)
+    heads, dim = attn.heads, query.shape[-1] // attn.heads
+    mapped, own, confidence = {}, {}, {}
+    for g in range(groups):
+        for f in range(frames):
+            b = g * frames + f
+            for h in range(heads):
+                cut = slice(h * dim, (h + 1) * dim)
+                qf, kf, vf = query[b, :, cut], key[b, :, cut], value[b, :, cut]
+                if ref_hidden is None:
+                    kr, vr = key[g * frames + ref, :, cut], value[g * frames + ref, :, cut]
+                else:
+                    kr, vr = ref_key[g, :, cut], ref_value[g, :, cut]
+                scores = qf @ kr.T / math.sqrt(dim)
+                mapped[b, h] = torch.softmax(scores, dim=-1) @ vr
+                own[b, h] = torch.softmax(qf @ kf.T / math.sqrt(dim), dim=-1) @ vf
+                dual = torch.softmax(scores, dim=-1) * torch.softmax(scores, dim=0)
+                confidence[b, h] = dual.mean(dim=-1)
+    phi = torch.quantile(torch.cat(list(confidence.values())), q)
+    rows = []
+    for b in range(hidden.shape[0]):
+        per_head = []
+        for h in range(heads):
+            keep = (confidence[b, h] > phi)[:, None]
+            per_head.append(torch.where(keep, mapped[b, h], own[b, h]))
+        rows.append(torch.cat(per_head, dim=-1))
+    return attn.to_out[0](torch.stack(rows))
+
+
+def make_attention(seed: int = 0) -> Attention:
+    torch.manual_seed(seed)
+    return Attention(query_dim=32, heads=4, dim_head=8).eval()
+
+
+@pytest.mark.parametrize("groups, ref", [(2, 0), (2, 2), (1, 1)])
+@pytest.mark.parametrize("q", [0.05, 0.5])
+@pytest.mark.parametrize("max_elements", [7, DSF_CHUNK_ELEMENTS])
+def test_dsf_processor_matches_explicit_reference(groups, ref, q, max_elements):
+    attn = make_attention()
+    hidden = 3 * torch.randn(groups * 3, 10, 32)
+    attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(ref, groups), quantile=q, max_elements=max_elements))
+    with torch.no_grad():
+        ours = attn(hidden)
+        expected = reference_dsf(attn, hidden, groups, ref, q)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference():
+    attn = make_attention(1)
+    groups, anchors = 2, 2
+    anchor_hidden = 3 * torch.randn(groups * anchors, 10, 32)
+    section_hidden = 3 * torch.randn(groups * 3, 10, 32)
+    state = FrameReference(index=0, cfg_groups=groups, step=4)
+    cache = AnchorKVCache({(4, 1)}, num_anchors=anchors)
+    attn.set_processor(DualSoftmaxFilterProcessor(state, quantile=0.3, layer="layer", max_elements=13))
+    with torch.no_grad():
+        state.record_to = cache
+        attn(anchor_hidden)  # the anchor pass stores anchor 1's key/value for step 4
+        state.record_to, state.anchors, state.index = None, cache, 1  # virtual batch [a0, a1, s0, s1, s2], ref a1
+        ours = attn(section_hidden)
+        ref_hidden = anchor_hidden.view(groups, anchors, 10, 32)[:, 1]
+        expected = reference_dsf(attn, section_hidden, groups, 0, 0.3, ref_hidden=ref_hidden)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dsf_mixes_mapped_and_own_attention():
+    attn = make_attention(2)
+    hidden = 3 * torch.randn(6, 10, 32)
+    with torch.no_grad():
+        outputs = {}
+        for q in (0.0, 0.5, 0.99):
+            attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(0, 2), quantile=q))
+            outputs[q] = attn(hidden)
+        attn.set_processor(RotationalValueMappingProcessor(FrameReference(0, 2)))
+        plain = attn(hidden)
+    frames_1_2 = [1, 2, 4, 5]  # frame 0 is the reference: both branches agree there
+    assert torch.allclose(outputs[0.0][[0, 3]], plain[[0, 3]], atol=1e-6)
+    for q in (0.5, 0.99):
+        assert not torch.allclose(outputs[q][frames_1_2], plain[frames_1_2], atol=1e-4)
+    assert not torch.allclose(outputs[0.5], outputs[0.99], atol=1e-4)
+
+
+def test_single_frame_batch_skips_the_filter():
+    attn = make_attention(3)
+    hidden = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(0, 2), quantile=0.5))
+        filtered = attn(hidden)
+        attn.set_processor(RotationalValueMappingProcessor(FrameReference(0, 2)))
+        assert torch.equal(filtered, attn(hidden))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, math.nan, "0.1", True])
+def test_dsf_processor_rejects_bad_quantiles(bad):
+    with pytest.raises(ValueError):
+        DualSoftmaxFilterProcessor(FrameReference(), quantile=bad)
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd_dir):
+    return DirecT2VPipeline.from_local_dir(tiny_sd_dir)
+
+
+def render(pipe, seed=0, **kwargs):
+    return pipe(PROMPTS, generator=torch.Generator().manual_seed(seed), **{**FAST, **kwargs})
+
+
+def test_dsf_is_on_by_default_and_changes_the_video(pipe):
+    default, filtered, plain = render(pipe), render(pipe, dsf=True), render(pipe, dsf=False)
+    assert np.array_equal(default, filtered)
+    assert not np.array_equal(filtered, plain)
+    assert np.array_equal(filtered, render(pipe, dsf=True))  # deterministic
+    assert not np.array_equal(filtered, render(pipe, dsf=True, dsf_quantile=0.5))
+
+
+def test_dsf_installs_its_processor_on_the_chosen_layers_only(pipe):
+    seen = set()
+
+    def spy(module, args, kwargs):
+        seen.update(type(p) for p in module.attn_processors.values())
+
+    handle = pipe.unet.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        render(pipe, dsf=True)
+    finally:
+        handle.remove()
+    assert DualSoftmaxFilterProcessor in seen and RotationalValueMappingProcessor not in seen
+
+
+@pytest.mark.parametrize("bad", [{"dsf_quantile": 1.0}, {"dsf_quantile": -0.5}, {"dsf": "yes"}])
+def test_pipeline_rejects_bad_dsf_arguments(pipe, bad):
+    with pytest.raises(ValueError, match="dsf"):
+        render(pipe, **bad)
