@@ -78,7 +78,7 @@ class RenderSettings(_Section):
         "rotational", description="reference frame per step: RVM, or the paper's random-VM ablation (seeded)"
     )
     dsf: bool = Field(True, description="dual-softmax filtering (paper Eq. 3-4)")
-    dsf_quantile: float = Field(0.05, ge=0.0, lt=1.0, description="phi: queries below this confidence quantile keep their own frame's attention")
+    dsf_quantile: float = Field(0.05, ge=0.0, lt=1.0, description="phi: queries at or below this confidence quantile keep their own frame's attention")
     scheduler: Literal["pndm", "ddim", "dpmsolver++"] = "pndm"
     batch_size: int = Field(8, ge=2, description="most frames per UNet call; longer videos use cached-attention chunking")
     negative_prompt: str = ""
