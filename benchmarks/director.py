@@ -88,6 +88,7 @@ def main() -> None:
     prompts = benchmark_prompts(args.prompts)
     max_new_tokens = args.frames * (SCHEMA_FRAME_CHARS // 3 + 8) + 32  # the director's own cap
     vllm = run_vllm(args.model_dir, prompts, args.frames, args.fps)  # engine shut down before the baseline
+    print(f"vLLM: load {vllm['load_s']:.1f} s, plan {vllm['plan_s']:.1f} s, valid {vllm['valid']}", flush=True)
     baseline = run_transformers(args.model_dir, prompts, args.frames, args.fps, max_new_tokens)
 
     n = len(prompts)
