@@ -8,6 +8,8 @@ leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import ffmpeg
@@ -65,33 +67,76 @@ def probe_video(path: Path) -> EncodedVideo:
     )
 
 
-def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18) -> EncodedVideo:
-    """Encode (F, H, W, 3) frames to ``path`` at ``fps`` and verify the result before publishing it."""
+def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment: str | None = None) -> EncodedVideo:
+    """Encode (F, H, W, 3) frames to ``path`` at ``fps`` and verify the result before publishing it.
+
+    ``comment`` is stored in the MP4's ``comment`` tag (``read_comment``): the run stores the
+    video's identity there, so that a video finished just before a crash is recognised.
+    """
     frames = to_uint8(frames)
     count, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {width}x{height}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.mp4")
+    partial = partial_name(path)
+    tags = {"metadata": f"comment={comment}"} if comment else {}
     stream = (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
         .output(
-            str(partial), vcodec="libx264", pix_fmt="yuv420p", crf=crf, r=fps, movflags="+faststart", format="mp4"
+            str(partial), vcodec="libx264", pix_fmt="yuv420p", crf=crf, r=fps, movflags="+faststart", format="mp4",
+            **tags,
         )
         .overwrite_output()
     )
     try:
         stream.run(cmd=ffmpeg_exe(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True)
-    except ffmpeg.Error as error:
+    except (ffmpeg.Error, OSError) as error:  # OSError: ffmpeg could not start, or died mid-pipe
         partial.unlink(missing_ok=True)
+        if not isinstance(error, ffmpeg.Error):
+            raise EncodeError(f"ffmpeg failed for {path.name}: {error}") from None
         tail = error.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
         raise EncodeError(f"ffmpeg failed for {path.name}: {' | '.join(tail)}") from None
-    video = probe_video(partial)
-    if video.frame_count != count or abs(video.fps - fps) > 1e-3:
+    try:
+        video = probe_video(partial)
+        if video.frame_count != count or abs(video.fps - fps) > 1e-3:
+            raise EncodeError(
+                f"{path.name}: wrote {video.frame_count} frames at {video.fps} fps, expected {count} at {fps}"
+            )
+        _fsync(partial)  # the data is on disk before the name says the video is complete
+    except BaseException:
         partial.unlink(missing_ok=True)
-        raise EncodeError(
-            f"{path.name}: wrote {video.frame_count} frames at {video.fps} fps, expected {count} at {fps}"
-        )
+        raise
     partial.replace(path)
+    _fsync(path.parent)
     return video.model_copy(update={"path": path})
+
+
+def read_comment(path: Path) -> str:
+    """The MP4's ``comment`` tag ("" if none); raises EncodeError if ffmpeg cannot read the file."""
+    import subprocess
+
+    done = subprocess.run(  # argv list, no shell
+        [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-f", "ffmetadata", "-"],
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
+    )
+    if done.returncode != 0:
+        raise EncodeError(f"cannot read the tags of {path}: {done.stderr.strip()[-300:]}")
+    for line in done.stdout.splitlines():
+        if line.startswith("comment="):  # ffmetadata escapes = ; # \\ and newlines with a backslash
+            return re.sub(r"\\(.)", r"\1", line.removeprefix("comment="))
+    return ""
+
+
+def partial_name(path: Path) -> Path:
+    """Where ``encode_mp4`` writes ``path`` before it has been read back (a crash may leave it)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial.mp4")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -49,6 +49,13 @@ class PromptRecord(BaseModel):
             raise ValueError("prompt contains a NUL byte")
         return value
 
+    @field_validator("frames", "fps", "seed", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true/false would otherwise pass as 1/0
+            raise ValueError("expected a whole number, got a boolean")
+        return value
+
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
@@ -81,11 +88,32 @@ def default_prompt_id(prompt: str, line_number: int) -> str:
     return f"p{line_number:05d}-{digest}"
 
 
+#: How to fix a bad value, per field: appended to the validation message.
+_FIELD_HINTS = {
+    "prompt": f"give the video idea as text of 1 to {MAX_PROMPT_CHARS} characters",
+    "frames": "use a whole number from 2 to 512, or leave it out for the run's default",
+    "fps": "use a whole number from 1 to 120, or leave it out for the run's default",
+    "seed": f"use a whole number from 0 to {2**32 - 1}, or leave it out for the run's default",
+    "id": "use letters, digits, '_', '-', '.' (or leave it out to derive one)",
+}
+_ALLOWED_FIELDS = "prompt, id, frames, fps, seed"
+
+
 def _pydantic_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"]) or "record"
-        parts.append(f"{field}: {item['msg']}")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown field {field!r}; remove it (allowed fields: {_ALLOWED_FIELDS})")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        hint = _FIELD_HINTS.get(field, "")
+        if "id must be" in message:  # the id validator's message already says how to fix it
+            hint = ""
+        elif field != "prompt" and "input" in item and item["type"] != "value_error":
+            shown = repr(item["input"])
+            message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+        parts.append(f"{field}: {message}" + (f"; {hint}" if hint else ""))
     return "; ".join(parts)
 
 
@@ -102,8 +130,18 @@ def _parse_line(raw: str, line_number: int, source: str, jsonl: bool) -> PromptR
         return PromptProblem(source=source, message=f"not valid JSON ({error.msg}); write one JSON object per line")
     if not isinstance(data, dict):
         return PromptProblem(source=source, message='expected a JSON object such as {"prompt": "..."}')
+    if "prompt" in data and not isinstance(data["prompt"], str):
+        return PromptProblem(
+            source=source,
+            message=f'missing "prompt" as a string (got {_json_type(data["prompt"])}); write the video idea in double quotes',
+            id=_str_or_none(data.get("id")),
+        )
     if not isinstance(data.get("prompt"), str):
-        return PromptProblem(source=source, message='missing "prompt" (a string)', id=_str_or_none(data.get("id")))
+        return PromptProblem(
+            source=source,
+            message='missing "prompt" (a string); add the video idea as "prompt": "..."',
+            id=_str_or_none(data.get("id")),
+        )
     record_id = data.get("id")
     if record_id is None:
         record_id = default_prompt_id(" ".join(data["prompt"].split()), line_number)
@@ -113,6 +151,14 @@ def _parse_line(raw: str, line_number: int, source: str, jsonl: bool) -> PromptR
         return PromptProblem(
             source=source, message=_pydantic_message(error), id=_str_or_none(record_id), prompt=data["prompt"][:200]
         )
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _str_or_none(value: object) -> str | None:
@@ -140,7 +186,7 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
     """
     path = check_prompt_file(path)
     suffix = path.suffix.lower()
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     with path.open("rb") as stream:
         for line_number, raw_bytes in enumerate(stream, start=1):
             source = f"{path}:{line_number}"
@@ -149,6 +195,8 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
             except UnicodeDecodeError as error:
                 yield PromptProblem(source=source, message=f"not UTF-8 text (byte {error.start}); save the file as UTF-8")
                 continue
+            if line_number == 1:
+                raw = raw.removeprefix("\ufeff")  # a UTF-8 byte-order mark (Windows editors)
             if "\x00" in raw:
                 yield PromptProblem(source=source, message="contains a NUL byte; remove it")
                 continue
@@ -159,10 +207,12 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
             if isinstance(item, PromptRecord):
                 if item.id in seen:
                     item = PromptProblem(
-                        source=source, message=f"duplicate id {item.id!r}; ids must be unique", prompt=item.prompt
+                        source=source,
+                        message=f"duplicate id {item.id!r} (first used on line {seen[item.id]}); ids must be unique",
+                        prompt=item.prompt,
                     )
                 else:
-                    seen.add(item.id)
+                    seen[item.id] = line_number
             yield item
 
 

@@ -1,0 +1,121 @@
+"""Bad input never crashes a run (issue #6): the corpus in tests/data/bad_inputs/.
+
+Each bad record must give exactly its expected error line (file:line, what, how to fix) and a
+failed manifest row, through the run's real read path (``run.split_prompt_file`` ->
+``run.problem_row`` -> journal -> ``manifest.parquet``), while every valid record is still read.
+Whole-file problems and bad configurations must stop the CLI with one clear line, before any
+model loads.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from direct2v import run as stages
+from direct2v.manifest import SCHEMA, append_rows, compact, read_manifest
+
+CORPUS = Path(__file__).parent / "data" / "bad_inputs"
+REPO = Path(__file__).resolve().parents[1]
+
+VALID = {
+    "prompts.txt": [("prompts.txt:1", "A corgi runs on the beach"),  # the BOM is dropped
+                    ("prompts.txt:8", "Rain falls, then a rainbow appears"),  # the CR is dropped
+                    ("prompts.txt:10", "A cat sleeps")],
+    "records.jsonl": [("records.jsonl:1", "A corgi runs"), ("records.jsonl:33", "A cat sleeps, then wakes up"),
+                      ("records.jsonl:38", "Ünïcödé prompt with emoji 🎬 is fine")],
+}
+
+
+def expected_errors(name: str) -> list[str]:
+    lines = (CORPUS / "expected_errors.txt").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.startswith(f"{name}:")]
+
+
+def test_the_corpus_has_at_least_25_bad_records():
+    assert len(expected_errors("prompts.txt")) + len(expected_errors("records.jsonl")) >= 25
+
+
+@pytest.mark.parametrize("name", ["prompts.txt", "records.jsonl"])
+def test_each_bad_record_gets_its_error_line_and_a_failed_row(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(CORPUS)  # sources are then "file:line", as in expected_errors.txt
+    records, problems = stages.split_prompt_file(Path(name))
+
+    assert [str(problem) for problem in problems] == expected_errors(name)
+    assert [(r.source, r.prompt) for r in records] == VALID[name]
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    append_rows(run_dir, [stages.problem_row(run_dir.name, p, i) for i, p in enumerate(problems)])
+    table = read_manifest(compact(run_dir))
+    assert table.schema.equals(SCHEMA)
+    rows = table.to_pylist()
+    assert len(rows) == len(problems)  # one row per bad record: none lost, none merged
+    for row, problem in zip(rows, problems):
+        line = problem.source.rsplit(":", 1)[1]
+        assert row["prompt_id"] == f"invalid-line-{line}"
+        assert (row["status"], row["failed_stage"], row["source"]) == ("failed", "input", problem.source)
+        assert f"{row['source']}: {row['error']}" in expected_errors(name)
+        assert not row["video_path"]
+
+
+def test_every_error_line_says_where_what_and_how_to_fix():
+    for line in expected_errors("prompts.txt") + expected_errors("records.jsonl"):
+        where, _, message = line.partition(": ")
+        assert where.rsplit(":", 1)[1].isdigit(), line
+        # how to fix: an instruction after ";", or an example of the expected form
+        assert "; " in message or "such as" in message, line
+        assert "\x00" not in line and "\ufffd" not in line  # no raw control bytes echoed into logs
+
+
+def run_cli(args, cwd, **env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DIRECT2V_", "PREFECT_"))}
+    return subprocess.run([sys.executable, "-m", "direct2v", *args], cwd=cwd, env={**clean, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("empty.txt", "empty.txt: no prompts (the file is empty, or every line is blank or a # comment)"),
+        ("only-comments.jsonl", "only-comments.jsonl: no prompts"),
+        ("prompts.csv", "prompts.csv: unsupported prompt file type '.csv'; use .txt or .jsonl"),
+        ("a-directory.txt", "a-directory.txt is a directory; give a .txt or .jsonl prompt file"),
+        ("missing.jsonl", "prompt file not found: missing.jsonl"),
+    ],
+)
+def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, name, message):
+    """Checked before Prefect or any model starts: no run directory is created."""
+    done = run_cli(["run", name], cwd=CORPUS, DIRECT2V_OUTPUT_ROOT=str(tmp_path / "outputs"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {message}" or message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--frames", "0"], {}, "frames: Input should be greater than or equal to 2"),
+        (["--set", "render.t0=99"], {}, "need t0 < t1 < num_inference_steps"),
+        (["--set", "director.temperature=hot"], {}, "director.temperature"),
+        ([], {"DIRECT2V_RENDER__BATCH_SIZE": "1"}, "render.batch_size"),
+        (["--config", "bad-key.toml"], {}, "render.colour"),
+        (["--config", "bad-syntax.toml"], {}, "invalid configuration file"),
+        ([], {"DIRECT2V_DIRECTOR__MODEL_DIR": "no/such/llm"}, "director.model_dir: director model directory not found"),
+        ([], {"DIRECT2V_RENDER__MODEL_DIR": "half-model"}, "render.model_dir: half-model is not a complete diffusers"),
+    ],
+)
+def test_a_bad_config_names_the_key_before_any_model_loads(tmp_path, smollm2_dir, args, env, message):
+    (tmp_path / "bad-key.toml").write_text("[render]\ncolour = 'red'\n")
+    (tmp_path / "bad-syntax.toml").write_text("[render\nsteps = \n")
+    (tmp_path / "half-model" / "unet").mkdir(parents=True)
+    (tmp_path / "half-model" / "model_index.json").write_text("{}")
+    shutil.copy(CORPUS / "records.jsonl", tmp_path / "records.jsonl")
+    base = {"DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir), "DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs")}
+    done = run_cli(["run", "records.jsonl", *args], cwd=tmp_path, **{**base, **env})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()  # stopped before a run directory, Prefect or a model

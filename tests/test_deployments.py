@@ -1,0 +1,141 @@
+"""prefect.yaml validated by Prefect itself: its own models for the file and the schedules, its
+own parameter validation against each entrypoint's flow, and ``prefect deploy --all`` against a
+local Prefect server started on 127.0.0.1 for the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def load_yaml() -> dict:
+    return yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+
+
+def test_prefect_yaml_validates_with_prefects_own_models():
+    from prefect.cli.deploy._models import PrefectYamlModel, RawScheduleConfig
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    raw = load_yaml()
+    model = PrefectYamlModel.model_validate(raw)  # what `prefect deploy` parses the file with
+    deployments = {d.name: d for d in model.deployments}
+    assert {"examples", "dataset-nightly", "prompt-list"} <= set(deployments)
+
+    nightly = deployments["dataset-nightly"]
+    [schedule] = [RawScheduleConfig.model_validate(s) for s in raw_deployment(raw, "dataset-nightly")["schedules"]]
+    cron = CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
+    assert (cron.cron, cron.timezone) == ("0 2 * * *", "UTC")
+    assert not raw_deployment(raw, "prompt-list").get("schedules")
+    for name in ("dataset-nightly", "prompt-list"):
+        assert deployments[name].entrypoint == "flows/dataset.py:generate_dataset"
+        assert deployments[name].work_pool.name == "direct2v-local"
+    assert {"prompt_file", "output_root", "plan_settings", "render_settings"} <= set(nightly.parameters)
+
+    # Every deployment's parameters pass the flow's own parameter validation (as a flow run does),
+    # and the plan/render sections are valid settings.
+    for deployment in model.deployments:
+        flow = load_flow_from_entrypoint(str(REPO / deployment.entrypoint))
+        flow.validate_parameters(deployment.parameters)
+    from direct2v.config import Settings
+
+    Settings(director=nightly.parameters["plan_settings"], render=nightly.parameters["render_settings"])
+
+
+def raw_deployment(raw: dict, name: str) -> dict:
+    return next(d for d in raw["deployments"] if d["name"] == name)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A self-hosted Prefect server on 127.0.0.1 (own database under tmp_path), stopped afterwards."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIRECT2V_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false", DO_NOT_TRACK="1")
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Prefect server did not start: "
+                                       + (tmp_path / "server.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": url, "DIRECT2V_REPO": str(REPO)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn child, started above
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+READ_DEPLOYMENTS = """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    out = {}
+    for d in client.read_deployments():
+        flow = client.read_flow(d.flow_id)
+        out[f"{flow.name}/{d.name}"] = {
+            "entrypoint": d.entrypoint, "parameters": d.parameters, "work_pool": d.work_pool_name,
+            "schedules": [{"cron": s.schedule.cron, "timezone": s.schedule.timezone, "active": s.active}
+                          for s in d.schedules],
+            "concurrency": d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+            "tags": d.tags,
+        }
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.flow
+def test_prefect_deploy_all_against_a_local_server(prefect_server):
+    def prefect(*args):
+        done = subprocess.run([*PREFECT, *args], env=prefect_server, cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    prefect("work-pool", "create", "direct2v-local", "--type", "process")
+    out = prefect("--no-prompt", "deploy", "--all")
+    assert "Skipping" not in out and "validation error" not in out.lower(), out[-3000:]
+    done = subprocess.run([sys.executable, "-c", READ_DEPLOYMENTS], env=prefect_server, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    deployments = json.loads(done.stdout)
+    assert set(deployments) == {"direct2v-generate/examples", "direct2v-dataset/dataset-nightly",
+                                "direct2v-dataset/prompt-list"}
+    nightly = deployments["direct2v-dataset/dataset-nightly"]
+    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True}]
+    assert nightly["concurrency"] == 1 and nightly["work_pool"] == "direct2v-local"
+    assert nightly["parameters"]["reuse_from"] == ["outputs/nightly/*"]
+    on_demand = deployments["direct2v-dataset/prompt-list"]
+    assert on_demand["schedules"] == [] and on_demand["entrypoint"] == "flows/dataset.py:generate_dataset"

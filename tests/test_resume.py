@@ -1,0 +1,448 @@
+"""Nothing lost on a crash: atomic writes, resume after SIGKILL, out-of-memory retries, and a
+director that dies.
+
+The unit tests use a fake renderer (random frames) but the real encoder, journal and manifest;
+the kill tests SIGKILL a real ``direct2v`` process group (tiny SD model) mid-render and resume it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from direct2v import run as stages
+from direct2v.config import RenderSettings, Settings
+from direct2v.encode import EncodeError, encode_mp4, partial_name
+from direct2v.manifest import JOURNAL_NAME, ManifestRow, append_rows, compact, read_journal, read_manifest
+from direct2v.plan import FramePlan, write_plan
+from direct2v.prompts import PromptRecord
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_plan(prompt_id: str, frames: int = 4, fps: int = 2, seed: int = 0, prompt: str | None = None) -> FramePlan:
+    return FramePlan(prompt_id=prompt_id, prompt=prompt or f"a {prompt_id}", fps=fps, seed=seed,
+                     frames=[f"{prompt_id} frame {i}" for i in range(frames)])
+
+
+class FakeRenderer:
+    """Random frames; raises ``errors`` (one per call, None = succeed) to inject faults."""
+
+    def __init__(self, settings: RenderSettings, errors=()):
+        from direct2v.render import model_identifier
+
+        self.settings = settings
+        self.model_id = model_identifier(settings.model_dir)
+        self.errors = list(errors)
+        self.calls: list[int | None] = []
+
+    def render(self, plan, batch_size=None):
+        self.calls.append(batch_size)
+        error = self.errors.pop(0) if self.errors else None
+        if error is not None:
+            raise error
+        rng = np.random.default_rng(plan.seed)
+        return rng.random((len(plan.frames), 16, 16, 3)).astype(np.float32)
+
+
+@pytest.fixture
+def render_settings(tmp_path):
+    return RenderSettings(model_dir=tmp_path / "no-model", num_inference_steps=8, t0=4, t1=6, batch_size=8)
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+def test_failed_read_back_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
+    import direct2v.encode as encode
+
+    target = tmp_path / "videos" / "v.mp4"
+    encode_mp4(np.zeros((2, 8, 8, 3)), target, fps=1)
+    before = target.stat()
+
+    def broken_probe(path):
+        raise EncodeError(f"cannot read back {path}: injected")
+
+    monkeypatch.setattr(encode, "probe_video", broken_probe)
+    with pytest.raises(EncodeError, match="injected"):
+        encode_mp4(np.ones((3, 8, 8, 3)), target, fps=1)
+    after = target.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v.mp4"]  # the old video, untouched
+
+
+def test_video_killed_while_encoding_never_appears_under_its_name(tmp_path):
+    """A real process SIGKILLed mid-encode leaves at most a hidden partial file, which a resume removes."""
+    target = tmp_path / "run" / "videos" / "big.mp4"
+    script = (
+        "import numpy as np, sys; from direct2v.encode import encode_mp4; "
+        "encode_mp4(np.random.default_rng(0).integers(0, 256, (400, 256, 256, 3), dtype=np.uint8), sys.argv[1], fps=8)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)], start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not partial_name(target).exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    assert child.poll() is None, "the encoder finished before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not target.exists()
+    assert stages.clean_partials(tmp_path / "run") == [partial_name(target)]
+    assert list(target.parent.iterdir()) == []
+
+
+def test_torn_journal_line_does_not_swallow_the_next_row(tmp_path):
+    append_rows(tmp_path, [ManifestRow(run_id="r", prompt_id="a", status="ok")])
+    with open(tmp_path / JOURNAL_NAME, "ab") as journal:
+        journal.write('{"run_id": "r", "prompt_id": "b", "prompt": "caf\u00e9'.encode()[:-1])  # torn mid-character
+    append_rows(tmp_path, [ManifestRow(run_id="r", prompt_id="c", status="ok")])
+    assert [row.prompt_id for row in read_journal(tmp_path)] == ["a", "c"]
+
+
+def test_compaction_failure_keeps_the_previous_manifest(tmp_path, monkeypatch):
+    import direct2v.manifest as manifest
+
+    append_rows(tmp_path, [ManifestRow(run_id="r", prompt_id="a", status="ok")])
+    first = compact(tmp_path)
+    append_rows(tmp_path, [ManifestRow(run_id="r", prompt_id="b", status="ok")])
+
+    def crash(table, where):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(manifest.pq, "write_table", crash)
+    with pytest.raises(OSError, match="injected"):
+        compact(tmp_path)
+    assert read_manifest(first).column("prompt_id").to_pylist() == ["a"]
+    assert [p.name for p in stages.clean_partials(tmp_path)] == [".manifest.parquet.tmp"]
+
+
+def test_settings_job_and_records_are_written_atomically(tmp_path):
+    stages.write_settings(Settings(), tmp_path)
+    stages.write_job(tmp_path, Path("prompts_in/examples.txt"), 1)
+    stages.write_job(tmp_path, Path("prompts_in/examples.txt"), 1)  # a resume
+    job = stages.read_job(tmp_path)
+    assert job["fps_doublings"] == 1 and job["prompt_file"].endswith("examples.txt") and len(job["resumed_at"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json", "settings.json"]
+
+
+# --- out-of-memory retries -----------------------------------------------------------------------
+
+
+def test_cuda_oom_retries_with_half_the_batch_until_it_fits(tmp_path, render_settings):
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    renderer = FakeRenderer(render_settings, errors=[oom, oom, None])
+    row = stages.render_plan(make_plan("big", frames=8), tmp_path, renderer)
+    assert row.status == "ok" and row.frame_count == 8, row.error
+    assert renderer.calls == [None, 4, 2]  # settings.batch_size 8, then the chunked path with 4, then 2
+
+
+def test_generic_out_of_memory_runtime_error_is_retried(tmp_path, render_settings):
+    renderer = FakeRenderer(render_settings, errors=[RuntimeError("CUDA error: out of memory"), None])
+    row = stages.render_plan(make_plan("short", frames=4), tmp_path, renderer)
+    assert row.status == "ok"
+    assert renderer.calls == [None, 2]  # 4 frames never need more than 4 per call: the first retry halves 4
+
+
+def test_oom_at_the_smallest_batch_fails_that_video_only(tmp_path, render_settings):
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    renderer = FakeRenderer(render_settings, errors=[oom] * 3)
+    failed = stages.render_plan(make_plan("huge", frames=8), tmp_path, renderer)
+    assert renderer.calls == [None, 4, 2]
+    assert failed.status == "failed" and failed.failed_stage == "render"
+    assert "out of memory even with 2 frames per UNet call" in failed.error and "render.height" in failed.error
+    assert not (tmp_path / "videos" / "huge.mp4").exists()
+    assert stages.render_plan(make_plan("next"), tmp_path, renderer).status == "ok"  # the others go on
+
+
+@pytest.mark.parametrize("error", [RuntimeError("shape mismatch"), TypeError("a bug"), ValueError("bad plan")])
+def test_other_render_errors_fail_the_video_without_retry(tmp_path, render_settings, error):
+    renderer = FakeRenderer(render_settings, errors=[error])
+    row = stages.render_plan(make_plan("x"), tmp_path, renderer)
+    assert renderer.calls == [None]
+    assert row.status == "failed" and row.failed_stage == "render" and str(error) in row.error
+
+
+def test_real_renderer_falls_back_to_the_chunked_path(tmp_path, tiny_sd_dir):
+    """The injected OOM hits the real pipeline call; the retry reaches it with a smaller batch_size."""
+    from direct2v.render import Renderer
+
+    renderer = Renderer(RenderSettings(model_dir=tiny_sd_dir, num_inference_steps=6, t0=3, t1=4, batch_size=4))
+    pipeline, batch_sizes = renderer.pipeline, []
+
+    def flaky_pipeline(**kwargs):
+        batch_sizes.append(kwargs["batch_size"])
+        if kwargs["batch_size"] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return pipeline(**kwargs)
+
+    renderer.pipeline = flaky_pipeline
+    row = stages.render_plan(make_plan("chunked", frames=4), tmp_path, renderer)
+    assert row.status == "ok", row.error
+    assert batch_sizes == [4, 2] and row.frame_count == 4
+
+
+# --- what a resume redoes ------------------------------------------------------------------------
+
+
+def test_resume_keeps_finished_videos_and_redoes_what_changed(tmp_path, render_settings):
+    plans = [make_plan(name, seed=i) for i, name in enumerate(["keep", "edited", "deleted", "corrupt", "failed"])]
+    renderer = FakeRenderer(render_settings)
+    for plan in plans:
+        append_rows(tmp_path, [stages.render_plan(plan, tmp_path, renderer)])
+    todo, done = stages.split_finished(plans, tmp_path, render_settings)
+    assert todo == [] and len(done) == 5
+
+    plans[1] = plans[1].model_copy(update={"frames": ["hand", "edited", "plan", "frames"]})
+    (tmp_path / "videos" / "deleted.mp4").unlink()
+    (tmp_path / "videos" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom truncated")
+    append_rows(tmp_path, [stages.failed_row(tmp_path.name, plans[4], "render", "injected")])
+    (tmp_path / "videos" / "failed.mp4").unlink()  # (a video that still matched would be adopted, see below)
+    todo, done = stages.split_finished(plans, tmp_path, render_settings)
+    assert [p.prompt_id for p in done] == ["keep"]
+    assert [p.prompt_id for p in todo] == ["edited", "deleted", "corrupt", "failed"]
+
+    changed = render_settings.model_copy(update={"guidance_scale": 5.0})
+    assert [p.prompt_id for p in stages.split_finished(plans[:1], tmp_path, changed)[0]] == ["keep"]
+
+
+def test_a_video_finished_just_before_a_crash_is_adopted_not_rendered_again(tmp_path, render_settings):
+    """Killed after the MP4 was renamed into place but before its row was appended: the MP4's
+    comment tag carries its video hash, so the resume records it instead of rendering it again."""
+    plans = [make_plan("rowless", seed=1), make_plan("stale", seed=2)]
+    renderer = FakeRenderer(render_settings)
+    for plan in plans:
+        assert stages.render_plan(plan, tmp_path, renderer).status == "ok"  # rows never appended
+    plans[1] = plans[1].model_copy(update={"seed": 3})  # its video no longer matches
+    before = (tmp_path / "videos" / "rowless.mp4").stat()
+    todo, done = stages.split_finished(plans, tmp_path, render_settings, {"rowless": "p.txt:1"})
+    assert [p.prompt_id for p in done] == ["rowless"] and [p.prompt_id for p in todo] == ["stale"]
+    (row,) = read_journal(tmp_path)
+    assert (row.prompt_id, row.status, row.frame_count, row.source) == ("rowless", "ok", 4, "p.txt:1")
+    assert row.video_hash == stages.video_hash(plans[0], render_settings, renderer.model_id)
+    assert (tmp_path / "videos" / "rowless.mp4").stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_video_hash_covers_what_decides_the_pixels(render_settings):
+    plan = make_plan("a")
+    base = stages.video_hash(plan, render_settings, "m@1")
+    assert base == stages.video_hash(plan.model_copy(update={"prompt": "other text"}), render_settings, "m@1")
+    assert base == stages.video_hash(plan, render_settings.model_copy(update={"model_dir": Path("/elsewhere")}), "m@1")
+    variants = [
+        stages.video_hash(plan.model_copy(update={"seed": 1}), render_settings, "m@1"),
+        stages.video_hash(plan.model_copy(update={"fps": 3}), render_settings, "m@1"),
+        stages.video_hash(plan.model_copy(update={"frames": plan.frames[::-1]}), render_settings, "m@1"),
+        stages.video_hash(plan, render_settings.model_copy(update={"num_inference_steps": 9}), "m@1"),
+        stages.video_hash(plan, render_settings.model_copy(update={"batch_size": 4}), "m@1"),
+        stages.video_hash(plan, render_settings, "m@2"),
+    ]
+    assert len({base, *variants}) == 7
+
+
+def test_plans_on_disk_are_reused_only_if_they_fit_their_record(tmp_path):
+    settings = Settings(frames=4, fps=2, seed=0, render=RenderSettings(model_dir=tmp_path / "none"))
+    records = [PromptRecord(id=name, prompt=f"a {name}") for name in ["fits", "other-frames", "broken", "missing"]]
+    records.append(PromptRecord(id="own-values", prompt="a own-values", frames=2, fps=1, seed=5))
+    write_plan(make_plan("fits"), tmp_path / "plans")
+    write_plan(make_plan("other-frames", frames=6), tmp_path / "plans")
+    (tmp_path / "plans" / "broken.json").write_text('{"prompt_id": "broken", "frames": ')
+    write_plan(make_plan("own-values", frames=2, fps=1, seed=5), tmp_path / "plans")
+    reused, to_plan = stages.reusable_plans(records, tmp_path, settings)
+    assert [p.prompt_id for p in reused] == ["fits", "own-values"]
+    assert [r.id for r in to_plan] == ["other-frames", "broken", "missing"]
+    # with one FPS doubling the same plans no longer fit (twice the frames and fps are expected)
+    assert stages.reusable_plans(records, tmp_path, settings, fps_doublings=1)[0] == []
+
+
+def test_director_killed_by_a_signal_is_retried_once_then_its_prompts_fail(tmp_path, monkeypatch):
+    settings = Settings(frames=4, fps=2, render=RenderSettings(model_dir=tmp_path / "none"))
+    records = [PromptRecord(id="a", prompt="a a"), PromptRecord(id="b", prompt="a b")]
+    calls = []
+
+    def director(records_file, run_dir, fps_doublings=0):  # plans "a", then dies; then dies at once
+        calls.append([json.loads(line)["id"] for line in Path(records_file).read_text().splitlines()])
+        if len(calls) == 1:
+            write_plan(make_plan("a"), Path(run_dir) / "plans")
+        return -9, ""
+
+    monkeypatch.setattr(stages, "plan_in_subprocess", director)
+    plans, rows = stages.plan_records(records, tmp_path, settings)
+    assert calls == [["a", "b"], ["b"]]
+    assert [p.prompt_id for p in plans] == ["a"]
+    assert [(r.prompt_id, r.status, r.failed_stage) for r in rows] == [("b", "failed", "plan")]
+    assert "exit code -9" in rows[0].error and "resume" in rows[0].error
+
+
+def test_a_run_directory_has_one_worker_at_a_time(tmp_path):
+    with stages.run_dir_lock(tmp_path):
+        with pytest.raises(stages.RunDirError, match=f"in use by another direct2v process \\(pid {os.getpid()}\\)"):
+            with stages.run_dir_lock(tmp_path):
+                pass
+    with stages.run_dir_lock(tmp_path):  # released
+        pass
+
+
+def test_unsafe_ids_of_hand_written_plans_become_hashed_file_names():
+    assert stages.video_file("corgi-1.v2") == "videos/corgi-1.v2.mp4"
+    for unsafe in ["../../etc/passwd", "/etc/y", "con", "a b", "x" * 200, "ok/../../x", ""]:
+        name = stages.video_file(unsafe)
+        assert name.startswith("videos/id-") and name.endswith(".mp4") and "/" not in name[len("videos/"):]
+
+
+def test_markdown_summary_escapes_user_text():
+    failures = [{"prompt_id": "x", "source": "p|q.txt:3", "failed_stage": "input",
+                 "error": "<img src=x onerror=alert(1)> [click](http://evil.example) *bold* `code`\n| injected |"}]
+    text = stages.summary_markdown({"run_dir": "out/<b>run</b>", "ok": 1}, failures)
+    assert "<img" not in text and "<b>" not in text and "](http" not in text and "http://" not in text
+    assert "\\*bold\\*" in text and "\\`code\\`" in text and "p\\|q.txt" in text
+    assert all(line.count("|") - line.count("\\|") in (3, 5) for line in text.splitlines() if line.startswith("|"))
+
+
+# --- SIGKILL mid-render, then resume (real processes, tiny SD) ------------------------------------
+
+
+def cli_env(tiny_sd_dir, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIRECT2V_", "PREFECT_"))}
+    env.update(
+        DIRECT2V_RENDER__MODEL_DIR=str(tiny_sd_dir),
+        DIRECT2V_RENDER__NUM_INFERENCE_STEPS="8",
+        DIRECT2V_RENDER__T0="4",
+        DIRECT2V_RENDER__T1="6",
+        PYTHONPATH=str(REPO),
+        **extra,
+    )
+    return env
+
+
+def start_and_kill_after_first_video(args, env, cwd, videos: Path, log: Path) -> None:
+    with open(log, "wb") as output:
+        child = subprocess.Popen([sys.executable, "-m", "direct2v", *args], env=env, cwd=cwd, start_new_session=True,
+                                 stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and child.poll() is None:
+            if videos.is_dir() and any(p.suffix == ".mp4" and not p.name.startswith(".") for p in videos.iterdir()):
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, log.read_text(errors="replace")[-3000:]
+        os.killpg(child.pid, signal.SIGKILL)  # the whole group: the CLI, ffmpeg, Prefect's server
+        child.wait()
+
+
+def journal_rows(run_dir: Path) -> list[dict]:
+    rows = []
+    for line in (run_dir / JOURNAL_NAME).read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # the torn line
+    return rows
+
+
+def assert_resumed(out: Path, ids: list[str], first: str, first_stat: os.stat_result, failed=()) -> None:
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert sorted(r["prompt_id"] for r in rows) == sorted([*ids, *failed])  # no lost and no duplicated rows
+    rows = [r for r in rows if r["prompt_id"] not in failed]
+    assert all(r["status"] == "ok" and r["frame_count"] == 4 and r["video_hash"] for r in rows), rows
+    ok_rows = [r["prompt_id"] for r in journal_rows(out) if r["status"] == "ok"]
+    assert sorted(ok_rows) == sorted(ids), "a finished video was rendered twice"
+    again = (out / "videos" / f"{first}.mp4").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first_stat.st_ino, first_stat.st_mtime_ns)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(f"{i}.mp4" for i in ids)  # no partials
+
+
+def test_render_killed_mid_render_resumes_without_redoing_finished_videos(tmp_path, tiny_sd_dir):
+    ids = ["a-boat", "b-cat", "c-dog", "d-fox"]
+    plans = tmp_path / "plans"
+    for seed, prompt_id in enumerate(ids):
+        write_plan(make_plan(prompt_id, frames=4, fps=2, seed=seed), plans)
+    out, env = tmp_path / "out", cli_env(tiny_sd_dir)
+    start_and_kill_after_first_video(["render", "--plans", str(plans), "--out", str(out)], env, tmp_path,
+                                     out / "videos", tmp_path / "killed.log")
+    finished = sorted(p.stem for p in (out / "videos").glob("[!.]*.mp4"))
+    assert 1 <= len(finished) < len(ids), finished
+    first_stat = (out / "videos" / f"{finished[0]}.mp4").stat()
+    with open(out / JOURNAL_NAME, "ab") as journal:  # as if the machine died mid-append, too
+        journal.write(b'{"run_id": "out", "prompt_id": "d-fox", "status": "o')
+
+    done = subprocess.run([sys.executable, "-m", "direct2v", "render", "--plans", str(plans), "--out", str(out),
+                           "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"kept {len(finished)} finished videos" in done.stdout
+    assert_resumed(out, ids, finished[0], first_stat)
+
+
+@pytest.mark.flow
+def test_run_killed_mid_render_then_resume_command_finishes_it(tmp_path, tiny_sd_dir):
+    """``direct2v run --resume`` on a run whose plans exist (the director is never started: its
+    model directory is a decoy that would fail), SIGKILLed after its first video, then finished by
+    ``direct2v resume``."""
+    decoy = tmp_path / "decoy-llm"
+    decoy.mkdir()
+    (decoy / "config.json").write_text('{"model_type": "not-a-model"}')
+    (decoy / "model.safetensors").write_bytes(b"")
+    ids = ["a-boat", "b-cat", "c-dog"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"a {i}", "seed": n}) + "\n" for n, i in enumerate(ids))
+                       + '{"id": "../escape", "prompt": "bad id"}\n')
+    settings = Settings(frames=4, fps=2, output_root=tmp_path / "outputs",
+                        director={"model_dir": decoy},
+                        render={"model_dir": tiny_sd_dir, "num_inference_steps": 8, "t0": 4, "t1": 6})
+    run_dir = tmp_path / "outputs" / "interrupted"
+    run_dir.mkdir(parents=True)
+    stages.write_settings(settings, run_dir)
+    for n, prompt_id in enumerate(ids):
+        write_plan(make_plan(prompt_id, frames=4, fps=2, seed=n), run_dir / "plans")
+    env = cli_env(tiny_sd_dir, PREFECT_HOME=str(tmp_path / "prefect"))
+
+    start_and_kill_after_first_video(["run", str(prompts), "--resume", str(run_dir)], env, tmp_path,
+                                     run_dir / "videos", tmp_path / "killed.log")
+    finished = sorted(p.stem for p in (run_dir / "videos").glob("[!.]*.mp4"))
+    assert 1 <= len(finished) < len(ids), finished
+    first_stat = (run_dir / "videos" / f"{finished[0]}.mp4").stat()
+
+    done = subprocess.run([sys.executable, "-m", "direct2v", "resume", str(run_dir)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["reused_plans"] == 3 and summary["skipped_videos"] == len(finished)
+    assert (summary["total"], summary["ok"], summary["failed"]) == (4, 3, 1)
+    assert not (run_dir / "director.log").exists()  # every plan was reused
+    rows = {r["prompt_id"]: r for r in pq.read_table(run_dir / "manifest.parquet").to_pylist()}
+    bad = rows["invalid-line-4"]
+    assert bad["failed_stage"] == "input" and "id must be" in bad["error"]
+    assert_resumed(run_dir, ids, finished[0], first_stat, failed={"invalid-line-4"})
+    assert "prompts.jsonl:4: id: id must be" in (run_dir / "run.log").read_text()
+
+
+@pytest.mark.flow
+def test_director_process_failure_marks_its_prompts_failed_and_the_run_finishes(tmp_path, tiny_sd_dir):
+    """A director that cannot start its engine (an unloadable model) exits non-zero: every prompt it
+    was given gets a failed "plan" row saying why, and the run still writes its manifest."""
+    decoy = tmp_path / "decoy-llm"
+    decoy.mkdir()
+    (decoy / "config.json").write_text('{"model_type": "not-a-model"}')
+    (decoy / "model.safetensors").write_bytes(b"")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"A corgi runs\n\nRain then a rainbow\n\xff\n")
+    env = cli_env(tiny_sd_dir, PREFECT_HOME=str(tmp_path / "prefect"), DIRECT2V_OUTPUT_ROOT=str(tmp_path / "out"),
+                  DIRECT2V_DIRECTOR__MODEL_DIR=str(decoy))
+    done = subprocess.run([sys.executable, "-m", "direct2v", "run", str(prompts), "--frames", "4"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and done.stdout.strip(), done.stderr[-3000:]  # nothing succeeded; no crash
+    summary = json.loads(done.stdout)
+    run_dir = Path(summary["run_dir"])
+    rows = {r["prompt_id"]: r for r in pq.read_table(run_dir / "manifest.parquet").to_pylist()}
+    assert rows.pop("invalid-line-4")["failed_stage"] == "input"
+    assert len(rows) == 2
+    for row in rows.values():
+        assert (row["status"], row["failed_stage"]) == ("failed", "plan")
+        assert "the director process failed (exit code 1)" in row["error"] and "not-a-model" in row["error"]
+    assert "not-a-model" in (run_dir / "director.log").read_text()
+    assert "planning failed" in (run_dir / "run.log").read_text()
