@@ -146,6 +146,8 @@ def configure_vllm_environment(settings: DirectorSettings, state_dir: Path) -> N
     """Offline, telemetry-free vLLM; must run before vllm is imported."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     os.environ.setdefault("VLLM_CACHE_ROOT", str((state_dir / "vllm-cache").resolve()))
+    # Without it vLLM finds its own address by connecting a UDP socket to 8.8.8.8.
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")

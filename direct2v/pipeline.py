@@ -83,6 +83,16 @@ REQUIRED_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+def missing_model_files(root: Path) -> list[str]:
+    """The REQUIRED_FILES a local diffusers SD directory lacks (empty = complete)."""
+    return [
+        f"{component}/{' or '.join(names)}"
+        for component, groups in REQUIRED_FILES.items()
+        for names in groups
+        if not any((Path(root) / component / name).is_file() for name in names)
+    ]
+
+
 def translate_latents(
     latents: torch.Tensor, frame_ids: Sequence[int], strength_x: float, strength_y: float
 ) -> torch.Tensor:
@@ -192,12 +202,7 @@ class DirecT2VPipeline(DiffusionPipeline):
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(f"model directory not found: {root}")
-        missing = [
-            f"{component}/{' or '.join(names)}"
-            for component, groups in REQUIRED_FILES.items()
-            for names in groups
-            if not any((root / component / name).is_file() for name in names)
-        ]
+        missing = missing_model_files(root)
         if missing:
             raise FileNotFoundError(
                 f"{root} is not a complete diffusers Stable Diffusion directory; missing: {', '.join(missing)}"

@@ -237,7 +237,7 @@ def preflight(settings: Settings) -> None:
     """The model directories, checked before any model loads; a ConfigError names the key."""
     from .config import ConfigError
     from .director import check_model_dir
-    from .pipeline import REQUIRED_FILES
+    from .pipeline import missing_model_files
 
     try:
         check_model_dir(settings.director.model_dir)
@@ -249,12 +249,7 @@ def preflight(settings: Settings) -> None:
             f"render.model_dir: directory not found: {root} (run `direct2v models build` for the tiny default, "
             "or set render.model_dir to a local diffusers Stable Diffusion 1.x directory)"
         )
-    missing = [
-        f"{component}/{' or '.join(names)}"
-        for component, groups in REQUIRED_FILES.items()
-        for names in groups
-        if not any((root / component / name).is_file() for name in names)
-    ]
+    missing = missing_model_files(root)
     if missing:
         raise ConfigError(f"render.model_dir: {root} is not a complete diffusers Stable Diffusion directory "
                           f"(safetensors only); missing: {', '.join(missing)}")

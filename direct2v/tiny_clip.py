@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-from .tiny_models import MAX_TOKENS, build_clip_tokenizer
+from .tiny_models import build_clip_tokenizer, tiny_text_config
 
 IMAGE_SIZE = 32
 
@@ -29,17 +29,7 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
         shutil.rmtree(staging)
     tokenizer = build_clip_tokenizer(staging)
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_TOKENS,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        text_config=tiny_text_config(tokenizer),
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,

@@ -212,6 +212,21 @@ def build_clip_tokenizer(path: Path) -> CLIPTokenizer:
     )
 
 
+def tiny_text_config(tokenizer) -> dict:
+    """The tiny CLIP text transformer shared by the tiny SD and the tiny evaluation CLIP."""
+    return dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     """Build the tiny SD-1.x-shaped model into ``path`` (replacing it) and return ``path``.
 
@@ -251,19 +266,7 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
             norm_num_groups=8,
             sample_size=64,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=tokenizer.vocab_size,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=MAX_TOKENS,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
     pipeline = StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
