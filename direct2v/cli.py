@@ -131,8 +131,9 @@ def plan(
     (out / "director_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     typer.echo(f"planned {len(results) - len(failures)}/{len(results)} prompts -> {out / 'plans'}")
     typer.echo(
-        f"valid on the first try: {report['valid_rate_first_try']:.0%}, after repair: {report['valid_rate_final']:.0%}"
-        f" ({report['cached']} from cache); rules broken on the first try: {report['rule_rates_first_try']}"
+        f"first try: {report['usable_rate_first_try']:.0%} pass the hard rules, {report['valid_rate_first_try']:.0%} "
+        f"break no rule; after repair: {report['accepted_rate_final']:.0%} accepted, {report['valid_rate_final']:.0%} "
+        f"break no rule ({report['cached']} from cache); rules broken on the first try: {report['rule_rates_first_try']}"
     )
     for failure in failures:
         typer.echo(f"  failed {failure.prompt_id}: {failure.reason}", err=True)

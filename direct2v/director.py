@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 TEMPLATE_VERSION = "v1"
 CAMERA_INSTRUCTION = "4. Infer the desired camera angles and movements\n"
 # Brief descriptions (the paper's GPT-4 ones are ~150 characters); 200 characters stay well inside
-# SD's 77 CLIP tokens and stop a small model from looping inside one string.
+# SD's 77 CLIP tokens and stop a small model from looping inside one string. A renderer whose
+# tokenizer packs fewer characters per token lowers it (TokenBudget.safe_chars).
 SCHEMA_FRAME_CHARS = 200
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
@@ -80,11 +82,11 @@ def repair_text(problems: Sequence[str], frames: int) -> str:
     return load_template("repair").format(problems=quoted, frames=frames).rstrip("\n")
 
 
-def frames_schema(frames: int) -> dict:
+def frames_schema(frames: int, max_chars: int = SCHEMA_FRAME_CHARS) -> dict:
     """JSON schema of the answer: the paper's format, a list of exactly ``frames`` strings."""
     return {
         "type": "array",
-        "items": {"type": "string", "minLength": 1, "maxLength": SCHEMA_FRAME_CHARS},
+        "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
         "minItems": frames,
         "maxItems": frames,
     }
@@ -106,15 +108,23 @@ class _Conversation:
 
 @dataclass
 class DirectorReport:
-    """Counts for a batch: how many answers broke each rule on the first try and in the end."""
+    """Counts for a batch: how many answers broke each rule on the first try and in the end.
+
+    ``valid_*`` counts answers that break no rule (a plan accepted with quality warnings is not
+    valid here); ``usable_first_try`` those that pass the hard rules, ``accepted_final`` every
+    plan that reached the renderer (with or without warnings, per the quality policy).
+    """
 
     prompts: int = 0
     cached: int = 0
     valid_first_try: int = 0
+    usable_first_try: int = 0
     valid_final: int = 0
+    accepted_final: int = 0
     failed: int = 0
     first_try_rules: Counter = field(default_factory=Counter)
     final_rules: Counter = field(default_factory=Counter)
+    engine_calls: list[dict] = field(default_factory=list)  # one per batched call: answers, tokens, seconds
 
     def as_dict(self) -> dict:
         planned = max(self.prompts - self.cached, 1)
@@ -122,12 +132,17 @@ class DirectorReport:
             "prompts": self.prompts,
             "cached": self.cached,
             "valid_first_try": self.valid_first_try,
+            "usable_first_try": self.usable_first_try,
             "valid_final": self.valid_final,
+            "accepted_final": self.accepted_final,
             "failed": self.failed,
             "valid_rate_first_try": round(self.valid_first_try / planned, 4),
+            "usable_rate_first_try": round(self.usable_first_try / planned, 4),
             "valid_rate_final": round(self.valid_final / planned, 4),
+            "accepted_rate_final": round(self.accepted_final / planned, 4),
             "rule_rates_first_try": {k: round(v / planned, 4) for k, v in sorted(self.first_try_rules.items())},
             "rule_rates_final": {k: round(v / planned, 4) for k, v in sorted(self.final_rules.items())},
+            "engine_calls": self.engine_calls,
         }
 
 
@@ -142,9 +157,26 @@ def judge_answer(
     return parsed, quality_problems(parsed, user_prompt)
 
 
+def frame_chars_limit(budget: TokenBudget | None) -> int:
+    """The schema's per-description character cap: the default, or less if the renderer's
+    tokenizer would not fit that many characters in its token limit."""
+    return SCHEMA_FRAME_CHARS if budget is None else min(SCHEMA_FRAME_CHARS, budget.safe_chars())
+
+
+def max_answer_tokens(frames: int, frame_chars: int) -> int:
+    """Generation cap for one answer: ~3 characters per LLM token, quotes and commas, a margin."""
+    return frames * (frame_chars // 3 + 8) + 32
+
+
 def configure_vllm_environment(settings: DirectorSettings, state_dir: Path) -> None:
     """Offline, telemetry-free vLLM; must run before vllm is imported."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+    reserved = settings.cpu_reserved_cores
+    if reserved is None and len(os.sched_getaffinity(0)) <= 2:
+        # vLLM keeps a core for its scheduler, which leaves one core of two for the model
+        reserved = 0
+    if reserved is not None:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
     os.environ.setdefault("VLLM_CACHE_ROOT", str((state_dir / "vllm-cache").resolve()))
     # Without it vLLM finds its own address by connecting a UDP socket to 8.8.8.8.
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
@@ -184,6 +216,7 @@ class Director:
 
         self.settings = settings
         self.budget = budget
+        self.frame_chars = frame_chars_limit(budget)
         self.model_name = Path(settings.model_dir).name
         self.cache = PlanCache(state_dir / "plan-cache", model_fingerprint(settings.model_dir)) if settings.cache else None
         self.report = DirectorReport()
@@ -202,6 +235,7 @@ class Director:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,
             trust_remote_code=False,
+            load_format="safetensors",  # never unpickle .bin weights
             **parallel,
         )
 
@@ -217,23 +251,31 @@ class Director:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _generate(self, conversations: list[_Conversation]) -> list[str]:
+    def _generate(self, conversations: list[_Conversation], repair: bool = False) -> list[str]:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
+        temperature = self.settings.temperature
+        if repair and self.settings.repair_temperature is not None:
+            temperature = self.settings.repair_temperature
         params = [
             SamplingParams(
-                temperature=self.settings.temperature,
+                temperature=temperature,
                 top_p=self.settings.top_p,
                 repetition_penalty=self.settings.repetition_penalty,
-                # a description is at most SCHEMA_FRAME_CHARS characters, i.e. ~SCHEMA_FRAME_CHARS/3 tokens
-                max_tokens=min(self.settings.max_tokens, c.frames * (SCHEMA_FRAME_CHARS // 3 + 8) + 32),
+                max_tokens=min(self.settings.max_tokens, max_answer_tokens(c.frames, self.frame_chars)),
                 seed=self.settings.seed,
-                structured_outputs=StructuredOutputsParams(json=frames_schema(c.frames)),
+                structured_outputs=StructuredOutputsParams(json=frames_schema(c.frames, self.frame_chars)),
             )
             for c in conversations
         ]
+        started = time.perf_counter()
         outputs = self.llm.chat([c.messages for c in conversations], params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(output.outputs[0].token_ids) for output in outputs)
+        self.report.engine_calls.append({"answers": len(outputs), "tokens": tokens, "seconds": round(seconds, 3)})
+        log.info("director: %d answers, %d tokens in %.1f s (%.0f tokens/s)",
+                 len(outputs), tokens, seconds, tokens / max(seconds, 1e-9))
         return [output.outputs[0].text for output in outputs]
 
     def _run_round(self, conversations: list[_Conversation], first_round: bool) -> None:
@@ -247,7 +289,7 @@ class Director:
         for attempt in range(1, self.settings.max_attempts + 1):
             if not pending:
                 return
-            answers = self._generate(pending)
+            answers = self._generate(pending, repair=attempt > 1)
             retry = []
             for conversation, answer in zip(pending, answers, strict=True):
                 conversation.attempts += 1
@@ -257,6 +299,7 @@ class Director:
                 if first_round and attempt == 1:
                     self.report.first_try_rules.update(broken.keys())
                     self.report.valid_first_try += not broken
+                    self.report.usable_first_try += "hard" not in broken
                 blocking = broken if policy != "warn" or "hard" in broken else {}
                 last_try = attempt == self.settings.max_attempts
                 if blocking and not last_try:
@@ -320,7 +363,8 @@ class Director:
             result = self._result(conversation)
             results[conversation.record.id] = result
             if isinstance(result, FramePlan):
-                self.report.valid_final += 1
+                self.report.accepted_final += 1
+                self.report.valid_final += not result.warnings
                 if self.cache:
                     self.cache.put(self._cache_key(conversation, fps_doublings, original=True), result)
             else:
@@ -340,7 +384,8 @@ class Director:
             "fps_doublings": fps_doublings,
             "template_version": TEMPLATE_VERSION,
             "camera": s.camera,
-            "sampling": [s.temperature, s.top_p, s.repetition_penalty, s.seed, s.max_attempts, s.quality_policy],
+            "sampling": [s.temperature, s.repair_temperature, s.top_p, s.repetition_penalty, s.seed, s.max_attempts,
+                         s.quality_policy],
             "token_limit": self.budget.limit if self.budget else None,
         }
 

@@ -8,15 +8,29 @@ nothing unvalidated reaches the renderer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from .prompts import check_safe_id
+
+SafeId = Annotated[str, AfterValidator(check_safe_id)]
 
 PLAN_SCHEMA_VERSION = 1
-MAX_FRAME_CHARS = 300  # a sanity bound; the real limit is the text encoder's, in tokens (TokenCounter)
-
+MAX_FRAME_CHARS = 300  # a sanity bound; the real limit is the text encoder's, in tokens (TokenBudget)
+# Frame descriptions in the paper's style with common and rarer words, to measure how many
+# characters a tokenizer packs per token (the densest one counts).
+REFERENCE_DESCRIPTIONS = (
+    "A small corgi with a red collar runs across a sunny park, its ears flapping, while a second "
+    "corgi appears at the edge of the frame; wide shot, the camera slowly pans to the right.",
+    "Bioluminescent jellyfish drift past a sunken galleon, silhouetted against shimmering turquoise "
+    "water; tracking shot.",
+    "An elderly fisherman mends tangled nets on a weathered pier while seagulls squabble overhead, "
+    "handheld close-up.",
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,17 @@ class TokenBudget:
             raise FileNotFoundError(f"{tokenizer_dir} not found: render.model_dir is not a diffusers SD directory")
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         return cls(count=lambda text: len(tokenizer(text, verbose=False).input_ids), limit=tokenizer.model_max_length)
+
+    def safe_chars(self, references: Sequence[str] = REFERENCE_DESCRIPTIONS, margin: float = 0.8) -> int:
+        """About how many characters of description fit the limit, with a safety margin.
+
+        Used as the JSON schema's ``maxLength`` so the constrained decoder stops a description
+        before the tokenizer would reject it; the exact token check still validates every frame.
+        Measured on ``references`` (the densest counts) because characters per token depend on
+        the vocabulary: ~4 for SD's CLIP BPE on English, ~2.5 for the tiny test tokenizer.
+        """
+        chars_per_token = min(len(text) / max(self.count(text) - 2, 1) for text in references)  # minus BOS/EOS
+        return max(int((self.limit - 2) * chars_per_token * margin), 1)
 
 
 class PlanRound(BaseModel):
@@ -68,7 +93,7 @@ class FramePlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = PLAN_SCHEMA_VERSION
-    prompt_id: str
+    prompt_id: SafeId
     prompt: str
     fps: int = Field(ge=1, le=960)
     seed: int = Field(ge=0, le=2**32 - 1)
@@ -101,7 +126,7 @@ class PlanFailure(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt_id: str
+    prompt_id: SafeId
     prompt: str
     reason: str
     attempts: int = 0
@@ -147,7 +172,8 @@ def parse_frames(text: str, expected: int, budget: TokenBudget | None = None) ->
     return data, []
 
 
-QUALITY_RULES = ("repeats_prompt", "adjacent_identical", "static_video")
+QUALITY_RULES = ("repeats_prompt", "adjacent_identical", "static_video", "too_short")
+MIN_FRAME_WORDS = 3  # "The corgi**" or "," describes no scene
 
 
 def _normalise(text: str) -> str:
@@ -159,8 +185,10 @@ def quality_problems(frames: list[str], user_prompt: str) -> dict[str, str]:
 
     * ``repeats_prompt``: a frame merely repeats the user prompt (no direction was added);
     * ``adjacent_identical``: two neighbouring frames are the same;
-    * ``static_video``: every frame is the same, so nothing changes across the video.
-    Small models break these often (SmolLM2-135M likes to return the prompt F times).
+    * ``static_video``: every frame is the same, so nothing changes across the video;
+    * ``too_short``: a frame has fewer than MIN_FRAME_WORDS words with letters.
+    Small models break these often (SmolLM2-135M likes to return the prompt F times, and sampled
+    hotter it writes fragments).
     """
     normal = [_normalise(frame) for frame in frames]
     prompt = _normalise(user_prompt)
@@ -173,6 +201,9 @@ def quality_problems(frames: list[str], user_prompt: str) -> dict[str, str]:
         found["static_video"] = "all frames are identical; each frame must show the next small change"
     elif same:
         found["adjacent_identical"] = f"frames {same} are identical to the frame after them; make each frame differ a little"
+    short = [i + 1 for i, frame in enumerate(frames) if sum(any(c.isalpha() for c in w) for w in frame.split()) < MIN_FRAME_WORDS]
+    if short:
+        found["too_short"] = f"frames {short} are too short; describe the whole scene in each frame"
     return found
 
 

@@ -59,13 +59,22 @@ class PromptRecord(BaseModel):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
-        # Ids become file names: only a conservative character set, never a path.
-        if not _ID_PATTERN.match(value) or value.lower().split(".")[0] in _RESERVED_IDS:
-            raise ValueError(
-                "id must be 1-80 characters of letters, digits, '_', '-', '.', start with a letter "
-                f"or digit, and not be a reserved device name; got {value!r}"
-            )
-        return value
+        return check_safe_id(value)
+
+
+def is_safe_id(value: str) -> bool:
+    """Ids become file names (plans, videos, contact sheets): a conservative character set, never a path."""
+    return bool(_ID_PATTERN.match(value)) and value.lower().split(".")[0] not in _RESERVED_IDS
+
+
+def check_safe_id(value: str) -> str:
+    """Validator form of ``is_safe_id``: the id, or a ValueError that says what an id may be."""
+    if not is_safe_id(value):
+        raise ValueError(
+            "id must be 1-80 characters of letters, digits, '_', '-', '.', start with a letter "
+            f"or digit, and not be a reserved device name; got {value!r}"
+        )
+    return value
 
 
 class PromptProblem(BaseModel):

@@ -38,6 +38,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -47,7 +48,7 @@ from .config import RenderSettings, Settings
 from .encode import EncodeError, encode_mp4, partial_name, probe_video, read_comment
 from .manifest import MANIFEST_NAME, ManifestRow, fsync_path, read_journal
 from .plan import FramePlan, PlanFailure, PlanFileError, read_plan
-from .prompts import _ID_PATTERN, _RESERVED_IDS, PromptProblem, PromptRecord, read_prompt_file
+from .prompts import PromptProblem, PromptRecord, is_safe_id, read_prompt_file
 
 log = logging.getLogger(__name__)
 
@@ -295,20 +296,46 @@ def director_environment() -> dict[str, str]:
     return env
 
 
-def plan_in_subprocess(records_file: Path, run_dir: Path, fps_doublings: int = 0) -> tuple[int, str]:
-    """Run the director as its own process (vLLM must not share a process with the renderer).
+DIRECTOR_TIMED_OUT = 124  # the exit code `timeout` uses
 
-    The child reads the run's resolved ``settings.json``, so it plans with exactly the settings
-    of the run, whatever overrides the parent had. Its output goes to stderr and is appended to
-    ``run_dir/director.log``. Returns the exit code (negative: killed by that signal; 127: it
-    could not start) and its last output line, for the failure message; never raises.
-    """
+
+def director_command(records_file: Path, run_dir: Path, fps_doublings: int = 0) -> list[str]:
+    """``direct2v plan`` for the run's records, with the run's resolved settings."""
     command = [
         sys.executable, "-m", "direct2v", "plan", str(records_file),
         "--out", str(run_dir), "--settings", str(Path(run_dir) / SETTINGS),
     ]
     if fps_doublings:
         command += ["--fps-doublings", str(fps_doublings)]
+    return command
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (the director's vLLM engine-core processes too)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def plan_in_subprocess(
+    records_file: Path, run_dir: Path, fps_doublings: int = 0, timeout_s: float | None = None
+) -> tuple[int, str]:
+    """Run the director as its own process (vLLM must not share a process with the renderer).
+
+    The child reads the run's resolved ``settings.json``, so it plans with exactly the settings
+    of the run, whatever overrides the parent had. Its output goes to stderr and is appended to
+    ``run_dir/director.log``. Returns the exit code (negative: killed by that signal; 127: it
+    could not start; DIRECTOR_TIMED_OUT: stopped after ``timeout_s``) and its last output line,
+    for the failure message; never raises.
+    """
+    command = director_command(records_file, run_dir, fps_doublings)
     log.info("starting the director: %s", " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with open(Path(run_dir) / DIRECTOR_LOG, "a", encoding="utf-8") as director_log:
@@ -324,13 +351,31 @@ def plan_in_subprocess(records_file: Path, run_dir: Path, fps_doublings: int = 0
             director_log.write(f"cannot start the director: {error}\n")
             return 127, f"cannot start the director: {error}"
         assert child.stdout is not None
-        for line in child.stdout:
-            sys.stderr.write(line)
-            director_log.write(line)
-            if line.strip():
-                tail.append(line.strip())
-        code = child.wait()
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            kill_process_tree(child.pid)
+
+        watchdog = threading.Timer(timeout_s, stop) if timeout_s else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            for line in child.stdout:
+                sys.stderr.write(line)
+                director_log.write(line)
+                if line.strip():
+                    tail.append(line.strip())
+            code = child.wait()
+        finally:
+            if watchdog:
+                watchdog.cancel()
         director_log.write(f"--- exit code {code}\n")
+    if timed_out.is_set():
+        message = f"the director did not finish within {timeout_s:g} s (director.timeout_s) and was stopped"
+        log.error("%s", message)
+        return DIRECTOR_TIMED_OUT, message
     return code, error_summary(list(tail))
 
 
@@ -419,7 +464,7 @@ def plan_records(
     code, last_line = 0, ""
     for attempt in (1, 2):
         request = write_records(pending, run_dir / PLAN_REQUEST)
-        code, last_line = plan_in_subprocess(request, run_dir, fps_doublings)
+        code, last_line = plan_in_subprocess(request, run_dir, fps_doublings, settings.director.timeout_s)
         for record in pending:
             path = run_dir / PLANS_DIR / f"{record.id}.json"
             if path.is_file():
@@ -505,9 +550,9 @@ def failed_row(run_id: str, plan: FramePlan, stage: str, error: str, source: str
 
 
 def video_file(prompt_id: str) -> str:
-    """The video's path in the run directory: named after the id when the id is a safe file name
-    (prompt-file ids always are), else after a hash of it (hand-written plans may hold anything)."""
-    if _ID_PATTERN.match(prompt_id) and prompt_id.lower().split(".")[0] not in _RESERVED_IDS:
+    """The video's path in the run directory: named after the id (validated plans and prompt
+    records only hold safe ids), else, defensively, after a hash of it."""
+    if is_safe_id(prompt_id):
         return f"{VIDEOS_DIR}/{prompt_id}.mp4"
     return f"{VIDEOS_DIR}/id-{hashlib.sha256(prompt_id.encode('utf-8')).hexdigest()[:16]}.mp4"
 
@@ -734,7 +779,8 @@ def summarise(run_dir: Path, manifest_path: Path) -> dict:
     return {
         "total": len(statuses),
         "ok": statuses.count("ok"),
-        "failed": len(statuses) - statuses.count("ok"),
+        "failed": statuses.count("failed"),
+        "rejected": statuses.count("rejected"),  # rendered, but QC turned it down (direct2v eval)
         "manifest": str(manifest_path),
     }
 

@@ -106,9 +106,7 @@ def import_plans(
         except PlanFileError as error:
             problem = str(error)
         else:
-            if stages.video_file(plan.prompt_id) != f"{stages.VIDEOS_DIR}/{plan.prompt_id}.mp4":
-                problem = f"{path}: prompt_id {plan.prompt_id!r} is not usable as a file name"
-            elif plan.prompt_id in seen:
+            if plan.prompt_id in seen:
                 problem = f"{path}: prompt_id {plan.prompt_id!r} is used by another plan file"
         if problem:
             logger.error("%s", problem)

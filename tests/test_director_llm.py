@@ -48,7 +48,10 @@ def test_batch_with_one_fps_doubling(director, tiny_sd_dir):
         assert result.template_version == "v1" and result.director_model == "smollm2-135m-instruct"
     assert any(isinstance(r, FramePlan) for r in results), [getattr(r, "reason", "") for r in results]
     report = director.report.as_dict()
-    assert report["prompts"] == 4 and report["valid_final"] + report["failed"] == 4
+    assert report["prompts"] == 4 and report["accepted_final"] + report["failed"] == 4
+    assert report["valid_final"] <= report["accepted_final"] and report["valid_first_try"] <= report["usable_first_try"]
+    calls = report["engine_calls"]  # first round, then the doubling round (each with any repair turns)
+    assert len(calls) >= 2 and calls[0]["answers"] == 4 and all(c["tokens"] > 0 for c in calls)
 
 
 def test_cache_answers_a_repeated_request(director):

@@ -43,3 +43,15 @@ def test_manifest_schema_and_last_row_wins(tmp_path):
     assert set(rows) == {"a", "b"} and rows["a"]["status"] == "ok"
     assert rows["b"]["frame_prompts"] == ["1", "2"] and rows["b"]["seed"] == 3
     assert len(read_journal(tmp_path)) == 2
+
+
+def test_run_summary_counts_qc_rejected_apart_from_failed(tmp_path):
+    from direct2v.run import summarise
+
+    append_rows(tmp_path, [
+        ManifestRow(run_id="r", prompt_id="ok1", status="ok"),
+        ManifestRow(run_id="r", prompt_id="bad", status="failed", failed_stage="plan", error="x"),
+        ManifestRow(run_id="r", prompt_id="qc", status="rejected"),
+    ])
+    summary = summarise(tmp_path, compact(tmp_path))
+    assert (summary["total"], summary["ok"], summary["failed"], summary["rejected"]) == (3, 1, 1, 1)

@@ -58,6 +58,8 @@ def test_plan_round_trip_and_hand_edit(tmp_path):
         (lambda d: d.update(frames=["a", "  "]), "frame 2 is empty"),
         (lambda d: d.update(fps=0), "fps"),
         (lambda d: d.pop("prompt_id"), "prompt_id"),
+        (lambda d: d.update(prompt_id="../../etc/passwd"), "id must be"),
+        (lambda d: d.update(prompt_id="CON"), "reserved device name"),
         (lambda d: d.update(surprise=1), "surprise"),
     ],
 )

@@ -266,7 +266,7 @@ def test_director_killed_by_a_signal_is_retried_once_then_its_prompts_fail(tmp_p
     records = [PromptRecord(id="a", prompt="a a"), PromptRecord(id="b", prompt="a b")]
     calls = []
 
-    def director(records_file, run_dir, fps_doublings=0):  # plans "a", then dies; then dies at once
+    def director(records_file, run_dir, fps_doublings=0, timeout_s=None):  # plans "a", then dies; then dies at once
         calls.append([json.loads(line)["id"] for line in Path(records_file).read_text().splitlines()])
         if len(calls) == 1:
             write_plan(make_plan("a"), Path(run_dir) / "plans")
@@ -278,6 +278,39 @@ def test_director_killed_by_a_signal_is_retried_once_then_its_prompts_fail(tmp_p
     assert [p.prompt_id for p in plans] == ["a"]
     assert [(r.prompt_id, r.status, r.failed_stage) for r in rows] == [("b", "failed", "plan")]
     assert "exit code -9" in rows[0].error and "resume" in rows[0].error
+
+
+HUNG_DIRECTOR = """
+import subprocess, sys, time
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print("engine-pid", engine.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_hung_director_is_stopped_with_its_engine_and_its_prompts_fail(tmp_path, monkeypatch):
+    import psutil
+
+    (tmp_path / "director.log").write_text("")
+    monkeypatch.setattr(stages, "director_command", lambda *args: [sys.executable, "-c", HUNG_DIRECTOR])
+    started = time.monotonic()
+    code, message = stages.plan_in_subprocess(tmp_path / "records.jsonl", tmp_path, timeout_s=3)
+    assert time.monotonic() - started < 60
+    assert code == stages.DIRECTOR_TIMED_OUT and "did not finish within 3 s (director.timeout_s)" in message
+    engine_lines = lambda: [line for line in (tmp_path / "director.log").read_text().splitlines()
+                            if line.startswith("engine-pid ")]
+    engine_pid = int(engine_lines()[0].split()[1])
+    time.sleep(0.5)
+    assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE
+
+    # in a run: not restarted (the same hang would come back), every prompt recorded as failed
+    settings = Settings(frames=4, fps=2, render=RenderSettings(model_dir=tmp_path / "none"),
+                        director={"timeout_s": 2})
+    records = [PromptRecord(id="a", prompt="a a"), PromptRecord(id="b", prompt="a b")]
+    plans, rows = stages.plan_records(records, tmp_path, settings)
+    assert plans == [] and [(r.prompt_id, r.failed_stage) for r in rows] == [("a", "plan"), ("b", "plan")]
+    assert "exit code 124" in rows[0].error and "did not finish within 2 s" in rows[0].error
+    assert len(engine_lines()) == 2
 
 
 def test_a_run_directory_has_one_worker_at_a_time(tmp_path):
