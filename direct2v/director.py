@@ -172,7 +172,8 @@ def configure_vllm_environment(settings: DirectorSettings, state_dir: Path) -> N
     """Offline, telemetry-free vLLM; must run before vllm is imported."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     reserved = settings.cpu_reserved_cores
-    if reserved is None and len(os.sched_getaffinity(0)) <= 2:
+    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if reserved is None and usable_cores <= 2:
         # vLLM keeps a core for its scheduler, which leaves one core of two for the model
         reserved = 0
     if reserved is not None:

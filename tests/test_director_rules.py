@@ -97,3 +97,18 @@ def test_report_rates():
     assert rates["valid_rate_first_try"] == 0.25 and rates["usable_rate_first_try"] == 0.75
     assert rates["valid_rate_final"] == 0.5 and rates["accepted_rate_final"] == 0.75
     assert rates["rule_rates_first_try"] == {"hard": 0.25, "repeats_prompt": 0.5}
+
+
+@pytest.mark.parametrize("cores, setting, expected", [(2, None, "0"), (1, None, "0"), (16, None, None), (2, 1, "1")])
+def test_cpu_engine_threads_get_every_core_on_small_machines(monkeypatch, tmp_path, cores, setting, expected):
+    import os
+
+    from direct2v.config import DirectorSettings
+    from direct2v.director import configure_vllm_environment
+
+    environment = {}
+    monkeypatch.setattr(os, "environ", environment)  # nothing leaks into this process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    configure_vllm_environment(DirectorSettings(cpu_reserved_cores=setting), tmp_path)
+    assert environment.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == expected
+    assert environment["VLLM_HOST_IP"] == "127.0.0.1" and environment["VLLM_CPU_KVCACHE_SPACE"] == "1"
