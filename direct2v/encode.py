@@ -8,7 +8,6 @@ leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 from pydantic import BaseModel
+
+from .manifest import fsync_path
 
 
 class EncodedVideo(BaseModel):
@@ -103,12 +104,12 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment:
             raise EncodeError(
                 f"{path.name}: wrote {video.frame_count} frames at {video.fps} fps, expected {count} at {fps}"
             )
-        _fsync(partial)  # the data is on disk before the name says the video is complete
+        fsync_path(partial)  # the data is on disk before the name says the video is complete
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     partial.replace(path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
     return video.model_copy(update={"path": path})
 
 
@@ -132,11 +133,3 @@ def partial_name(path: Path) -> Path:
     """Where ``encode_mp4`` writes ``path`` before it has been read back (a crash may leave it)."""
     path = Path(path)
     return path.with_name(f".{path.stem}.partial.mp4")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
