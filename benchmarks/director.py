@@ -109,14 +109,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from direct2v.director import frame_chars_limit, max_answer_tokens
+    from direct2v.director import check_model_dir, frame_chars_limit, max_answer_tokens
     from direct2v.plan import TokenBudget
 
     prompts = benchmark_prompts(args.prompts)
     n = len(prompts)
     # as in a run: descriptions must fit the renderer's text encoder
     render_model_dir = args.render_model_dir if str(args.render_model_dir) not in ("", ".") else None
-    budget = TokenBudget.from_sd_model(render_model_dir) if render_model_dir else None
+    try:
+        check_model_dir(args.model_dir)
+        budget = TokenBudget.from_sd_model(render_model_dir) if render_model_dir else None
+    except FileNotFoundError as error:  # the default directories come from `direct2v models build`
+        parser.error(str(error))
     max_new_tokens = max_answer_tokens(args.frames, frame_chars_limit(budget))  # the director's own cap
     vllm = run_vllm(args.model_dir, prompts, args.frames, args.fps, budget, args.max_attempts)
     rates = vllm["report"]

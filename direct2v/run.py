@@ -372,7 +372,7 @@ def plan_in_subprocess(
             if watchdog:
                 watchdog.cancel()
         director_log.write(f"--- exit code {code}\n")
-    if timed_out.is_set():
+    if timed_out.is_set() and code < 0:  # not a director that finished as the watchdog fired
         message = f"the director did not finish within {timeout_s:g} s (director.timeout_s) and was stopped"
         log.error("%s", message)
         return DIRECTOR_TIMED_OUT, message
