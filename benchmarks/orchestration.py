@@ -1,5 +1,5 @@
 """Orchestration overhead: the same videos rendered by calling the stages directly, through the
-Prefect dataset flow (one thread), and through the flow on a Dask LocalCluster of 1 and 2 workers.
+Prefect flow (``flows/generate.py``, one thread), and through the flow on a Dask LocalCluster of 1 and 2 workers.
 
     python benchmarks/orchestration.py                          # 16 videos, tiny SD, 4 steps, CPU
     python benchmarks/orchestration.py --videos 32 --model-dir /models/sd15 --steps 20 --workers 1,2,4
@@ -54,7 +54,7 @@ def run_direct(plans_dir: Path, run_dir: Path, settings) -> dict:
     from direct2v.manifest import append_rows, compact
     from direct2v.plan import read_plan
     from direct2v.render import Renderer
-    from direct2v.run import render_plan
+    from direct2v.videos import render_plan
 
     started = time.perf_counter()
     renderer = Renderer(settings.render)
@@ -64,17 +64,17 @@ def run_direct(plans_dir: Path, run_dir: Path, settings) -> dict:
     for plan in plans:
         append_rows(run_dir, [render_plan(plan, run_dir, renderer)])
     rendered = time.perf_counter()
-    manifest = compact(run_dir)
+    manifest = compact(run_dir).path
     return {"wall": time.perf_counter() - started, "render": rendered - loaded, "load": loaded - started,
             "videos": len(plans), "steady": steady_s_per_video(manifest)}
 
 
 def run_flow(plans_dir: Path, output_root: Path, settings, run_id: str, dask_workers: int | None) -> dict:
-    from flows.dataset import generate_dataset
+    from flows.generate import generate
 
     started = time.perf_counter()
-    summary = generate_dataset(plans_dir=str(plans_dir), output_root=str(output_root), run_id=run_id,
-                               settings=settings.model_dump(mode="json"), dask_workers=dask_workers)
+    summary = generate(plans_dir=str(plans_dir), output_root=str(output_root), run_id=run_id,
+                       settings=settings.model_dump(mode="json"), dask_workers=dask_workers)
     wall = time.perf_counter() - started
     assert summary["render_ok"] == summary["rendered"], summary
     return {"wall": wall, "render": summary["render_s"], "videos": summary["rendered"],

@@ -17,11 +17,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from .config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from .stages import JobRequest, RunSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DirecT2V: prompt lists -> videos, offline.")
 models_app = typer.Typer(no_args_is_help=True, help="Build or inspect the local models.")
@@ -35,6 +38,9 @@ SetOption = Annotated[
 FramesOption = Annotated[Optional[int], typer.Option(help="frames per video (default from settings: 8)")]
 FpsOption = Annotated[Optional[int], typer.Option(help="frame rate given to the director and the MP4")]
 SeedOption = Annotated[Optional[int], typer.Option(help="seed for prompts without their own")]
+DoublingsOption = Annotated[
+    Optional[int], typer.Option(min=0, max=6, help="FPS-doubling rounds F -> 2F -> 4F ... (setting fps_doublings, default 0)")
+]
 
 
 class UserError(Exception):
@@ -99,36 +105,16 @@ def plan(
     frames: FramesOption = None,
     fps: FpsOption = None,
     seed: SeedOption = None,
-    fps_doublings: Annotated[int, typer.Option(min=0, max=6, help="FPS-doubling rounds (F -> 2F -> 4F ...)")] = 0,
+    fps_doublings: DoublingsOption = None,
     settings_file: Annotated[Optional[Path], typer.Option("--settings", help="resolved settings.json of a run")] = None,
 ) -> None:
     """Plan frames for every prompt with the LLM director (vLLM), one batched call per round."""
-    from .director import Director
-    from .plan import PlanFailure, TokenBudget, write_plan
-    from .run import split_prompt_file, write_plan_failures
+    from .planning import plan_prompt_file
 
-    settings = resolve_settings(config, sets, settings_file, frames=frames, fps=fps, seed=seed)
-    records, problems = split_prompt_file(prompt_file)
-    for problem in problems:
-        log.error("%s", problem)
-    if not records:
+    settings = resolve_settings(config, sets, settings_file, frames=frames, fps=fps, seed=seed, fps_doublings=fps_doublings)
+    results, failures, report = plan_prompt_file(prompt_file, out, settings)
+    if not results:
         raise UserError(f"{prompt_file}: no valid prompts to plan")
-    out.mkdir(parents=True, exist_ok=True)
-    budget = None
-    if (settings.render.model_dir / "tokenizer").is_dir():
-        budget = TokenBudget.from_sd_model(settings.render.model_dir)
-    else:
-        log.warning("%s has no tokenizer/: frame descriptions are not checked against the text encoder's "
-                    "token limit", settings.render.model_dir)
-    with Director(settings.director, settings.state_dir, budget) as director:
-        results = director.plan(records, settings.frames, settings.fps, settings.seed, fps_doublings)
-        report = director.report.as_dict()
-    failures = [r for r in results if isinstance(r, PlanFailure)]
-    for result in results:
-        if not isinstance(result, PlanFailure):
-            write_plan(result, out / "plans")
-    write_plan_failures(failures, out)
-    (out / "director_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     typer.echo(f"planned {len(results) - len(failures)}/{len(results)} prompts -> {out / 'plans'}")
     typer.echo(
         f"first try: {report['usable_rate_first_try']:.0%} pass the hard rules, {report['valid_rate_first_try']:.0%} "
@@ -139,6 +125,35 @@ def plan(
         typer.echo(f"  failed {failure.prompt_id}: {failure.reason}", err=True)
 
 
+def _start_job(request: "JobRequest", strict: bool, flow_options: dict | None = None) -> "RunSummary":
+    """The one way every command runs a job: check what can be checked before any model loads,
+    then run the flow (``flows.generate``) and print its summary."""
+    from .stages import check_job, resolve_run
+
+    run = resolve_run(request)
+    check_job(run)
+    from flows.generate import generate  # imported late: sets up Prefect's environment first
+
+    summary = generate(
+        prompt_file=run.job.prompt_file, plans_dir=run.job.plans_dir, run_dir=str(run.dir),
+        settings=request.overrides, shard_size=run.job.shard_size, reuse_from=run.job.reuse_from,
+        verify_videos=run.job.verify_videos, **(flow_options or {}),
+    )
+    typer.echo(json.dumps(summary, indent=2))
+    if not summary["ok"] or (strict and summary["failed"]):
+        raise typer.Exit(1)
+    return summary
+
+
+def _new_or_resumed(config: Path | None, resume_dir: Path | None, overrides: dict) -> None:
+    """A new run takes ``--config``; a resumed one continues with its own settings.json."""
+    if resume_dir is None:
+        load_settings(config, **overrides)  # a bad value is reported here, naming its key
+    elif config is not None:
+        raise UserError(f"{resume_dir} continues with its own settings.json; change a setting with --set KEY=VALUE, "
+                        "not --config")
+
+
 @app.command()
 def render(
     plans: Annotated[Path, typer.Option(help="directory of plan .json files (e.g. a run's plans/)")],
@@ -146,52 +161,29 @@ def render(
     config: ConfigOption = None,
     sets: SetOption = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="keep the videos in OUT that are finished for the same plan and settings")
+        bool, typer.Option("--resume", help="continue the run in OUT: keep its videos finished for the same plan and settings")
     ] = False,
 ) -> None:
-    """Render plan files (LLM-made or hand-written) to MP4, without the LLM."""
-    from .manifest import append_rows, compact
-    from .plan import PlanFileError, TokenBudget, read_plan
-    from .render import Renderer
-    from .run import clean_partials, render_plan, run_dir_lock, run_log, split_finished
+    """Render plan files (LLM-made or hand-written) to MP4, without the LLM; exit 1 unless every plan made a video."""
+    from .rundir import is_run_dir
+    from .stages import JobRequest
 
-    settings = resolve_settings(config, sets)
-    paths = sorted(Path(plans).glob("*.json")) if Path(plans).is_dir() else []
-    if not paths:
-        raise UserError(f"{plans}: no plan .json files found")
-    out.mkdir(parents=True, exist_ok=True)
-    budget = TokenBudget.from_sd_model(settings.render.model_dir)  # hand-written plans meet the same rules
-    valid, seen = [], {}
-    for path in paths:
-        try:
-            frame_plan = read_plan(path, budget)
-        except PlanFileError as error:
-            log.error("%s", error)
-            continue
-        if frame_plan.prompt_id in seen:  # both would write the same video
-            log.error("%s: prompt_id %r is also used by %s; give each plan its own prompt_id",
-                      path, frame_plan.prompt_id, seen[frame_plan.prompt_id])
-            continue
-        seen[frame_plan.prompt_id] = path.name
-        valid.append(frame_plan)
-    with run_dir_lock(out), run_log(out):
-        if resume:
-            clean_partials(out)
-        todo, finished = split_finished(valid, out, settings.render) if resume else (valid, [])
-        for frame_plan in finished:
-            typer.echo(f"{frame_plan.prompt_id}: already finished, kept")
-        renderer = Renderer(settings.render) if todo else None
-        ok = len(finished)
-        for index, frame_plan in enumerate(todo, start=1):
-            row = render_plan(frame_plan, out, renderer)
-            append_rows(out, [row])
-            ok += row.status == "ok"
-            typer.echo(f"[{index}/{len(todo)}] {frame_plan.prompt_id}: {row.status} {row.error}".rstrip())
-        manifest = compact(out)
-    typer.echo(f"rendered {ok - len(finished)}/{len(todo)} plans, kept {len(finished)} finished videos; "
-               f"{ok}/{len(paths)} ok; manifest: {manifest}")
-    if ok < len(paths):
-        raise typer.Exit(1)
+    if is_run_dir(out) and not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    overrides = parse_overrides(sets)
+    _new_or_resumed(config, out if is_run_dir(out) else None, overrides)
+    summary = _start_job(JobRequest(plans_dir=str(plans), run_dir=str(out), overrides=overrides, verify_videos=True),
+                         strict=True)
+    typer.echo(f"rendered {summary['render_ok']}/{summary['rendered']} plans, kept {summary['skipped_finished']} finished "
+               f"videos; {summary['ok']}/{summary['total']} ok; manifest: {summary['manifest']}", err=True)
+
+
+ShardOption = Annotated[Optional[int], typer.Option(min=1, help="prompts per director process and per manifest part (256)")]
+ReuseOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--reuse-from", help="glob of earlier run directories whose finished videos are reused by hash"),
+]
+StrictOption = Annotated[bool, typer.Option(help="exit 1 if any prompt failed (default: only if none succeeded)")]
 
 
 @app.command()
@@ -204,65 +196,94 @@ def run(
     frames: FramesOption = None,
     fps: FpsOption = None,
     seed: SeedOption = None,
-    fps_doublings: Annotated[
-        Optional[int], typer.Option(min=0, max=6, help="FPS-doubling rounds (default 0; with --resume: the run's)")
-    ] = None,
-    strict: Annotated[bool, typer.Option(help="exit 1 if any prompt failed (default: only if none succeeded)")] = False,
+    fps_doublings: DoublingsOption = None,
+    shard_size: ShardOption = None,
+    reuse_from: ReuseOption = None,
+    strict: StrictOption = False,
     resume: Annotated[
         Optional[Path],
         typer.Option("--resume", metavar="RUN_DIR",
                      help="finish this earlier run in place: reuse its plans, keep its finished videos, redo the rest"),
     ] = None,
 ) -> None:
-    """The whole job under Prefect: plan (vLLM, own process) -> render -> MP4 -> manifest."""
-    from .run import read_job, resume_settings
+    """The whole job under Prefect: plan (vLLM, own process) -> render -> MP4 -> manifest.
 
-    if resume is None:
-        settings = resolve_settings(config, sets, frames=frames, fps=fps, seed=seed)
-        _run_job(prompt_file, settings, fps_doublings or 0, None, strict)
-        return
-    if config is not None:
-        raise UserError(f"--resume continues with {resume}/settings.json; change a setting with --set KEY=VALUE, not --config")
-    settings = resume_settings(resume, parse_overrides(sets, frames=frames, fps=fps, seed=seed))
-    if fps_doublings is None:
-        fps_doublings = read_job(resume).get("fps_doublings", 0) if (resume / "job.json").is_file() else 0
-    _run_job(prompt_file, settings, fps_doublings, resume, strict)
+    The small-list preset of the one flow: renders on one thread and decodes every finished video
+    before keeping it on a resume. ``direct2v dataset`` is the same flow with the options of large runs."""
+    from .stages import JobRequest
+
+    overrides = parse_overrides(sets, frames=frames, fps=fps, seed=seed, fps_doublings=fps_doublings)
+    _new_or_resumed(config, resume, overrides)
+    if resume is not None and not (resume / "settings.json").is_file():
+        raise UserError(f"--resume {resume}: not a run directory (it has no settings.json)")
+    _start_job(JobRequest(prompt_file=str(prompt_file), run_dir=str(resume) if resume else None, overrides=overrides,
+                          shard_size=shard_size, reuse_from=reuse_from, verify_videos=True), strict)
 
 
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="an earlier run's directory, e.g. outputs/20260101-120000-abcdef")],
     sets: SetOption = None,
-    strict: Annotated[bool, typer.Option(help="exit 1 if any prompt failed (default: only if none succeeded)")] = False,
+    strict: StrictOption = False,
 ) -> None:
-    """Finish an interrupted or partly failed run in place, with its own prompt file and settings."""
-    from .run import read_job, resume_settings
+    """Finish an interrupted or partly failed run in place, with its own job (job.json) and settings."""
+    from .stages import JobRequest
 
-    settings = resume_settings(run_dir, parse_overrides(sets))
-    job = read_job(run_dir)
-    _run_job(Path(job["prompt_file"]), settings, int(job.get("fps_doublings", 0)), run_dir, strict)
+    if not (run_dir / "settings.json").is_file():
+        raise UserError(f"{run_dir}: not a run directory (it has no settings.json)")
+    _start_job(JobRequest(run_dir=str(run_dir), overrides=parse_overrides(sets)), strict)
 
 
-def _run_job(prompt_file: Path, settings: Settings, fps_doublings: int, resume_dir: Path | None, strict: bool) -> None:
-    """Check everything that can be checked before any model loads, then run the flow."""
-    from .prompts import check_prompt_file
-    from .run import has_prompts, preflight
+@app.command()
+def dataset(
+    prompt_file: Annotated[
+        Optional[Path], typer.Argument(help=".txt or .jsonl prompt list of any length (streamed in shards)")
+    ] = None,
+    plans: Annotated[
+        Optional[Path], typer.Option("--plans", help="render these plan files instead of a prompt list (no director)")
+    ] = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    seed: SeedOption = None,
+    fps_doublings: DoublingsOption = None,
+    shard_size: ShardOption = None,
+    run_id: Annotated[
+        Optional[str], typer.Option("--run-id", help="run directory name under output_root; an existing one is resumed")
+    ] = None,
+    dask_workers: Annotated[
+        Optional[int], typer.Option(min=1, help="render on a local Dask cluster of N worker processes")
+    ] = None,
+    dask_address: Annotated[
+        Optional[str], typer.Option(help="render on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    ] = None,
+    dask_cuda: Annotated[
+        bool, typer.Option("--dask-cuda", help="one Dask worker per GPU (dask-cuda LocalCUDACluster; GPU hosts)")
+    ] = False,
+    reuse_from: ReuseOption = None,
+    verify_videos: Annotated[
+        Optional[bool], typer.Option(help="on a resume, decode every finished MP4 before keeping it (slow for large runs)")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="progress bars on stderr")] = True,
+    strict: StrictOption = False,
+) -> None:
+    """Large prompt lists under Prefect: sharded planning, rendering fanned out (optionally on Dask),
+    manifest parts compacted at the end; rerun with the same --run-id to resume."""
+    from .rundir import check_run_id
+    from .stages import JobRequest
 
-    check_prompt_file(prompt_file)
-    if not has_prompts(prompt_file):
-        raise UserError(f"{prompt_file}: no prompts (the file is empty, or every line is blank or a # comment)")
-    preflight(settings)
-    from flows.generate import generate  # imported late: sets up Prefect's environment first
-
-    summary = generate(
-        prompt_file=str(prompt_file),
-        settings=settings.model_dump(mode="json"),
-        fps_doublings=fps_doublings,
-        resume_dir=str(resume_dir) if resume_dir else None,
-    )
-    typer.echo(json.dumps(summary, indent=2))
-    if not summary["ok"] or (strict and summary["failed"]):
-        raise typer.Exit(1)
+    if (prompt_file is None) == (plans is None):
+        raise UserError("give either a prompt file or --plans DIR")
+    overrides = parse_overrides(sets, frames=frames, fps=fps, seed=seed, fps_doublings=fps_doublings)
+    settings = load_settings(config, **overrides)
+    existing = Path(settings.output_root) / check_run_id(run_id) if run_id else None
+    _new_or_resumed(config, existing if existing and (existing / "settings.json").is_file() else None, overrides)
+    request = JobRequest(prompt_file=str(prompt_file) if prompt_file else None, plans_dir=str(plans) if plans else None,
+                         run_id=run_id, overrides=overrides, shard_size=shard_size, reuse_from=reuse_from,
+                         verify_videos=verify_videos)
+    _start_job(request, strict, {"dask_address": dask_address, "dask_workers": dask_workers,
+                                 "dask_cluster": "cuda" if dask_cuda else "local", "progress": progress})
 
 
 ClipOption = Annotated[
@@ -288,7 +309,8 @@ def eval_(
     review: Annotated[bool, typer.Option(help="also write contact sheets and index.html")] = True,
 ) -> None:
     """CLIP scores per frame, Avg. Dist., consistency, flicker -> manifest columns; QC; Table-1 summary."""
-    from .evaluate import EVALUATION_MD, EvalError, evaluate_run
+    from .evaluate import EvalError, evaluate_run
+    from .rundir import EVALUATION_MD
     from .review import write_review
 
     settings = _eval_settings(config, sets, clip_model)
@@ -309,13 +331,9 @@ def review(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
 ) -> None:
     """Contact sheet PNG per video (review/<id>.png) and a static index.html for the run."""
-    from .evaluate import EvalError
     from .review import write_review
 
-    try:
-        typer.echo(f"gallery: {write_review(run_dir)}")
-    except EvalError as error:
-        raise UserError(str(error)) from None
+    typer.echo(f"gallery: {write_review(run_dir)}")  # a ManifestError says it is not a run directory
 
 
 @app.command()
@@ -331,25 +349,21 @@ def compare(
 ) -> None:
     """Render the same plans with T2V-Z, RVM and RVM+DSF; print the paper's Table-1 comparison."""
     from .evaluate import EvalError
-    from .evaluate import compare as compare_variants
-    from .plan import PlanFileError, read_plan
+    from .compare import compare as compare_variants
+    from .planning import read_plan_files, token_budget
     from .review import write_review
 
     settings = _eval_settings(config, sets, clip_model)
     paths = sorted(Path(plans).glob("*.json")) if Path(plans).is_dir() else []
     if not paths:
         raise UserError(f"{plans}: no plan .json files found")
-    valid = []
-    for path in paths:
-        try:
-            valid.append(read_plan(path))
-        except PlanFileError as error:
-            log.error("%s", error)
+    valid, bad_rows = read_plan_files(paths, out.name, token_budget(settings), set())
     if not valid:
         raise UserError(f"{plans}: no valid plans")
     names = [name.strip() for name in variants.split(",") if name.strip()]
     try:
-        table, results = compare_variants(valid, out, settings, names, echo=typer.echo)
+        table, results = compare_variants([plan for plan, _ in valid], out, settings, names, echo=typer.echo,
+                                          bad_rows=bad_rows)
     except EvalError as error:
         raise UserError(str(error)) from None
     for name in results:
@@ -372,95 +386,16 @@ def models_build_clip(
     typer.echo(f"built tiny CLIP: {build_tiny_clip(out)}")
 
 
-@app.command()
-def dataset(
-    prompt_file: Annotated[
-        Optional[Path], typer.Argument(help=".txt or .jsonl prompt list of any length (streamed in shards)")
-    ] = None,
-    plans: Annotated[
-        Optional[Path], typer.Option("--plans", help="render these plan files instead of a prompt list (no director)")
-    ] = None,
-    config: ConfigOption = None,
-    sets: SetOption = None,
-    frames: FramesOption = None,
-    fps: FpsOption = None,
-    seed: SeedOption = None,
-    fps_doublings: Annotated[int, typer.Option(min=0, max=6, help="FPS-doubling rounds")] = 0,
-    shard_size: Annotated[int, typer.Option(min=1, help="prompts per director process and per manifest part")] = 256,
-    run_id: Annotated[
-        Optional[str], typer.Option("--run-id", help="run directory name under output_root; an existing one is resumed")
-    ] = None,
-    dask_workers: Annotated[
-        Optional[int], typer.Option(min=1, help="render on a local Dask cluster of N worker processes")
-    ] = None,
-    dask_address: Annotated[
-        Optional[str], typer.Option(help="render on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    ] = None,
-    dask_cuda: Annotated[
-        bool, typer.Option("--dask-cuda", help="one Dask worker per GPU (dask-cuda LocalCUDACluster; GPU hosts)")
-    ] = False,
-    reuse_from: Annotated[
-        Optional[list[str]],
-        typer.Option("--reuse-from", help="glob of earlier run directories whose finished videos are reused by hash"),
-    ] = None,
-    verify_videos: Annotated[
-        bool, typer.Option(help="on a resume, decode every finished MP4 before keeping it (slow for large runs)")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="progress bars on stderr")] = True,
-    strict: Annotated[bool, typer.Option(help="exit 1 if any prompt failed (default: only if none succeeded)")] = False,
-) -> None:
-    """Large prompt lists under Prefect: sharded planning, rendering fanned out (optionally on Dask),
-    manifest parts compacted at the end; rerun with the same --run-id to resume."""
-    from .prompts import check_prompt_file
-    from .run import has_prompts, preflight, resume_settings
-
-    if (prompt_file is None) == (plans is None):
-        raise UserError("give either a prompt file or --plans DIR")
-    settings = resolve_settings(config, sets, frames=frames, fps=fps, seed=seed)
-    if run_id and (Path(settings.output_root) / run_id / "settings.json").is_file():
-        if config is not None:
-            raise UserError(f"--run-id {run_id} resumes with its own settings.json; change a setting with --set, not --config")
-        settings = resume_settings(Path(settings.output_root) / run_id, parse_overrides(sets, frames=frames, fps=fps, seed=seed))
-    if prompt_file is not None:
-        check_prompt_file(prompt_file)
-        if not has_prompts(prompt_file):
-            raise UserError(f"{prompt_file}: no prompts (the file is empty, or every line is blank or a # comment)")
-        preflight(settings)
-    else:
-        if not plans.is_dir():
-            raise UserError(f"--plans {plans}: not a directory")
-        if not (Path(settings.render.model_dir) / "model_index.json").is_file():
-            raise UserError(f"render.model_dir: {settings.render.model_dir} is not a diffusers model directory")
-    from flows.dataset import generate_dataset  # imported late: sets up Prefect's environment first
-
-    summary = generate_dataset(
-        prompt_file=str(prompt_file) if prompt_file else None,
-        plans_dir=str(plans) if plans else None,
-        run_id=run_id,
-        shard_size=shard_size,
-        fps_doublings=fps_doublings,
-        settings=settings.model_dump(mode="json"),
-        dask_address=dask_address,
-        dask_workers=dask_workers,
-        dask_cluster="cuda" if dask_cuda else "local",
-        reuse_from=reuse_from,
-        verify_videos=verify_videos,
-        progress=progress,
-    )
-    typer.echo(json.dumps(summary, indent=2))
-    if not summary["ok"] or (strict and summary["failed"]):
-        raise typer.Exit(1)
-
-
 def main() -> None:
     _setup_logging()
+    from .manifest import ManifestError
     from .plan import PlanFileError
     from .prompts import PromptFileError
-    from .run import RunDirError
+    from .rundir import RunDirError
 
     try:
         code = app(standalone_mode=False)  # returns the exit code instead of raising SystemExit
-    except (UserError, ConfigError, PromptFileError, PlanFileError, RunDirError, FileNotFoundError) as error:
+    except (UserError, ConfigError, PromptFileError, PlanFileError, RunDirError, ManifestError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except typer.Exit as exit_:

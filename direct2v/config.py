@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     frames: int = Field(8, ge=2, le=512, description="frames per video unless a prompt record says otherwise")
     fps: int = Field(2, ge=1, le=120, description="frame rate given to the director and written to the MP4")
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    fps_doublings: int = Field(0, ge=0, le=6, description="FPS-doubling rounds of the director: F -> 2F -> 4F ...")
     director: DirectorSettings = DirectorSettings()
     render: RenderSettings = RenderSettings()
     eval: EvalSettings = EvalSettings()
@@ -157,7 +158,8 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _describe(error: ValidationError) -> str:
+def describe_errors(error: ValidationError) -> str:
+    """A pydantic error as one indented line per offending key."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(settings)"
@@ -177,6 +179,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        raise ConfigError("invalid configuration:\n" + _describe(error)) from None
+        raise ConfigError("invalid configuration:\n" + describe_errors(error)) from None
     except ValueError as error:  # e.g. a TOML syntax error
         raise ConfigError(f"invalid configuration file {toml_file}: {error}") from None
+
+
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """``overrides`` laid over ``base``, section by section (``{"render": {"t0": 3}}`` keeps the
+    other render keys)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            value = merge_settings(base[key], value)
+        merged[key] = value
+    return merged
+
+
+def saved_settings(saved: dict, overrides: dict) -> Settings:
+    """The settings a run recorded (its ``settings.json``), with ``overrides`` laid over them;
+    environment variables and TOML files are not consulted, so a resumed run stays the same run."""
+    try:
+        return Settings.model_validate(merge_settings(saved, overrides))
+    except ValidationError as error:
+        raise ConfigError("invalid configuration:\n" + describe_errors(error)) from None

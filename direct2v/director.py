@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 
 from .config import DirectorSettings
+from .environment import offline_environment
+from .files import write_atomically
 from .plan import FramePlan, PlanFailure, PlanRound, TokenBudget, lineage, parse_frames, quality_problems
 from .prompts import PromptRecord
 
@@ -169,7 +171,7 @@ def max_answer_tokens(frames: int, frame_chars: int) -> int:
 
 
 def configure_vllm_environment(settings: DirectorSettings, state_dir: Path) -> None:
-    """Offline, telemetry-free vLLM; must run before vllm is imported."""
+    """Offline, telemetry-free vLLM (``environment.offline_environment``); must run before vllm is imported."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     reserved = settings.cpu_reserved_cores
     usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -179,13 +181,7 @@ def configure_vllm_environment(settings: DirectorSettings, state_dir: Path) -> N
     if reserved is not None:
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
     os.environ.setdefault("VLLM_CACHE_ROOT", str((state_dir / "vllm-cache").resolve()))
-    # Without it vLLM finds its own address by connecting a UDP socket to 8.8.8.8.
-    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_environment()
 
 
 def check_model_dir(model_dir: Path) -> None:
@@ -448,6 +444,4 @@ class PlanCache:
     def put(self, key: dict, plan: FramePlan) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(plan.model_dump_json(), encoding="utf-8")
-        temporary.replace(path)
+        write_atomically(path, plan.model_dump_json())

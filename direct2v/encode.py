@@ -8,7 +8,9 @@ leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import ffmpeg
@@ -16,7 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 from pydantic import BaseModel
 
-from .manifest import fsync_path
+from .files import fsync_path
 
 
 class EncodedVideo(BaseModel):
@@ -47,16 +49,27 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def probe_video(path: Path) -> EncodedVideo:
-    """Decode ``path`` fully: frame count, frame rate, duration and size as a player sees them."""
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[tuple[dict, Iterator[bytes]]]:
+    """(metadata, raw RGB24 frames) of ``path``, decoded by the wheel's ffmpeg; EncodeError if it
+    cannot be read."""
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
-        meta = next(reader)
-        frame_count = sum(1 for _ in reader)
-    except (RuntimeError, OSError, StopIteration) as error:
+        try:
+            meta = next(reader)
+        except (RuntimeError, OSError, StopIteration) as error:
+            raise EncodeError(f"cannot read back {path}: {error}") from None
+        yield meta, reader
+    except (RuntimeError, OSError) as error:
         raise EncodeError(f"cannot read back {path}: {error}") from None
     finally:
         reader.close()
+
+
+def probe_video(path: Path) -> EncodedVideo:
+    """Decode ``path`` fully: frame count, frame rate, duration and size as a player sees them."""
+    with _decoding(path) as (meta, frames):
+        frame_count = sum(1 for _ in frames)
     width, height = meta["size"]
     return EncodedVideo(
         path=Path(path),
@@ -66,6 +79,16 @@ def probe_video(path: Path) -> EncodedVideo:
         width=width,
         height=height,
     )
+
+
+def read_video(path: Path) -> np.ndarray:
+    """Decode an MP4 to (F, H, W, 3) uint8 RGB frames."""
+    with _decoding(path) as (meta, raw_frames):
+        width, height = meta["size"]
+        frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in raw_frames]
+    if not frames:
+        raise EncodeError(f"{path}: no frames")
+    return np.stack(frames)
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment: str | None = None) -> EncodedVideo:

@@ -6,14 +6,12 @@
   (to the frame's prompt and to the user prompt), Avg. Dist., consecutive-frame consistency and
   flicker (``metrics``), applies the optional QC thresholds (``EvalSettings``) and records the
   results as new manifest columns: an updated row per video is appended to the run's journal
-  (last row wins) and ``manifest.parquet`` is compacted again (``batching.compact_parts``, which
-  also folds in a dataset run's manifest parts; evaluate finished runs, not one still being
-  written). A video that misses a threshold
+  (last row wins) and ``manifest.parquet`` is compacted again (``manifest.compact``, which
+  folds in every journal and part; evaluate finished runs, not one still being written). A video that misses a threshold
   gets ``status = "rejected"`` and a ``qc_reason``; its files stay where they are. Evaluating
   again (say with other thresholds) re-decides every evaluated video, and reuses its stored
   metrics when they came from the same CLIP model (``force`` recomputes them).
 * It also writes the run's Table-1-style summary: ``evaluation.md`` and ``evaluation.json``.
-* ``compare`` renders the same plans with T2V-Z, RVM and RVM+DSF and tabulates them side by side.
 
 Why manifest columns and not a separate file: the manifest is the one table a dataset team reads,
 and ``status`` must say ``rejected`` there anyway; the journal's last-row-wins rule makes an
@@ -22,8 +20,6 @@ evaluation one more append, with no join and no second file to keep in step.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import math
@@ -34,13 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .config import EvalSettings, Settings
-from .manifest import JOURNAL_NAME, MANIFEST_NAME, ManifestRow, append_rows, compact, read_journal, read_manifest
+from .config import EvalSettings
+from .encode import read_video
+from .files import model_id, write_atomically
+from .manifest import ManifestError, ManifestRow, append_rows, compact, read_rows
+from .rundir import EVALUATION_JSON, EVALUATION_MD
 
 log = logging.getLogger(__name__)
 
-EVALUATION_MD = "evaluation.md"
-EVALUATION_JSON = "evaluation.json"
 #: Rows ``evaluate_run`` looks at: rendered videos (a rejected one may pass new thresholds).
 EVALUATED_STATUSES = ("ok", "rejected")
 
@@ -51,13 +48,6 @@ class EvalError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------
 # CLIP from a local directory
-
-
-def clip_identifier(model_dir: Path) -> str:
-    """A short, stable name for the manifest: the directory name and a hash of its config.json."""
-    config = Path(model_dir) / "config.json"
-    digest = hashlib.sha256(config.read_bytes()).hexdigest()[:8] if config.is_file() else "unknown"
-    return f"{Path(model_dir).name}@{digest}"
 
 
 class ClipModel:
@@ -78,7 +68,7 @@ class ClipModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.model_id = clip_identifier(model_dir)
+        self.model_id = model_id(model_dir, "config.json")
         try:
             self.model = CLIPModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
             self.tokenizer = CLIPTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -126,22 +116,6 @@ class ClipModel:
 
 # --------------------------------------------------------------------------------------------------
 # Per-video metrics
-
-
-def read_video(path: Path) -> np.ndarray:
-    """Decode an MP4 to (F, H, W, 3) uint8 RGB frames (the ffmpeg of the imageio-ffmpeg wheel)."""
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path))
-    try:
-        meta = next(reader)
-        width, height = meta["size"]
-        frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
-    finally:
-        reader.close()
-    if not frames:
-        raise ValueError(f"{path}: no frames")
-    return np.stack(frames)
 
 
 @dataclass
@@ -228,23 +202,11 @@ class RunEvaluation:
 
 
 def run_rows(run_dir: Path) -> list[ManifestRow]:
-    """The run's manifest rows, last row per prompt id, read (never changed) from every source a
-    run may have: ``manifest.parquet``, ``manifest.jsonl``, and a dataset run's
-    ``manifest.parts/`` (``batching.manifest_sources``, in the order ``compact_parts`` merges them)."""
-    from .batching import manifest_sources
-
-    sources = manifest_sources(run_dir)
-    if not sources:
-        raise EvalError(f"{run_dir}: no manifest ({JOURNAL_NAME} or {MANIFEST_NAME}); is it a run directory?")
-    latest: dict[str, ManifestRow] = {}
-    for source in sources:
-        if source.suffix == ".parquet":
-            records = read_manifest(source).to_pylist()  # columns an older manifest lacks read as null
-            rows = [ManifestRow.model_validate({k: v for k, v in r.items() if v is not None}) for r in records]
-        else:
-            rows = read_journal(source.parent)
-        latest.update((row.prompt_id, row) for row in rows)
-    return list(latest.values())
+    """The run's rows as they stand (``manifest.read_rows``), or an EvalError for a non-run."""
+    try:
+        return read_rows(run_dir)
+    except ManifestError as error:
+        raise EvalError(str(error)) from None
 
 
 def _needs_measuring(row: ManifestRow, model_id: str | None, force: bool) -> bool:
@@ -269,8 +231,6 @@ def evaluate_run(
     prompts than the ones they were rendered from (``compare`` scores the one-prompt T2V-Z video
     against the plan's frames).
     """
-    from .batching import compact_parts
-
     run_dir = Path(run_dir)
     rows = run_rows(run_dir)
     if clip is None and settings.clip_model_dir is not None:
@@ -309,11 +269,11 @@ def evaluate_run(
             "status": "rejected" if reasons else "ok", "qc_reason": "; ".join(reasons),
         }))
     append_rows(run_dir, updated)
-    manifest = compact_parts(run_dir).path  # parquet + journal (+ a dataset run's parts), last row wins
+    manifest = compact(run_dir).path  # every journal and part folded in, last row wins
     result = summarise_rows(run_dir, run_rows(run_dir))
     result.manifest = manifest
-    (run_dir / EVALUATION_MD).write_text(result.markdown() + "\n", encoding="utf-8")
-    (run_dir / EVALUATION_JSON).write_text(json.dumps(evaluation_json(result), indent=2) + "\n", encoding="utf-8")
+    write_atomically(run_dir / EVALUATION_MD, result.markdown() + "\n")
+    write_atomically(run_dir / EVALUATION_JSON, json.dumps(evaluation_json(result), indent=2) + "\n")
     return result
 
 
@@ -383,87 +343,3 @@ def evaluation_json(result: RunEvaluation) -> dict:
         "table_frame_prompt": [{"row": label, "value": value, "videos": n} for label, value, n in result.table],
         "table_user_prompt": [{"row": label, "value": value, "videos": n} for label, value, n in result.prompt_table],
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Comparison mode (paper Table 1)
-
-#: name -> (render overrides, render every frame from the user prompt). ``m`` is the RVM period.
-VARIANTS: dict[str, tuple[dict, bool]] = {
-    # Text2Video-Zero as it is used without a director: the user prompt for every frame, attention to frame 1.
-    "t2v-z": ({"rvm_period": math.inf, "dsf": False}, True),
-    # Text2Video-Zero's attention on the director's per-frame prompts: the T2V-Z column of Table 1.
-    "t2v-z-frames": ({"rvm_period": math.inf, "dsf": False}, False),
-    "rvm": ({"rvm_period": "m", "dsf": False}, False),
-    "rvm-dsf": ({"rvm_period": "m", "dsf": True}, False),
-}
-DEFAULT_VARIANTS = tuple(VARIANTS)
-
-
-def variant_settings(base, name: str):
-    """The base RenderSettings with a variant's attention; RVM uses the base period (4 if it is inf)."""
-    overrides, _ = VARIANTS[name]
-    period = base.rvm_period if math.isfinite(base.rvm_period) else 4
-    values = {key: (period if value == "m" else value) for key, value in overrides.items()}
-    return base.model_validate({**base.model_dump(), **values})
-
-
-def compare(
-    plans: Sequence,
-    out_dir: Path,
-    settings: Settings,
-    variants: Sequence[str] = DEFAULT_VARIANTS,
-    clip: ClipModel | None = None,
-    echo: Callable[[str], None] = print,
-) -> tuple[str, dict[str, RunEvaluation]]:
-    """Render ``plans`` once per variant into ``out_dir/<variant>/`` and evaluate each against the
-    plans' frame prompts; returns the side-by-side Markdown table (also ``out_dir/comparison.md``).
-
-    One pipeline is loaded and shared: the variants differ only in per-call arguments.
-    """
-    from .plan import write_plan
-    from .render import Renderer
-    from .run import PLANS_DIR, render_plan, write_settings
-
-    unknown = [name for name in variants if name not in VARIANTS]
-    if unknown:
-        raise EvalError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    if clip is None and settings.eval.clip_model_dir is not None:
-        clip = ClipModel(settings.eval.clip_model_dir, settings.eval.device, settings.eval.batch_size)
-    if clip is None:
-        raise EvalError("compare needs a CLIP model: set eval.clip_model_dir (or --clip-model)")
-    out_dir = Path(out_dir)
-    base = Renderer(settings.render)
-    targets = {plan.prompt_id: list(plan.frames) for plan in plans}
-    results: dict[str, RunEvaluation] = {}
-    for name in variants:
-        run_dir = out_dir / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        renderer = copy.copy(base)
-        renderer.settings = variant_settings(settings.render, name)
-        write_settings(settings.model_copy(update={"render": renderer.settings}), run_dir)
-        one_prompt = VARIANTS[name][1]
-        for plan in plans:
-            rendered = plan.model_copy(update={"frames": [plan.prompt] * len(plan.frames)}) if one_prompt else plan
-            write_plan(rendered, run_dir / PLANS_DIR)  # each variant directory is a complete run directory
-            row = render_plan(rendered, run_dir, renderer)
-            append_rows(run_dir, [row])
-            echo(f"{name}: {plan.prompt_id}: {row.status} {row.error}".rstrip())
-        compact(run_dir)
-        results[name] = evaluate_run(run_dir, settings.eval, clip=clip, targets=targets, force=True)
-    table = comparison_markdown(results)
-    (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    return table, results
-
-
-def comparison_markdown(results: dict[str, RunEvaluation]) -> str:
-    columns = {name: result.table for name, result in results.items()}
-    extra = ["", "| | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
-    for key in ("consistency", "flicker", "clip_prompt"):
-        cells = [result.summary.get(key) for result in results.values()]
-        extra.append(f"| {key} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
-    return (
-        "CLIP similarity of each frame to its frame prompt (paper Table 1 layout); "
-        "t2v-z renders every frame from the user prompt but is scored against the frame prompts.\n\n"
-        + metrics.markdown_table(columns) + "\n" + "\n".join(extra)
-    )

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from .files import write_atomically
 from .prompts import check_safe_id
 
 SafeId = Annotated[str, AfterValidator(check_safe_id)]
@@ -172,7 +173,6 @@ def parse_frames(text: str, expected: int, budget: TokenBudget | None = None) ->
     return data, []
 
 
-QUALITY_RULES = ("repeats_prompt", "adjacent_identical", "static_video", "too_short")
 MIN_FRAME_WORDS = 3  # "The corgi**" or "," describes no scene
 
 
@@ -219,13 +219,10 @@ def plan_path(plans_dir: Path, prompt_id: str) -> Path:
 
 
 def write_plan(plan: FramePlan, plans_dir: Path) -> Path:
-    """Write a plan atomically (temp name, then rename) so a crash never leaves half a file."""
+    """Write a plan atomically (``files.write_atomically``) so a crash never leaves half a file."""
     target = plan_path(plans_dir, plan.prompt_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".json.tmp")
-    temporary.write_text(plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    temporary.replace(target)
-    return target
+    return write_atomically(target, plan.model_dump_json(indent=2) + "\n")
 
 
 def read_plan(path: Path, budget: TokenBudget | None = None) -> FramePlan:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +12,7 @@ import torch
 from .config import RenderSettings
 from .pipeline import DirecT2VPipeline
 from .plan import FramePlan
+from .videos import render_model_id
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +41,13 @@ def resolve_device(settings: RenderSettings) -> tuple[torch.device, torch.dtype]
     return device, dtype
 
 
-def model_identifier(model_dir: Path) -> str:
-    """A short, stable name for the manifest: the directory name and a hash of its model_index."""
-    index = Path(model_dir) / "model_index.json"
-    digest = hashlib.sha256(index.read_bytes()).hexdigest()[:8] if index.is_file() else "unknown"
-    return f"{Path(model_dir).name}@{digest}"
-
-
 class Renderer:
     """Holds one loaded pipeline; ``render`` may be called for many plans."""
 
     def __init__(self, settings: RenderSettings):
         self.settings = settings
         self.device, self.dtype = resolve_device(settings)
-        self.model_id = model_identifier(settings.model_dir)
+        self.model_id = render_model_id(settings.model_dir)
         self.pipeline = DirecT2VPipeline.from_local_dir(settings.model_dir, torch_dtype=self.dtype, device=self.device)
 
     def render(
@@ -68,7 +60,7 @@ class Renderer:
         generator seeded ``seed + REFERENCE_SEED_OFFSET`` so that its draws are not the noise's.
         """
         s = self.settings
-        # batch_size overrides render.batch_size (the out-of-memory retry in run.render_plan halves it)
+        # batch_size overrides render.batch_size (videos.render_with_oom_retry halves it)
         batch_size = s.batch_size if batch_size is None else batch_size
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
         reference_generator = torch.Generator(device="cpu").manual_seed(plan.seed + REFERENCE_SEED_OFFSET)

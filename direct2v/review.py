@@ -22,7 +22,10 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .manifest import ManifestRow
+from .encode import EncodeError, read_video
+from .files import atomic_path, write_atomically
+from .manifest import ManifestRow, read_rows
+from .rundir import EVALUATION_JSON
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,6 @@ INDEX_HTML = "index.html"
 _BACKGROUND = (250, 250, 250)
 _TEXT = (20, 20, 20)
 _MUTED = (90, 90, 90)
-_REJECTED = (170, 30, 30)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -128,7 +130,6 @@ def contact_sheet(
 
 def write_contact_sheet(row: ManifestRow, run_dir: Path, frames: np.ndarray | None = None) -> Path:
     """``review/<id>.png`` for one rendered row (frames decoded from its MP4 unless given)."""
-    from .evaluate import read_video
 
     run_dir = Path(run_dir)
     if frames is None:
@@ -140,9 +141,8 @@ def write_contact_sheet(row: ManifestRow, run_dir: Path, frames: np.ndarray | No
     )
     path = run_dir / REVIEW_DIR / f"{row.prompt_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    sheet.save(temporary, format="PNG", optimize=True)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        sheet.save(temporary, format="PNG", optimize=True)
     return path
 
 
@@ -245,8 +245,6 @@ def _summary_table(evaluation: dict) -> str:
 
 def write_index(run_dir: Path, rows: Sequence[ManifestRow]) -> Path:
     """``index.html`` listing every row; reads ``evaluation.json`` for the summary table if present."""
-    from .evaluate import EVALUATION_JSON
-
     run_dir = Path(run_dir)
     evaluation_file = run_dir / EVALUATION_JSON
     evaluation = json.loads(evaluation_file.read_text(encoding="utf-8")) if evaluation_file.is_file() else {}
@@ -269,23 +267,17 @@ def write_index(run_dir: Path, rows: Sequence[ManifestRow]) -> Path:
 {"".join(_entry(row, run_dir) for row in rows)}
 </main><script>{_SCRIPT}</script></body></html>
 """
-    path = run_dir / INDEX_HTML
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(path)
-    return path
+    return write_atomically(run_dir / INDEX_HTML, page)
 
 
 def write_review(run_dir: Path) -> Path:
     """Contact sheets for every rendered video, then ``index.html``; returns the page's path."""
-    from .evaluate import run_rows
-
     run_dir = Path(run_dir)
-    rows = run_rows(run_dir)
+    rows = read_rows(run_dir)
     for row in rows:
         if row.video_path and (run_dir / row.video_path).is_file():
             try:
                 write_contact_sheet(row, run_dir)
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, EncodeError) as error:
                 log.error("no contact sheet for %s: %s", row.prompt_id, error)
     return write_index(run_dir, rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from direct2v.orchestration import configure_prefect_environment
+from direct2v.environment import configure_prefect_environment
 
 configure_prefect_environment()
 

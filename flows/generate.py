@@ -1,136 +1,139 @@
-"""Prefect flow: prompt file -> plans (director process) -> videos -> manifest.
+"""The one DirecT2V flow: prompt file (or plan files) -> plans -> videos -> manifest.
 
-Orchestration only; every step is a function of ``direct2v.run``.
+Wiring only; every step is a function of ``direct2v.stages``. ``direct2v run``, ``dataset``,
+``resume``, ``render --plans`` and every deployment in prefect.yaml run this flow
+(``flows/dataset.py`` is the same flow under its deployment name).
 
     python -m flows.generate prompts_in/examples.txt      # or: direct2v run prompts_in/examples.txt
 
-With no ``PREFECT_API_URL`` set, Prefect starts a temporary local server for the run (state under
-``.state/prefect``, analytics off); point ``PREFECT_API_URL`` at a self-hosted server to keep
-history (README "Running at scale").
-
-``resume_dir`` continues an earlier run in its own directory (README "Operations"): plans still on
-disk are reused and finished videos are not rendered again.
+Render tasks run on one thread by default, or on Dask (``dask_workers``: a LocalCluster;
+``dask_cluster="cuda"``: one worker per GPU; ``dask_address``: a running scheduler); each worker
+loads the SD pipeline once. They are tagged ``gpu`` for a Prefect tag concurrency limit. With no
+``PREFECT_API_URL``, Prefect starts a temporary local server (state under ``.state/prefect``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
+from typing import Any, Literal
 
-from direct2v.orchestration import configure_prefect_environment
+from direct2v.environment import configure_prefect_environment
 
 configure_prefect_environment()
 
-from prefect import flow, get_run_logger, task, unmapped  # noqa: E402  (environment first)
+from prefect import flow, task  # noqa: E402  (environment first)
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from direct2v import run as stages  # noqa: E402
-from direct2v.config import RenderSettings, Settings  # noqa: E402
-from direct2v.manifest import ManifestRow, append_rows, compact  # noqa: E402
+from direct2v import manifest, stages, videos  # noqa: E402
+from direct2v.config import RenderSettings  # noqa: E402
 from direct2v.plan import FramePlan  # noqa: E402
-from direct2v.prompts import PromptRecord  # noqa: E402
+from direct2v.rundir import run_dir_lock, run_log  # noqa: E402
+from direct2v.shards import read_shard_file, shard_files  # noqa: E402
+from flows import runners  # noqa: E402
 
 
-@task(name="read-prompts")
-def read_prompts(prompt_file: str, run_dir: Path) -> list[PromptRecord]:
-    """Parse the prompt file; unreadable lines become failed manifest rows right away."""
-    records, problems = stages.split_prompt_file(Path(prompt_file))
-    logger = get_run_logger()
-    for problem in problems:
-        logger.error("%s", problem)
-    append_rows(run_dir, [stages.problem_row(run_dir.name, p, i) for i, p in enumerate(problems)])
-    stages.write_records(records, run_dir / stages.RECORDS)
-    if not records:
-        logger.error("%s: no valid prompts", prompt_file)
-    return records
+@task(name="plan-shard", task_run_name="plan-shard-{shard.index}", cache_policy=NO_CACHE)
+def plan_shard(shard, run: stages.Run):
+    return stages.plan_shard(shard, run)  # one director process, which exits (freeing the GPU) before this returns
 
 
-@task(name="plan-prompts")
-def plan_prompts(records: list[PromptRecord], run_dir: Path, settings: Settings, fps_doublings: int) -> list[FramePlan]:
-    """The prompts without a usable plan, in one director process; whatever it could not plan
-    (also everything, if the process dies) becomes failed manifest rows: the run goes on."""
-    plans, failed = stages.plan_records(records, run_dir, settings, fps_doublings)
-    logger = get_run_logger()
-    for row in failed:
-        logger.error("%s (%s): planning failed: %s", row.prompt_id, row.source, row.error)
-    append_rows(run_dir, failed)
-    return plans
-
-
-@task(name="render-video", task_run_name="render-{plan.prompt_id}")
-def render_video(plan: FramePlan, run_dir: Path, render_settings: RenderSettings, source: str) -> ManifestRow:
-    from direct2v.render import cached_renderer
+@task(name="render-video", task_run_name="render-{plan.prompt_id}", tags=["gpu"], cache_policy=NO_CACHE)
+def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings, source: str) -> dict:
+    from direct2v.render import cached_renderer  # loaded once per worker process, reused by later tasks
 
     try:
-        renderer = cached_renderer(render_settings)
+        row = videos.render_plan(plan, Path(run_dir), cached_renderer(render_settings), source)
     except (OSError, ValueError, RuntimeError) as error:  # a missing or broken model directory
-        row = stages.failed_row(run_dir.name, plan, "render", f"cannot load the renderer: {error}", source)
-    else:
-        row = stages.render_plan(plan, run_dir, renderer, source)
-    append_rows(run_dir, [row])
-    return row
+        row = manifest.plan_row(Path(run_dir).name, plan, source, status="failed", failed_stage="render",
+                                error=f"cannot load the renderer: {error}")
+    return {"row": row, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+@flow(name="direct2v-render", log_prints=True)
+def render_stage(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
+                 total: int, progress: bool) -> stages.RenderProgress:
+    """Every shard's videos; two shards in flight, so the workers never wait at a shard boundary."""
+    from tqdm import tqdm
+
+    reuse = videos.ReuseIndex(reuse_from, exclude=Path(run_dir)) if reuse_from else None
+    counted = stages.RenderProgress(bar=tqdm(total=total, desc="render", unit="video", disable=not progress, file=sys.stderr))
+
+    def submit(work) -> stages.OpenShard:
+        shard = stages.open_shard(work, Path(run_dir), render_settings, verify_videos, reuse, counted)
+        shard.futures = {render_video.submit(plan, run_dir, render_settings, source): (plan, source)
+                         for plan, source in shard.todo}
+        return shard
+
+    def finish(shard: stages.OpenShard) -> None:
+        for future in as_completed(list(shard.futures)):
+            stages.close_video(shard, Path(run_dir), *shard.futures[future], future.result(raise_on_failure=False), counted)
+        stages.close_shard(shard, Path(run_dir), counted)
+
+    in_flight: deque[stages.OpenShard] = deque()
+    with runners.api_shared_with_workers():
+        for path in shard_files(Path(run_dir)):
+            in_flight.append(submit(read_shard_file(path)))
+            if len(in_flight) > 1:
+                finish(in_flight.popleft())
+        while in_flight:
+            finish(in_flight.popleft())
+    counted.bar.close()
+    counted.bar = None
+    return counted
 
 
 @flow(name="direct2v-generate", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def generate(
-    prompt_file: str = "prompts_in/examples.txt",
-    settings: dict | None = None,
-    fps_doublings: int = 0,
-    resume_dir: str | None = None,
+    prompt_file: str | None = None,
+    plans_dir: str | None = None,
+    run_dir: str | None = None,
+    run_id: str | None = None,
+    output_root: str | None = None,
+    settings: dict[str, Any] | None = None,
+    plan_settings: dict[str, Any] | None = None,
+    render_settings: dict[str, Any] | None = None,
+    fps_doublings: int | None = None,
+    shard_size: int | None = None,
+    reuse_from: list[str] | None = None,
+    verify_videos: bool | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+    dask_cluster: Literal["local", "cuda"] = "local",
+    progress: bool = False,
 ) -> dict:
-    """Make one video per prompt of ``prompt_file`` into a new ``outputs/<run-id>/``, or finish
-    the run in ``resume_dir``."""
-    if settings:
-        resolved = Settings.model_validate(settings)
-    else:  # a resumed run keeps its own settings
-        resolved = stages.resume_settings(Path(resume_dir), {}) if resume_dir else Settings()
-    run_dir = stages.check_resumable(resume_dir) if resume_dir else stages.create_run_dir(resolved.output_root)
-    with stages.run_dir_lock(run_dir), stages.run_log(run_dir):
-        stages.prepare_run_dir(resolved, Path(prompt_file), fps_doublings, run_dir, resumed=bool(resume_dir))
-        logger = get_run_logger()
-        logger.info("%s run directory: %s", "resuming the" if resume_dir else "new", run_dir)
-        timings = {}
-
-        started = time.perf_counter()
-        records = read_prompts(prompt_file, run_dir)
-        plans, to_plan = stages.reusable_plans(records, run_dir, resolved, fps_doublings)
-        reused_plans = len(plans)
-        if to_plan:
-            plans += plan_prompts(to_plan, run_dir, resolved, fps_doublings)
-        order = {record.id: index for index, record in enumerate(records)}
-        plans.sort(key=lambda plan: order[plan.prompt_id])
-        timings["plan_s"] = round(time.perf_counter() - started, 2)
-
-        started = time.perf_counter()
-        sources = {record.id: record.source for record in records}
-        todo, finished = stages.split_finished(plans, run_dir, resolved.render, sources)
-        futures = render_video.map(
-            todo, unmapped(run_dir), unmapped(resolved.render), [sources.get(p.prompt_id, "") for p in todo]
-        )
-        futures.wait()
-        timings["render_s"] = round(time.perf_counter() - started, 2)
-
-        manifest = compact(run_dir)
-        rows = stages.summarise(run_dir, manifest)
-        summary = {
-            "run_dir": str(run_dir), **rows, "reused_plans": reused_plans,
-            "skipped_videos": len(finished), **timings,
-        }
-        create_markdown_artifact(
-            key="direct2v-run-summary",
-            markdown=stages.summary_markdown(summary, stages.failed_rows(manifest)),
-            description=f"DirecT2V run {run_dir.name}",
-        )
-        return summary
-
-
-def main() -> None:
-    prompt_file = sys.argv[1] if len(sys.argv) > 1 else "prompts_in/examples.txt"
-    print(generate(prompt_file=prompt_file))
+    """One video per prompt of ``prompt_file`` (or per plan file of ``plans_dir``) into a new run,
+    or continue the run in ``run_dir`` / ``<output_root>/<run_id>``. ``settings`` overrides any
+    setting (as ``--set`` does); ``plan_settings``/``render_settings`` the director/render sections."""
+    started = time.perf_counter()
+    overrides = stages.request_overrides(settings, plan_settings, render_settings, output_root, fps_doublings)
+    run = stages.resolve_run(stages.JobRequest(
+        prompt_file=None if plans_dir else prompt_file, plans_dir=plans_dir, run_dir=run_dir, run_id=run_id,
+        overrides=overrides, shard_size=shard_size, reuse_from=reuse_from, verify_videos=verify_videos))
+    runner, runner_text = runners.task_runner(dask_address, dask_workers, dask_cluster)
+    with run_dir_lock(run.dir), run_log(run.dir):
+        stages.start_run(run)
+        plan_counts = stages.plan_stage(run, plan_shard, progress)
+        planned = time.perf_counter()
+        rendered = render_stage.with_options(task_runner=runner)(
+            str(run.dir), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"], progress)
+        compacting = time.perf_counter()
+        compacted = manifest.compact(run.dir)
+        timings = {"plan_s": planned - started, "render_s": compacting - planned,
+                   "compact_s": time.perf_counter() - compacting, "total_s": time.perf_counter() - started}
+        summary = stages.summarise(run, runner_text, plan_counts, rendered, compacted, timings)
+        create_markdown_artifact(key="direct2v-run-summary", markdown=stages.summary_markdown(summary, compacted.failures),
+                                 description=f"DirecT2V run {run.id}")
+        return summary.model_dump()
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(generate(prompt_file=sys.argv[1] if len(sys.argv) > 1 else "prompts_in/examples.txt"), indent=2))

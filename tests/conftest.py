@@ -4,6 +4,7 @@ The SmolLM2 director directory is the same one the main job uses (``.state/model
 machine that already ran ``direct2v models build`` does not convert it again.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -52,21 +53,115 @@ EVAL_PLANS = [
 
 
 @pytest.fixture(scope="session")
-def rendered_run(tmp_path_factory, tiny_sd_dir) -> Path:
+def rendered_run(tmp_path_factory, run_cli, tiny_render_env) -> Path:
     """A run directory made by ``direct2v render --plans`` (tiny SD, 6 steps). Copy it before changing it."""
     import json
-    import subprocess
-    import sys
 
     root = tmp_path_factory.mktemp("rendered")
     plans = root / "plans"
     plans.mkdir()
     for plan in EVAL_PLANS:
         (plans / f"{plan['prompt_id']}.json").write_text(json.dumps(plan))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIRECT2V_")}
-    env.update(DIRECT2V_RENDER__MODEL_DIR=str(tiny_sd_dir), DIRECT2V_RENDER__NUM_INFERENCE_STEPS="6",
-               DIRECT2V_RENDER__T0="3", DIRECT2V_RENDER__T1="4")
-    command = [sys.executable, "-m", "direct2v", "render", "--plans", str(plans), "--out", str(root / "run")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_cli(["render", "--plans", plans, "--out", root / "run"], tiny_render_env)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "run"
+
+
+# --- the command line, as a user runs it ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path):
+    """A self-hosted Prefect server on 127.0.0.1 with its database under ``home``, stopped on exit;
+    yields its environment (``PREFECT_API_URL`` set)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIRECT2V_"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
+               DO_NOT_TRACK="1")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    log_path = Path(home) / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the Prefect server did not start: " + log_path.read_text()[-2000:]) from None
+                    time.sleep(0.5)
+            yield {**env, "PREFECT_API_URL": url}
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn child
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    """The environment every CLI test starts from: the caller's without any DIRECT2V_ or PREFECT_
+    setting, and one Prefect server for the whole session (a flow run's own temporary server takes
+    10-15 s to start; the main job's tests, test_flow and test_airgap, still use that path)."""
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as env:
+        yield {**env, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="session")
+def run_cli(cli_env):
+    """``run_cli(args, env=None, cwd=None)``: ``python -m direct2v ARGS`` in ``cli_env`` plus ``env``."""
+    import subprocess
+    import sys
+
+    def run(args, env=None, cwd=None, timeout=900):
+        return subprocess.run([sys.executable, "-m", "direct2v", *map(str, args)], env={**cli_env, **(env or {})},
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_render_env(tiny_sd_dir) -> dict[str, str]:
+    """Settings for the tiny renderer at a few steps: a video in about a second on a CPU."""
+    return {"DIRECT2V_RENDER__MODEL_DIR": str(tiny_sd_dir), "DIRECT2V_RENDER__NUM_INFERENCE_STEPS": "6",
+            "DIRECT2V_RENDER__T0": "3", "DIRECT2V_RENDER__T1": "4"}
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_sd_dir):
+    """The tiny SD loaded once as our pipeline (fp32, CPU)."""
+    from direct2v.pipeline import DirecT2VPipeline
+
+    return DirecT2VPipeline.from_local_dir(tiny_sd_dir)
+
+
+@pytest.fixture
+def dataset_env(tmp_path, tiny_sd_dir, cli_env) -> dict[str, str]:
+    """A run of the tiny renderer at 4 steps under ``tmp_path/outputs``, one thread per process."""
+    return {**cli_env, "DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs"), "DIRECT2V_RENDER__MODEL_DIR": str(tiny_sd_dir),
+            "DIRECT2V_RENDER__NUM_INFERENCE_STEPS": "4", "DIRECT2V_RENDER__T0": "1", "DIRECT2V_RENDER__T1": "2",
+            "OMP_NUM_THREADS": "1"}
+
+
+def summary_of(done) -> dict:
+    """The run summary a job command printed (it must have succeeded)."""
+    import json
+
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)

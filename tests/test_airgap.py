@@ -141,7 +141,7 @@ def audit_violations(lines: list[str]) -> tuple[list[str], int]:
 
 @pytest.mark.llm
 @pytest.mark.flow
-def test_main_job_runs_air_gapped_without_any_network_attempt(tmp_path, smollm2_dir, tiny_sd_dir):
+def test_main_job_runs_air_gapped_without_any_network_attempt(tmp_path, cli_env, tiny_render_env, smollm2_dir):
     reason = namespace_unavailable()
     if reason:
         print(f"SKIPPED air-gap test: {reason}")
@@ -154,18 +154,14 @@ def test_main_job_runs_air_gapped_without_any_network_attempt(tmp_path, smollm2_
     (site / "sitecustomize.py").write_text(AUDIT_SITECUSTOMIZE)
     audit_log, strace_log, interfaces = tmp_path / "audit.tsv", tmp_path / "strace.txt", tmp_path / "interfaces.json"
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIRECT2V_", "PREFECT_"))}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])),
-        DIRECT2V_NET_AUDIT_LOG=str(audit_log),
-        DIRECT2V_OUTPUT_ROOT=str(tmp_path / "outputs"),
-        DIRECT2V_DIRECTOR__MODEL_DIR=str(smollm2_dir),
-        DIRECT2V_RENDER__MODEL_DIR=str(tiny_sd_dir),
-        DIRECT2V_RENDER__NUM_INFERENCE_STEPS="8",
-        DIRECT2V_RENDER__T0="4",
-        DIRECT2V_RENDER__T1="6",
-        PREFECT_HOME=str(tmp_path / "prefect"),
-    )
+    env = {key: value for key, value in cli_env.items() if key != "PREFECT_API_URL"}  # in the namespace: its own
+    env = {
+        **env, **tiny_render_env, "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONPATH": os.pathsep.join([str(site), cli_env["PYTHONPATH"]]),
+        "DIRECT2V_NET_AUDIT_LOG": str(audit_log),
+        "DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs"),
+        "DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir),
+    }
     strace = shutil.which("strace")
     tracer = [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg,bind", "-e", "signal=none",
               "-o", str(strace_log)] if strace else []

@@ -1,22 +1,19 @@
 """Bad input never crashes a run (issue #6): the corpus in tests/data/bad_inputs/.
 
 Each bad record must give exactly its expected error line (file:line, what, how to fix) and a
-failed manifest row, through the run's real read path (``run.split_prompt_file`` ->
-``run.problem_row`` -> journal -> ``manifest.parquet``), while every valid record is still read.
+failed manifest row, through the run's real read path (``shards.stream_prompt_shards`` ->
+``planning.problem_row`` -> shard journal -> ``manifest.parquet``), while every valid record is still read.
 Whole-file problems and bad configurations must stop the CLI with one clear line, before any
 model loads.
 """
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from direct2v import run as stages
-from direct2v.manifest import SCHEMA, append_rows, compact, read_manifest
+from direct2v import planning, shards
+from direct2v.manifest import SCHEMA, append_shard_rows, compact, read_manifest
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
 REPO = Path(__file__).resolve().parents[1]
@@ -42,15 +39,16 @@ def test_the_corpus_has_at_least_25_bad_records():
 @pytest.mark.parametrize("name", ["prompts.txt", "records.jsonl"])
 def test_each_bad_record_gets_its_error_line_and_a_failed_row(tmp_path, monkeypatch, name):
     monkeypatch.chdir(CORPUS)  # sources are then "file:line", as in expected_errors.txt
-    records, problems = stages.split_prompt_file(Path(name))
+    (shard,) = shards.stream_prompt_shards(Path(name), 1000)
+    records, problems = shard.records, shard.problems
 
     assert [str(problem) for problem in problems] == expected_errors(name)
     assert [(r.source, r.prompt) for r in records] == VALID[name]
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    append_rows(run_dir, [stages.problem_row(run_dir.name, p, i) for i, p in enumerate(problems)])
-    table = read_manifest(compact(run_dir))
+    append_shard_rows(run_dir, shard.index, [planning.problem_row(run_dir.name, p, i) for i, p in enumerate(problems)])
+    table = read_manifest(compact(run_dir).path)
     assert table.schema.equals(SCHEMA)
     rows = table.to_pylist()
     assert len(rows) == len(problems)  # one row per bad record: none lost, none merged
@@ -71,12 +69,6 @@ def test_every_error_line_says_where_what_and_how_to_fix():
         assert "\x00" not in line and "\ufffd" not in line  # no raw control bytes echoed into logs
 
 
-def run_cli(args, cwd, **env):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DIRECT2V_", "PREFECT_"))}
-    return subprocess.run([sys.executable, "-m", "direct2v", *args], cwd=cwd, env={**clean, **env},
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize(
     "name, message",
     [
@@ -87,9 +79,9 @@ def run_cli(args, cwd, **env):
         ("missing.jsonl", "prompt file not found: missing.jsonl"),
     ],
 )
-def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, name, message):
+def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, run_cli, name, message):
     """Checked before Prefect or any model starts: no run directory is created."""
-    done = run_cli(["run", name], cwd=CORPUS, DIRECT2V_OUTPUT_ROOT=str(tmp_path / "outputs"))
+    done = run_cli(["run", name], {"DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs")}, cwd=CORPUS)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"error: {message}" or message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "outputs").exists()
@@ -108,14 +100,14 @@ def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, name, messag
         ([], {"DIRECT2V_RENDER__MODEL_DIR": "half-model"}, "render.model_dir: half-model is not a complete diffusers"),
     ],
 )
-def test_a_bad_config_names_the_key_before_any_model_loads(tmp_path, smollm2_dir, args, env, message):
+def test_a_bad_config_names_the_key_before_any_model_loads(tmp_path, run_cli, smollm2_dir, args, env, message):
     (tmp_path / "bad-key.toml").write_text("[render]\ncolour = 'red'\n")
     (tmp_path / "bad-syntax.toml").write_text("[render\nsteps = \n")
     (tmp_path / "half-model" / "unet").mkdir(parents=True)
     (tmp_path / "half-model" / "model_index.json").write_text("{}")
     shutil.copy(CORPUS / "records.jsonl", tmp_path / "records.jsonl")
     base = {"DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir), "DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs")}
-    done = run_cli(["run", "records.jsonl", *args], cwd=tmp_path, **{**base, **env})
+    done = run_cli(["run", "records.jsonl", *args], {**base, **env}, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()  # stopped before a run directory, Prefect or a model

@@ -11,7 +11,6 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from direct2v.attention import AnchorKVCache, FrameReference, RotationalValueMappingProcessor
-from direct2v.pipeline import DirecT2VPipeline
 from direct2v.rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
@@ -178,11 +177,6 @@ def test_section_reference_outside_the_virtual_batch_raises():
 
 
 # --- chunked rendering on the tiny model ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_sd_dir):
-    return DirecT2VPipeline.from_local_dir(tiny_sd_dir)
 
 
 def spy_render(pipe, frames: int, **kwargs):

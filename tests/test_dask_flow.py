@@ -9,13 +9,12 @@ the test does not start vLLM; the director path of the dataset flow is tested in
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import summary_of
 
 from direct2v.manifest import SCHEMA
 from direct2v.plan import FramePlan, write_plan
@@ -23,27 +22,6 @@ from direct2v.plan import FramePlan, write_plan
 pytestmark = [pytest.mark.flow]
 
 FRAMES = ["a paper boat on a pond", "the boat drifts to the left", "the boat reaches the reeds"]
-
-
-def run_cli(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "direct2v", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-
-
-@pytest.fixture
-def dataset_env(tmp_path, tiny_sd_dir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIRECT2V_", "PREFECT_"))}
-    env.update(
-        DIRECT2V_OUTPUT_ROOT=str(tmp_path / "outputs"),
-        DIRECT2V_RENDER__MODEL_DIR=str(tiny_sd_dir),
-        DIRECT2V_RENDER__NUM_INFERENCE_STEPS="4",
-        DIRECT2V_RENDER__T0="1",
-        DIRECT2V_RENDER__T1="2",
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # shared, loaded CI machines
-        OMP_NUM_THREADS="1",
-    )
-    return env
 
 
 @pytest.fixture
@@ -55,14 +33,9 @@ def plans_dir(tmp_path):
     return plans
 
 
-def summary_of(done) -> dict:
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
-
-
-def test_dask_two_workers_then_rerun_renders_only_the_deleted_video(tmp_path, dataset_env, plans_dir):
+def test_dask_two_workers_then_rerun_renders_only_the_deleted_video(tmp_path, run_cli, dataset_env, plans_dir):
     args = ["dataset", "--plans", str(plans_dir), "--run-id", "nightly-1", "--shard-size", "3", "--dask-workers", "2"]
-    first = summary_of(run_cli(args, dataset_env, tmp_path))
+    first = summary_of(run_cli(args, dataset_env, cwd=tmp_path))
     run_dir = tmp_path / "outputs" / "nightly-1"
     assert first["task_runner"] == "dask LocalCluster (2 workers)"
     assert (first["total"], first["ok"], first["failed"], first["shards"]) == (5, 4, 1, 2)
@@ -81,7 +54,7 @@ def test_dask_two_workers_then_rerun_renders_only_the_deleted_video(tmp_path, da
 
     before = {pid: path.stat().st_mtime_ns for pid, path in videos.items()}
     videos["boat-2"].unlink()
-    second = summary_of(run_cli(args, dataset_env, tmp_path))
+    second = summary_of(run_cli(args, dataset_env, cwd=tmp_path))
     assert second["resumed"] is True
     assert (second["rendered"], second["render_ok"], second["skipped_finished"]) == (1, 1, 3)
     assert (second["total"], second["ok"]) == (5, 4)
@@ -96,7 +69,7 @@ def test_dask_two_workers_then_rerun_renders_only_the_deleted_video(tmp_path, da
     # A new run over the same plans reuses the finished videos by hash (hard links, nothing rendered).
     third = summary_of(run_cli(["dataset", "--plans", str(plans_dir), "--run-id", "nightly-2",
                                 "--reuse-from", str(tmp_path / "outputs" / "*"), "--no-progress"],
-                               dataset_env, tmp_path))
+                               dataset_env, cwd=tmp_path))
     assert (third["reused_videos"], third["rendered"], third["ok"]) == (4, 0, 4)
     assert third["task_runner"] == "thread pool (1 worker)"
     for pid, path in videos.items():

@@ -5,13 +5,8 @@ local Prefect server started on 127.0.0.1 for the test."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,43 +54,13 @@ def raw_deployment(raw: dict, name: str) -> dict:
     return next(d for d in raw["deployments"] if d["name"] == name)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def prefect_server(tmp_path):
-    """A self-hosted Prefect server on 127.0.0.1 (own database under tmp_path), stopped afterwards."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIRECT2V_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false", DO_NOT_TRACK="1")
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the Prefect server did not start: "
-                                       + (tmp_path / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
-        yield {**env, "PREFECT_API_URL": url, "DIRECT2V_REPO": str(REPO)}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn child, started above
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+    """A server of its own (the deployments must not meet other tests' flow runs)."""
+    from conftest import prefect_server as start
+
+    with start(tmp_path / "prefect") as env:
+        yield {**env, "DIRECT2V_REPO": str(REPO)}
 
 
 READ_DEPLOYMENTS = """

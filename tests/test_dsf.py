@@ -20,7 +20,6 @@ from direct2v.attention import (
     dual_softmax_confidence,
     quantile,
 )
-from direct2v.pipeline import DirecT2VPipeline
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]
@@ -265,11 +264,6 @@ def test_dsf_processor_rejects_bad_quantiles(bad):
 
 
 # --- the pipeline --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_sd_dir):
-    return DirecT2VPipeline.from_local_dir(tiny_sd_dir)
 
 
 def render(pipe, seed=0, **kwargs):

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from direct2v.encode import encode_mp4, probe_video
-from direct2v.manifest import SCHEMA, ManifestRow, append_rows, compact, read_journal, read_manifest
+from direct2v.config import Settings
+from direct2v.manifest import SCHEMA, ManifestRow, append_rows, compact, read_manifest
 
 
 @pytest.mark.parametrize("count, fps", [(8, 2), (5, 1), (16, 8)])
@@ -36,22 +37,27 @@ def test_manifest_schema_and_last_row_wins(tmp_path):
     ])
     with open(tmp_path / "manifest.jsonl", "a") as journal:
         journal.write('{"run_id": "r", "prompt_id": "torn')  # a crash mid-write
-    table = read_manifest(compact(tmp_path))
+    table = read_manifest(compact(tmp_path).path)
     assert table.schema.equals(SCHEMA)
     assert table.schema.field("frame_prompts").type == pa.list_(pa.string())
     rows = {r["prompt_id"]: r for r in table.to_pylist()}
     assert set(rows) == {"a", "b"} and rows["a"]["status"] == "ok"
     assert rows["b"]["frame_prompts"] == ["1", "2"] and rows["b"]["seed"] == 3
-    assert len(read_journal(tmp_path)) == 2
+    assert not (tmp_path / "manifest.jsonl").exists()  # folded in: the Parquet file alone is the manifest
 
 
 def test_run_summary_counts_qc_rejected_apart_from_failed(tmp_path):
-    from direct2v.run import summarise
+    from collections import Counter
+
+    from direct2v.rundir import Job
+    from direct2v.stages import RenderProgress, Run, summarise
 
     append_rows(tmp_path, [
         ManifestRow(run_id="r", prompt_id="ok1", status="ok"),
         ManifestRow(run_id="r", prompt_id="bad", status="failed", failed_stage="plan", error="x"),
         ManifestRow(run_id="r", prompt_id="qc", status="rejected"),
     ])
-    summary = summarise(tmp_path, compact(tmp_path))
-    assert (summary["total"], summary["ok"], summary["failed"], summary["rejected"]) == (3, 1, 1, 1)
+    run = Run(tmp_path, Job(prompt_file="p.txt"), Settings(), resumed=False)
+    summary = summarise(run, "thread", Counter(), RenderProgress(), compact(tmp_path), {})
+    assert (summary.total, summary.ok, summary.failed, summary.rejected) == (3, 1, 1, 1)
+    assert summary.failed_by_stage == {"plan": 1}

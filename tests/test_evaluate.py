@@ -1,10 +1,7 @@
 """``direct2v eval`` on a tiny rendered run, with a tiny random CLIP through the real loading path."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -142,14 +139,7 @@ def test_a_missing_video_is_rejected_with_the_reason(run_copy, clip):
     assert rows["boat"]["status"] == "ok"
 
 
-def run_cli(args, env=None):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DIRECT2V_")}, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "direct2v", *args], env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def test_eval_cli_end_to_end(run_copy, tiny_clip_dir):
+def test_eval_cli_end_to_end(run_copy, run_cli, tiny_clip_dir):
     done = run_cli(["eval", str(run_copy), "--clip-model", str(tiny_clip_dir), "--set", "eval.max_flicker=0.0"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| Frame # | frame prompt | user prompt |" in done.stdout and "gallery:" in done.stdout
@@ -161,7 +151,7 @@ def test_eval_cli_end_to_end(run_copy, tiny_clip_dir):
     assert "a &lt;b&gt;fox&lt;/b&gt; &amp; a hare" in page
 
 
-def test_eval_cli_needs_a_clip_model_for_clip_thresholds(run_copy):
+def test_eval_cli_needs_a_clip_model_for_clip_thresholds(run_copy, run_cli):
     done = run_cli(["eval", str(run_copy), "--set", "eval.min_frame_clip=0.2"])
     assert done.returncode == 2 and "eval.clip_model_dir" in done.stderr and "Traceback" not in done.stderr
 
@@ -169,7 +159,8 @@ def test_eval_cli_needs_a_clip_model_for_clip_thresholds(run_copy):
 def test_compare_renders_the_variants_and_tabulates_them(tmp_path, tiny_sd_dir, clip):
     from conftest import EVAL_PLANS
 
-    from direct2v.evaluate import compare, read_video
+    from direct2v.compare import compare
+    from direct2v.evaluate import read_video
     from direct2v.plan import FramePlan
 
     plan = FramePlan(**EVAL_PLANS[1])
@@ -201,7 +192,7 @@ def test_a_run_with_only_manifest_parquet_keeps_every_row(run_copy, clip):
 
     append_rows(run_copy, [ManifestRow(run_id="run", prompt_id="late", status="failed", failed_stage="plan", error="x")])
     compact(run_copy)
-    (run_copy / "manifest.jsonl").unlink()
+    assert not (run_copy / "manifest.jsonl").exists()  # folded into manifest.parquet
     evaluate_run(run_copy, EvalSettings(), clip=clip)
     rows = {r["prompt_id"]: r for r in pq.read_table(run_copy / "manifest.parquet").to_pylist()}
     assert set(rows) == {"boat", "fox", "late"}

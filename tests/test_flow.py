@@ -1,14 +1,21 @@
 """The main job end to end through the real CLI: real vLLM director (bundled SmolLM2) in its own
-process, the tiny SD renderer, MP4s read back, the Parquet manifest -- under Prefect."""
+process per shard, the tiny SD renderer, MP4s read back, the Parquet manifest -- under Prefect.
+
+``run`` and ``dataset`` are one flow (``flows/generate.py``); this drives it with the director,
+in shards of 2 (one director process each, exiting before rendering starts). The render-only
+paths (``render --plans``, ``dataset --plans`` on Dask, ``resume``) are in test_one_path.py and
+test_dask_flow.py.
+"""
 
 import json
-import os
-import subprocess
-import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import summary_of
+
+from direct2v.encode import read_video
 from direct2v.manifest import SCHEMA
 from direct2v.plan import read_plan
 
@@ -20,42 +27,23 @@ PROMPTS = [
 ]
 
 
-def run_cli(args, env, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "direct2v", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=900
-    )
-
-
-@pytest.fixture
-def job_env(tmp_path, smollm2_dir, tiny_sd_dir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIRECT2V_", "PREFECT_"))}
-    env.update(
-        DIRECT2V_OUTPUT_ROOT=str(tmp_path / "outputs"),
-        DIRECT2V_DIRECTOR__MODEL_DIR=str(smollm2_dir),
-        DIRECT2V_RENDER__MODEL_DIR=str(tiny_sd_dir),
-        DIRECT2V_RENDER__NUM_INFERENCE_STEPS="8",
-        DIRECT2V_RENDER__T0="4",
-        DIRECT2V_RENDER__T1="6",
-        PREFECT_HOME=str(tmp_path / "prefect"),
-    )
-    return env
-
-
-def test_run_end_to_end(tmp_path, job_env):
+def test_run_end_to_end_in_shards_then_rerender_its_plans(tmp_path, run_cli, dataset_env, smollm2_dir):
     prompt_file = tmp_path / "prompts.jsonl"
-    lines = [json.dumps(p) for p in PROMPTS] + ['{"prompt": "broken", "frames": 0}']
+    lines = [json.dumps(PROMPTS[0]), '{"prompt": "broken", "frames": 0}', json.dumps(PROMPTS[1])]
     prompt_file.write_text("\n".join(lines) + "\n")
+    env = {**dataset_env, "DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir)}
 
-    done = run_cli(["run", str(prompt_file), "--frames", "4", "--fps", "2"], job_env, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+    summary = summary_of(run_cli(["run", prompt_file, "--frames", "4", "--fps", "2", "--shard-size", "2"], env,
+                                 cwd=tmp_path))
     run_dir = tmp_path / summary["run_dir"]
-    assert summary["total"] == 3
+    assert (summary["total"], summary["shards"], summary["input_problems"]) == (3, 2, 1)
+    assert summary["planned"] + summary["plan_failed"] == 2 and summary["render_ok"] == summary["planned"] == summary["ok"]
+    assert (run_dir / "director.log").read_text().count("--- exit code") == 2  # one director per shard
 
     table = pq.read_table(run_dir / "manifest.parquet")
     assert table.schema.equals(SCHEMA)
     rows = {row["prompt_id"]: row for row in table.to_pylist()}
-    bad = rows.pop("invalid-line-3")
+    bad = rows.pop("invalid-line-2")
     assert bad["status"] == "failed" and bad["failed_stage"] == "input" and "frames" in bad["error"]
     assert set(rows) == {"corgis", "rain"}
     for prompt_id, row in rows.items():
@@ -70,13 +58,18 @@ def test_run_end_to_end(tmp_path, job_env):
         assert row["seed"] == (3 if prompt_id == "corgis" else 0)
         assert (run_dir / row["video_path"]).stat().st_size > 0
         assert row["director_model"] == "smollm2-135m-instruct" and row["render_model"].startswith("tiny-sd@")
-        assert row["render_s"] > 0 and row["encode_s"] > 0
+        assert row["render_s"] > 0 and row["encode_s"] > 0 and row["render_batch_size"] == expected_frames
     assert sum(row["status"] == "ok" for row in rows.values()) >= 1
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["prompt_file"] == str(prompt_file) and job["shard_size"] == 2
 
-    # A second run never clobbers the first.
-    again = run_cli(["render", "--plans", str(run_dir / "plans"), "--out", str(tmp_path / "rerender")], job_env, tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert (run_dir / "manifest.parquet").exists()
-    assert {p.name for p in (tmp_path / "rerender" / "videos").iterdir()} == {
-        f"{pid}.mp4" for pid, row in rows.items() if row["status"] == "ok"
-    }
+    # Its plans rendered into a second run: the same videos, and the first run is left as it was.
+    first = {pid: read_video(run_dir / r["video_path"]) for pid, r in rows.items() if r["status"] == "ok"}
+    before = (run_dir / "manifest.parquet").stat().st_mtime_ns
+    again = summary_of(run_cli(["render", "--plans", run_dir / "plans", "--out", tmp_path / "rerender"], env,
+                               cwd=tmp_path))
+    assert again["ok"] == len(first) and (run_dir / "manifest.parquet").stat().st_mtime_ns == before
+    second = {r["prompt_id"]: r for r in pq.read_table(tmp_path / "rerender" / "manifest.parquet").to_pylist()}
+    for prompt_id, data in first.items():
+        assert second[prompt_id]["video_hash"] == rows[prompt_id]["video_hash"]
+        assert np.array_equal(read_video(tmp_path / "rerender" / second[prompt_id]["video_path"]), data)  # same video

@@ -170,7 +170,7 @@ def gallery(chromium, tmp_path_factory, rendered_run, tiny_clip_dir):
 
 
 def test_gallery_in_headless_chromium(chromium, gallery, tmp_path):
-    from direct2v.evaluate import run_rows
+    from direct2v.manifest import read_rows as run_rows
 
     rows = run_rows(gallery.parent)
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path))

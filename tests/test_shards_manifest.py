@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from direct2v import batching
-from direct2v.manifest import SCHEMA, ManifestRow, append_rows, read_manifest, rows_to_table
-from direct2v.run import split_prompt_file
+from direct2v import manifest, shards, videos
+from direct2v.manifest import SCHEMA, ManifestRow, append_rows, read_manifest, read_rows, rows_to_table
+from direct2v.prompts import PromptRecord, read_prompt_file
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = 20_000
@@ -35,6 +35,12 @@ def write_prompt_list(path: Path, count: int, bad_every: int = 0) -> Path:
     return path
 
 
+def split_prompt_file(path: Path) -> tuple[list, list]:
+    """The whole file at once (what streaming avoids): (records, problems)."""
+    items = list(read_prompt_file(path))
+    return [i for i in items if isinstance(i, PromptRecord)], [i for i in items if not isinstance(i, PromptRecord)]
+
+
 def row(prompt_id: str, status: str = "ok", run_id: str = "r", **extra) -> ManifestRow:
     return ManifestRow(run_id=run_id, prompt_id=prompt_id, status=status, **extra)
 
@@ -43,32 +49,32 @@ def row(prompt_id: str, status: str = "ok", run_id: str = "r", **extra) -> Manif
 
 
 def test_shard_records_sizes():
-    assert [len(s) for s in batching.shard_records(range(10), 4)] == [4, 4, 2]
-    assert list(batching.shard_records([], 4)) == []
-    assert list(batching.shard_records(iter(range(3)), 3)) == [[0, 1, 2]]
+    assert [len(s) for s in shards.shard_records(range(10), 4)] == [4, 4, 2]
+    assert list(shards.shard_records([], 4)) == []
+    assert list(shards.shard_records(iter(range(3)), 3)) == [[0, 1, 2]]
     with pytest.raises(ValueError):
-        next(batching.shard_records(range(3), 0))
+        next(shards.shard_records(range(3), 0))
 
 
 def test_stream_prompt_shards_keeps_order_and_problems(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('# comment\n{"prompt": "a"}\n\n{"prompt": ""}\n{"prompt": "b", "id": "b"}\n{"prompt": "c"}\n')
-    shards = list(batching.stream_prompt_shards(path, 2))
-    assert [s.name for s in shards] == ["00001", "00002"]
-    assert [r.prompt for r in shards[0].records] == ["a"] and len(shards[0].problems) == 1
-    assert shards[0].problems[0].source.endswith(":4")
-    assert [r.id for r in shards[1].records][0] == "b" and [r.prompt for r in shards[1].records] == ["b", "c"]
-    assert batching.count_prompt_lines(path) == 4
+    found = list(shards.stream_prompt_shards(path, 2))
+    assert [s.index for s in found] == [1, 2]
+    assert [r.prompt for r in found[0].records] == ["a"] and len(found[0].problems) == 1
+    assert found[0].problems[0].source.endswith(":4")
+    assert [r.id for r in found[1].records][0] == "b" and [r.prompt for r in found[1].records] == ["b", "c"]
+    assert shards.count_prompt_lines(path) == 4
 
 
 def test_shard_file_round_trip(tmp_path):
-    work = batching.ShardWork(7, [("a", "f:1"), ("b", "f:2")], [row("x", "failed", failed_stage="input", error="e")])
-    path = batching.write_shard_file(tmp_path, work)
+    work = shards.ShardWork(7, [("a", "f:1"), ("b", "f:2")], [row("x", "failed", failed_stage="input", error="e")])
+    path = shards.write_shard_file(tmp_path, work)
     assert path.name == "shard-00007.jsonl"
-    back = batching.read_shard_file(path)
+    back = shards.read_shard_file(path)
     assert (back.index, back.to_render, [r.prompt_id for r in back.rows]) == (7, work.to_render, ["x"])
-    batching.clear_shard_files(tmp_path)
-    assert batching.shard_files(tmp_path) == []
+    shards.clear_shard_files(tmp_path)
+    assert shards.shard_files(tmp_path) == []
 
 
 # --- bounded memory ------------------------------------------------------------------------------
@@ -91,7 +97,7 @@ def test_20000_line_prompt_file_streams_in_bounded_memory(tmp_path):
     seen = {"records": 0, "problems": 0, "shards": 0}
 
     def stream():
-        for shard in batching.stream_prompt_shards(path, 256):
+        for shard in shards.stream_prompt_shards(path, 256):
             seen["records"] += len(shard.records)
             seen["problems"] += len(shard.problems)
             seen["shards"] += 1
@@ -113,9 +119,9 @@ RSS_SCRIPT = textwrap.dedent(
     import psutil
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from direct2v import batching
+    from direct2v import manifest, shards
     from direct2v.manifest import ManifestRow
-    from direct2v.run import split_prompt_file
+    from direct2v.prompts import PromptRecord, read_prompt_file
 
     mode, path, run_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     process = psutil.Process()
@@ -128,17 +134,17 @@ RSS_SCRIPT = textwrap.dedent(
 
     start, after_shards = mib(), []
     if mode == "stream":  # the dataset flow's data path, without the models: shards -> parts -> manifest
-        for shard in batching.stream_prompt_shards(path, 256):
-            work = batching.ShardWork(shard.index, [(r.id, r.source) for r in shard.records])
-            batching.write_shard_file(run_dir, work)
-            batching.write_part(run_dir, shard.index, rows_of(shard.records))
+        for shard in shards.stream_prompt_shards(path, 256):
+            work = shards.ShardWork(shard.index, [(r.id, r.source) for r in shard.records])
+            shards.write_shard_file(run_dir, work)
+            manifest.write_part(run_dir, shard.index, rows_of(shard.records))
             after_shards.append(mib())
-        result = batching.compact_parts(run_dir)
+        result = manifest.compact(run_dir)
         report = {"rows": result.rows, "after_shards_mib": after_shards, "after_compaction_mib": mib(),
                   "arrow_peak_mib": pa.default_memory_pool().max_memory() / 2**20,
                   "table_mib": pq.read_table(result.path).nbytes / 2**20}
     else:  # the same rows, all at once
-        records, problems = split_prompt_file(path)
+        records = [item for item in read_prompt_file(path) if isinstance(item, PromptRecord)]
         rows = rows_of(records)
         report = {"rows": len(rows), "after_shards_mib": [mib()]}
     report["start_mib"] = start
@@ -181,64 +187,60 @@ def test_20000_line_list_through_parts_and_compaction_in_bounded_rss(tmp_path):
 
 
 def test_compaction_last_row_per_prompt_wins_across_sources(tmp_path):
-    # An earlier compaction, the classic journal, two parts and the journal of a shard cut short.
+    # An earlier compaction, the run's own journal (direct2v eval), two parts and a shard cut short.
     base = rows_to_table([row("a", "failed", failed_stage="render", error="old"), row("b"), row("c")])
     pq.write_table(base, tmp_path / "manifest.parquet")
     append_rows(tmp_path, [row("c", "failed", failed_stage="render", error="journal")])
-    batching.write_part(tmp_path, 1, [row("a", video_hash="h-a"), row("d", "failed", failed_stage="input", error="x")])
-    batching.write_part(tmp_path, 2, [row("e")])
-    batching.append_shard_rows(tmp_path, 3, [row("b", "failed", failed_stage="encode", error="crash"), row("f")])
-    # write_part also appended to the classic journal, since the run has one
-    assert (tmp_path / "manifest.jsonl").read_text().count('"prompt_id":"a"') == 1
+    manifest.write_part(tmp_path, 1, [row("a", video_hash="h-a"), row("d", "failed", failed_stage="input", error="x")])
+    manifest.write_part(tmp_path, 2, [row("e"), row("g", "rejected", qc_reason="flicker")])
+    manifest.append_shard_rows(tmp_path, 3, [row("b", "failed", failed_stage="encode", error="crash"), row("f")])
+    before = {r.prompt_id: r.status for r in read_rows(tmp_path)}  # the same rule, read without compacting
 
-    result = batching.compact_parts(tmp_path, batch_rows=2)
+    result = manifest.compact(tmp_path, batch_rows=2)
     table = read_manifest(result.path)
     assert table.schema.equals(SCHEMA)
     rows = {r["prompt_id"]: r for r in table.to_pylist()}
-    assert sorted(rows) == ["a", "b", "c", "d", "e", "f"]
+    assert sorted(rows) == ["a", "b", "c", "d", "e", "f", "g"]
     assert rows["a"]["status"] == "ok" and rows["a"]["video_hash"] == "h-a"
     assert rows["b"]["error"] == "crash" and rows["c"]["error"] == "journal"
-    assert (result.rows, result.statuses["ok"]) == (6, 3)
+    assert {k: v["status"] for k, v in rows.items()} == before
+    assert (result.rows, result.statuses["ok"], result.statuses["rejected"]) == (7, 3, 1)
     assert dict(result.failed_stages) == {"encode": 1, "input": 1, "render": 1}
     assert {f["prompt_id"] for f in result.failures} == {"b", "c", "d"}
-    # the parts and shard journals were folded in and removed; compacting again changes nothing
-    assert list((tmp_path / batching.PARTS_DIR).iterdir()) == []
-    again = batching.compact_parts(tmp_path)
+    # every journal and part was folded in and removed; compacting again changes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.parquet"]
+    again = manifest.compact(tmp_path)
     by_id = lambda t: sorted(t.to_pylist(), key=lambda r: r["prompt_id"])  # noqa: E731
     assert by_id(read_manifest(again.path)) == by_id(table)
-    # the classic journal still holds every row (direct2v eval reads it when it exists)
-    from direct2v.manifest import read_journal
-
-    assert {r.prompt_id: r.status for r in read_journal(tmp_path)} == {k: v["status"] for k, v in rows.items()}
 
 
 def test_compaction_of_nothing_writes_an_empty_manifest(tmp_path):
-    result = batching.compact_parts(tmp_path)
+    result = manifest.compact(tmp_path)
     assert result.rows == 0 and read_manifest(result.path).num_rows == 0
 
 
 def test_lookup_rows_reads_only_the_asked_ids(tmp_path):
-    batching.write_part(tmp_path, 1, [row(f"p{i}", frame_prompts=["x", "y"]) for i in range(50)])
-    path = batching.compact_parts(tmp_path).path
-    found = batching.lookup_rows(path, ["p3", "p49", "missing"])
+    manifest.write_part(tmp_path, 1, [row(f"p{i}", frame_prompts=["x", "y"]) for i in range(50)])
+    path = manifest.compact(tmp_path).path
+    found = manifest.lookup_rows(path, ["p3", "p49", "missing"])
     assert sorted(found) == ["p3", "p49"] and found["p3"].frame_prompts == ["x", "y"]
-    assert batching.lookup_rows(tmp_path / "none.parquet", ["p3"]) == {}
+    assert manifest.lookup_rows(tmp_path / "none.parquet", ["p3"]) == {}
 
 
 def test_reuse_index_finds_finished_videos_by_hash(tmp_path):
     for name, rows in {"run-1": [row("a", video_hash="h1", video_path="videos/a.mp4"),
                                  row("b", "failed", video_hash="h2", failed_stage="render")],
                        "run-2": [row("a2", video_hash="h1", video_path="videos/a2.mp4")]}.items():
-        batching.write_part(tmp_path / name, 1, rows)
-        batching.compact_parts(tmp_path / name)
-    index = batching.ReuseIndex([str(tmp_path / "run-*")], exclude=tmp_path / "run-2")
+        manifest.write_part(tmp_path / name, 1, rows)
+        manifest.compact(tmp_path / name)
+    index = videos.ReuseIndex([str(tmp_path / "run-*")], exclude=tmp_path / "run-2")
     assert len(index) == 1 and index.find(["h1", "h2"]) == {
         "h1": (tmp_path / "run-1", {**index.find(["h1"])["h1"][1], "video_path": "videos/a.mp4"})}
-    both = batching.ReuseIndex([str(tmp_path / "run-*")])
+    both = videos.ReuseIndex([str(tmp_path / "run-*")])
     assert both.find(["h1"])["h1"][0] == tmp_path / "run-2"  # the later run wins
     assert both.find(["h2"]) == {}  # a failed video is never reused
 
     source = tmp_path / "src.mp4"
     source.write_bytes(b"video")
-    target = batching.link_video(source, tmp_path / "out" / "videos" / "a.mp4")
+    target = videos.link_video(source, tmp_path / "out" / "videos" / "a.mp4")
     assert target.read_bytes() == b"video" and os.path.samefile(source, target)

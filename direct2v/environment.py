@@ -1,0 +1,42 @@
+"""The process environment every DirecT2V process needs: offline, no telemetry, set before the
+libraries that read it (huggingface_hub, vLLM, Prefect) are imported."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+#: Switches that keep every library off the network. ``VLLM_HOST_IP``: without it vLLM finds its
+#: own address by connecting a UDP socket to 8.8.8.8 (no packet is sent, but it is an attempt).
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+}
+
+
+def offline_environment(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Set the offline switches in ``env`` (default: this process's) where the user has not chosen
+    a value; returns ``env``."""
+    env = os.environ if env is None else env
+    for key, value in OFFLINE.items():
+        env.setdefault(key, value)
+    return env
+
+
+def configure_prefect_environment(state_dir: Path = Path(".state")) -> None:
+    """Offline Prefect: state under ``.state/prefect`` unless the user chose a ``PREFECT_HOME``."""
+    offline_environment()
+    os.environ.setdefault("PREFECT_HOME", str((Path(state_dir) / "prefect").resolve()))
+    # The temporary server migrates a fresh database before it answers; on a loaded 2-core machine
+    # that takes longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # The UI is not needed for a batch run and its static build is not shipped offline.
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
