@@ -21,11 +21,6 @@ FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_sd_dir):
-    return DirecT2VPipeline.from_local_dir(tiny_sd_dir)
-
-
 def render(pipe, seed=0, **kwargs):
     return pipe(PROMPTS, generator=torch.Generator().manual_seed(seed), **{**FAST, **kwargs})
 
@@ -66,8 +61,36 @@ def test_each_scheduler_renders_deterministically(pipe):
     assert type(pipe.scheduler) is PNDMScheduler  # a call never replaces it
 
 
-def test_guidance_scale_matters(pipe):
-    assert not np.array_equal(render(pipe, guidance_scale=3.0), render(pipe, guidance_scale=12.0))
+def guided_steps(pipe, guidance_scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(UNet output, noise given to the scheduler) of every denoising step of one render."""
+    outputs, given = [], []
+    handle = pipe.unet.register_forward_hook(lambda module, args, output: outputs.append(output.sample.clone()))
+    make_scheduler = pipe.make_scheduler
+
+    def spying_scheduler(name):
+        scheduler = make_scheduler(name)
+        step = scheduler.step
+        scheduler.step = lambda noise, *args, **kwargs: (given.append(noise.clone()), step(noise, *args, **kwargs))[1]
+        return scheduler
+
+    pipe.make_scheduler = spying_scheduler
+    try:
+        render(pipe, guidance_scale=guidance_scale)
+    finally:
+        handle.remove()
+        del pipe.make_scheduler
+    assert len(outputs) == len(given) > 0
+    return list(zip(outputs, given))
+
+
+@pytest.mark.parametrize("guidance_scale", [3.0, 12.0])
+def test_guidance_combines_the_two_halves_with_the_scale(pipe, guidance_scale):
+    """Classifier-free guidance: every step's noise is uncond + s * (cond - uncond) of the UNet's
+    [uncond frames, cond frames] batch, with s the scale asked for."""
+    for output, noise in guided_steps(pipe, guidance_scale):
+        uncond, cond = output.chunk(2)
+        assert torch.allclose(noise, uncond + guidance_scale * (cond - uncond), atol=1e-6)
+        assert not torch.allclose(cond, uncond)  # so the scale decides the step
 
 
 # --- dtypes --------------------------------------------------------------------------------------
