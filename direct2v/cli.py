@@ -309,17 +309,14 @@ def eval_(
     review: Annotated[bool, typer.Option(help="also write contact sheets and index.html")] = True,
 ) -> None:
     """CLIP scores per frame, Avg. Dist., consistency, flicker -> manifest columns; QC; Table-1 summary."""
-    from .evaluate import EvalError, evaluate_run
+    from .evaluate import evaluate_run
     from .rundir import EVALUATION_MD
     from .review import write_review
 
     settings = _eval_settings(config, sets, clip_model)
     if settings.eval.clip_model_dir is None:
         log.warning("no CLIP model (eval.clip_model_dir / --clip-model): only the flicker score is computed")
-    try:
-        result = evaluate_run(run_dir, settings.eval, force=force, progress=lambda pid: log.info("evaluating %s", pid))
-    except EvalError as error:
-        raise UserError(str(error)) from None
+    result = evaluate_run(run_dir, settings.eval, force=force, progress=lambda pid: log.info("evaluating %s", pid))
     typer.echo(result.markdown())
     typer.echo(f"manifest: {result.manifest}; summary: {run_dir / EVALUATION_MD}")
     if review:
@@ -348,7 +345,6 @@ def compare(
     sets: SetOption = None,
 ) -> None:
     """Render the same plans with T2V-Z, RVM and RVM+DSF; print the paper's Table-1 comparison."""
-    from .evaluate import EvalError
     from .compare import compare as compare_variants
     from .planning import read_plan_files, token_budget
     from .review import write_review
@@ -361,11 +357,8 @@ def compare(
     if not valid:
         raise UserError(f"{plans}: no valid plans")
     names = [name.strip() for name in variants.split(",") if name.strip()]
-    try:
-        table, results = compare_variants([plan for plan, _ in valid], out, settings, names, echo=typer.echo,
-                                          bad_rows=bad_rows)
-    except EvalError as error:
-        raise UserError(str(error)) from None
+    table, results = compare_variants([plan for plan, _ in valid], out, settings, names, echo=typer.echo,
+                                      bad_rows=bad_rows)
     for name in results:
         write_review(out / name)
     typer.echo(table)
@@ -388,6 +381,7 @@ def models_build_clip(
 
 def main() -> None:
     _setup_logging()
+    from .evaluate import EvalError
     from .manifest import ManifestError
     from .plan import PlanFileError
     from .prompts import PromptFileError
@@ -395,7 +389,8 @@ def main() -> None:
 
     try:
         code = app(standalone_mode=False)  # returns the exit code instead of raising SystemExit
-    except (UserError, ConfigError, PromptFileError, PlanFileError, RunDirError, ManifestError, FileNotFoundError) as error:
+    except (UserError, ConfigError, PromptFileError, PlanFileError, RunDirError, ManifestError, EvalError,
+            FileNotFoundError) as error:  # a mistake the user can fix: one line, no traceback
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except typer.Exit as exit_:

@@ -112,6 +112,33 @@ def test_20000_line_prompt_file_streams_in_bounded_memory(tmp_path):
     assert streamed < 8 * 2**20
 
 
+def test_the_job_plan_stage_streams_a_20000_line_list_whichever_command_runs_it(tmp_path):
+    """``run`` and ``dataset`` share ``stages.plan_stage``: a 20,000-line list goes through it one
+    shard at a time (the director replaced by a stand-in that plans nothing), each shard becoming a
+    shard file, in a small fraction of the memory that reading the list at once takes."""
+    from collections import Counter
+
+    from direct2v import stages
+    from direct2v.config import Settings
+    from direct2v.rundir import Job
+
+    path = write_prompt_list(tmp_path / "big.jsonl", LINES, bad_every=1000)
+    run = stages.Run(tmp_path / "run", Job(prompt_file=str(path), shard_size=256), Settings(), resumed=False)
+    sizes = []
+
+    def stand_in_director(shard, run):
+        sizes.append(len(shard.records) + len(shard.problems))
+        return shards.ShardWork(shard.index, [(r.id, r.source) for r in shard.records]), Counter(prompts=sizes[-1])
+
+    counts = {}
+    peak = traced_peak(lambda: counts.update(stages.plan_stage(run, stand_in_director)))
+    whole = traced_peak(lambda: split_prompt_file(path))
+    assert (counts["prompts"], counts["shards"], counts["to_render"]) == (LINES, -(-LINES // 256), LINES - LINES // 1000)
+    assert max(sizes) == 256 and len(shards.shard_files(run.dir)) == counts["shards"]
+    print(f"\n20,000 lines through the plan stage: peak {peak / 2**20:.1f} MiB, whole file {whole / 2**20:.1f} MiB")
+    assert peak < whole / 4
+
+
 RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys
