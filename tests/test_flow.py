@@ -1,10 +1,10 @@
 """The main job end to end through the real CLI: real vLLM director (bundled SmolLM2) in its own
-process per shard, the tiny SD renderer, MP4s read back, the Parquet manifest -- under Prefect.
+process, the tiny SD renderer, MP4s read back, the Parquet manifest -- under Prefect.
 
-``run`` and ``dataset`` are one flow (``flows/generate.py``); this drives it with the director,
-in shards of 2 (one director process each, exiting before rendering starts). The render-only
-paths (``render --plans``, ``dataset --plans`` on Dask, ``resume``) are in test_one_path.py and
-test_dask_flow.py.
+``run`` and ``dataset`` are one flow (``flows/generate.py``); this drives it with the director.
+Sharding (one director process per shard) is tested without vLLM in test_shards_manifest.py and
+test_resume.py; the render-only paths (``render --plans``, ``dataset --plans`` on Dask,
+``resume``) in test_one_path.py and test_dask_flow.py.
 """
 
 import json
@@ -27,18 +27,17 @@ PROMPTS = [
 ]
 
 
-def test_run_end_to_end_in_shards_then_rerender_its_plans(tmp_path, run_cli, dataset_env, smollm2_dir):
+def test_run_end_to_end_then_rerender_its_plans(tmp_path, run_cli, dataset_env, smollm2_dir):
     prompt_file = tmp_path / "prompts.jsonl"
     lines = [json.dumps(PROMPTS[0]), '{"prompt": "broken", "frames": 0}', json.dumps(PROMPTS[1])]
     prompt_file.write_text("\n".join(lines) + "\n")
     env = {**dataset_env, "DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir)}
 
-    summary = summary_of(run_cli(["run", prompt_file, "--frames", "4", "--fps", "2", "--shard-size", "2"], env,
-                                 cwd=tmp_path))
+    summary = summary_of(run_cli(["run", prompt_file, "--frames", "4", "--fps", "2"], env, cwd=tmp_path))
     run_dir = tmp_path / summary["run_dir"]
-    assert (summary["total"], summary["shards"], summary["input_problems"]) == (3, 2, 1)
+    assert (summary["total"], summary["shards"], summary["input_problems"]) == (3, 1, 1)
     assert summary["planned"] + summary["plan_failed"] == 2 and summary["render_ok"] == summary["planned"] == summary["ok"]
-    assert (run_dir / "director.log").read_text().count("--- exit code") == 2  # one director per shard
+    assert (run_dir / "director.log").read_text().count("--- exit code") == 1  # one director, all prompts batched
 
     table = pq.read_table(run_dir / "manifest.parquet")
     assert table.schema.equals(SCHEMA)
@@ -61,7 +60,7 @@ def test_run_end_to_end_in_shards_then_rerender_its_plans(tmp_path, run_cli, dat
         assert row["render_s"] > 0 and row["encode_s"] > 0 and row["render_batch_size"] == expected_frames
     assert sum(row["status"] == "ok" for row in rows.values()) >= 1
     job = json.loads((run_dir / "job.json").read_text())
-    assert job["prompt_file"] == str(prompt_file) and job["shard_size"] == 2
+    assert job["prompt_file"] == str(prompt_file) and job["shard_size"] == 256
 
     # Its plans rendered into a second run: the same videos, and the first run is left as it was.
     first = {pid: read_video(run_dir / r["video_path"]) for pid, r in rows.items() if r["status"] == "ok"}
