@@ -8,7 +8,7 @@ Wiring only; every step is a function of ``direct2v.stages``. ``direct2v run``, 
 
 Render tasks run on one thread by default, or on Dask (``dask_workers``: a LocalCluster;
 ``dask_cluster="cuda"``: one worker per GPU; ``dask_address``: a running scheduler); each worker
-loads the SD pipeline once. They are tagged ``gpu`` for a Prefect tag concurrency limit. With no
+loads the SD pipeline once. On GPUs they are tagged ``gpu`` for a Prefect tag concurrency limit. With no
 ``PREFECT_API_URL``, Prefect starts a temporary local server (state under ``.state/prefect``).
 """
 
@@ -46,7 +46,7 @@ def plan_shard(shard, run: stages.Run):
     return stages.plan_shard(shard, run)  # one director process, which exits (freeing the GPU) before this returns
 
 
-@task(name="render-video", task_run_name="render-{plan.prompt_id}", tags=["gpu"], cache_policy=NO_CACHE)
+@task(name="render-video", task_run_name="render-{plan.prompt_id}", cache_policy=NO_CACHE)
 def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings, source: str) -> dict:
     from direct2v.render import cached_renderer  # loaded once per worker process, reused by later tasks
 
@@ -60,16 +60,17 @@ def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings,
 
 @flow(name="direct2v-render", log_prints=True)
 def render_stage(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
-                 total: int, progress: bool) -> stages.RenderProgress:
+                 total: int, progress: bool, tags: list[str]) -> stages.RenderProgress:
     """Every shard's videos; two shards in flight, so the workers never wait at a shard boundary."""
     from tqdm import tqdm
 
     reuse = videos.ReuseIndex(reuse_from, exclude=Path(run_dir)) if reuse_from else None
+    render = render_video.with_options(tags=tags)
     counted = stages.RenderProgress(bar=tqdm(total=total, desc="render", unit="video", disable=not progress, file=sys.stderr))
 
     def submit(work) -> stages.OpenShard:
         shard = stages.open_shard(work, Path(run_dir), render_settings, verify_videos, reuse, counted)
-        shard.futures = {render_video.submit(plan, run_dir, render_settings, source): (plan, source)
+        shard.futures = {render.submit(plan, run_dir, render_settings, source): (plan, source)
                          for plan, source in shard.todo}
         return shard
 
@@ -124,7 +125,8 @@ def generate(
         plan_counts = stages.plan_stage(run, plan_shard, progress)
         planned = time.perf_counter()
         rendered = render_stage.with_options(task_runner=runner)(
-            str(run.dir), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"], progress)
+            str(run.dir), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"], progress,
+            runners.render_tags(run.settings.render, dask_address, dask_cluster))
         compacting = time.perf_counter()
         compacted = manifest.compact(run.dir)
         timings = {"plan_s": planned - started, "render_s": compacting - planned,

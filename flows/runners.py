@@ -49,3 +49,17 @@ def api_shared_with_workers():
         return
     with temporary_settings({PREFECT_API_URL: str(get_client(sync_client=True).api_url)}):
         yield
+
+
+def render_tags(render_settings, dask_address: str | None, dask_cluster: str) -> list[str]:
+    """``["gpu"]`` when the renders run on GPUs, for a Prefect tag concurrency limit
+    (``prefect concurrency-limit create gpu N``). Not for CPU renders: there the tag's concurrency
+    check is one more server call, and a render that keeps every core busy starves the temporary
+    server into a 503 and a ~2 s retry per video (measured on 2 cores)."""
+    if render_settings.device == "cuda" or dask_cluster == "cuda" or dask_address:
+        return ["gpu"]
+    if render_settings.device == "cpu":
+        return []
+    import torch
+
+    return ["gpu"] if torch.cuda.is_available() else []

@@ -99,3 +99,17 @@ def test_every_command_records_a_bad_plan_file_and_prints_the_one_summary(tmp_pa
         bad = {row["prompt_id"]: row for row in table.to_pylist()}["invalid-plan-broken"]
         assert (bad["status"], bad["failed_stage"]) == ("failed", "input"), command
         assert "broken.json: invalid plan" in bad["error"] and bad["source"].endswith("broken.json"), command
+
+
+def test_render_tasks_are_tagged_gpu_only_where_they_use_a_gpu():
+    """The ``gpu`` tag (for a tag concurrency limit) costs a server call per task; CPU renders skip it."""
+    import torch
+
+    from direct2v.config import RenderSettings
+    from flows.runners import render_tags
+
+    assert render_tags(RenderSettings(device="cpu"), None, "local") == []
+    assert render_tags(RenderSettings(device="cuda"), None, "local") == ["gpu"]
+    assert render_tags(RenderSettings(device="cpu"), None, "cuda") == ["gpu"]  # dask-cuda workers
+    assert render_tags(RenderSettings(device="auto"), "tcp://10.0.0.5:8786", "local") == ["gpu"]
+    assert render_tags(RenderSettings(device="auto"), None, "local") == (["gpu"] if torch.cuda.is_available() else [])
