@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -42,11 +43,17 @@ def problem_row(run_id: str, problem: PromptProblem, index: int) -> ManifestRow:
 
 
 def token_budget(settings: Settings) -> TokenBudget | None:
-    """The render model's token budget for plan checks, or None if it has no tokenizer."""
-    if not (Path(settings.render.model_dir) / "tokenizer").is_dir():
+    """The render model's token budget for plan checks, or None if it has no tokenizer. Loaded once
+    per process and model: every shard asks for it (plan reuse, then the director's plans)."""
+    return _token_budget(Path(settings.render.model_dir).resolve())
+
+
+@functools.lru_cache(maxsize=4)
+def _token_budget(model_dir: Path) -> TokenBudget | None:
+    if not (model_dir / "tokenizer").is_dir():
         return None
     try:
-        return TokenBudget.from_sd_model(settings.render.model_dir)
+        return TokenBudget.from_sd_model(model_dir)
     except (OSError, ValueError) as error:
         log.warning("cannot load the render model's tokenizer (%s); plans are checked without it", error)
         return None

@@ -123,6 +123,8 @@ def open_run(run_dir: Path, job: Job | None, settings: Settings | None, override
     the recorded ones); any other is started with ``job`` and ``settings``. Call it holding
     no lock: it only reads."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a run directory; choose another directory")
     if is_run_dir(run_dir):
         recorded = read_job(run_dir) if (run_dir / JOB).is_file() else None
         if job is None and recorded is None:

@@ -37,6 +37,7 @@ def test_render_hand_written_plans(tmp_path, run_cli, tiny_render_env):
         (["resume", "prompts_in"], {}, "not a run directory"),
         (["dataset", "--run-id", "../up", "prompts_in/examples.txt"], {}, "run_id must be"),
         (["dataset"], {}, "give either a prompt file or --plans DIR"),
+        (["render", "--plans", "tests/data", "--out", "README.md"], {}, "README.md is a file, not a run directory"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(run_cli, args, env, message):
