@@ -1,0 +1,159 @@
+"""What dual-softmax filtering costs: diffusers' Text2Video-Zero, our m=inf, RVM and RVM+DSF, side by side.
+
+Renders the same 8-frame video four ways, each variant in its own process (so that one variant's
+allocations and thread pools cannot slow the next), on the same model, size, schedule and seed:
+
+* ``t2vz``: diffusers' deprecated ``TextToVideoZeroPipeline`` (cross-frame attention on every
+  attention layer, the key/value of frame 0 copied to every frame);
+* ``m-inf``: ours with the reference pinned to frame 0 on every layer and DSF off (the same math);
+* ``rvm``: ours, rotational value mapping with period m=4 on up_blocks.2/.3, DSF off;
+* ``rvm-dsf``: ours with the defaults (RVM + dual-softmax filtering, phi = 0.05).
+
+Each child renders once untimed at 2 steps (warm-up: kernels, allocator, lazy imports), then
+``--repeats`` times timed, and reports the median seconds and its peak memory (resident set size on
+CPU, the allocator's peak on CUDA). The table gives seconds, the ratio to diffusers and the ratio to
+plain RVM; the product's goal is rvm-dsf / rvm <= 1.25 and rvm-dsf faster than t2vz.
+
+    python benchmarks/dsf_cost.py                    # tiny SD-shaped model at 256 px, CPU: ~1 min
+    python benchmarks/dsf_cost.py --model-dir DIR --size 512 --steps 100 --t0 90 --t1 95   # CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "t2vz": "diffusers TextToVideoZeroPipeline",
+    "m-inf": "ours, m=inf, all blocks, no DSF (same math as T2V-Z)",
+    "rvm": "ours, RVM m=4 on up_blocks.2/.3",
+    "rvm-dsf": "ours, RVM + DSF (the default)",
+}
+PROMPT = "a red fox runs across a snowy field"
+
+
+def device_and_dtype() -> tuple[str, torch.dtype]:
+    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
+def render_once(variant: str, pipe, args: argparse.Namespace, steps: int, t0: int, t1: int) -> None:
+    common = {"num_inference_steps": steps, "t0": t0, "t1": t1, "guidance_scale": args.guidance,
+              "height": args.size, "width": args.size, "output_type": "latent",
+              "generator": torch.Generator().manual_seed(0)}
+    if variant == "t2vz":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe(PROMPT, video_length=args.frames, **common)
+        return
+    options = {
+        "m-inf": {"rvm_period": math.inf, "rvm_blocks": "all", "dsf": False},
+        "rvm": {"rvm_period": 4, "rvm_blocks": "up", "dsf": False},
+        "rvm-dsf": {"rvm_period": 4, "rvm_blocks": "up", "dsf": True},
+    }[variant]
+    pipe([PROMPT] * args.frames, **options, **common)
+
+
+def child(args: argparse.Namespace) -> None:
+    """One variant in this process: load, warm up, time ``--repeats`` renders, print one JSON line."""
+    device, dtype = device_and_dtype()
+    if args.variant == "t2vz":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+                TextToVideoZeroPipeline,
+            )
+
+            pipe = TextToVideoZeroPipeline.from_pretrained(
+                args.model_dir, safety_checker=None, local_files_only=True, torch_dtype=dtype
+            ).to(device)
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        from direct2v.pipeline import DirecT2VPipeline
+
+        pipe = DirecT2VPipeline.from_local_dir(args.model_dir, torch_dtype=dtype, device=device)
+    render_once(args.variant, pipe, args, steps=2, t0=0, t1=1)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        render_once(args.variant, pipe, args, args.steps, args.t0, args.t1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"seconds": statistics.median(seconds), "peak_bytes": peak}))
+
+
+def run_variant(variant: str, args: argparse.Namespace, model_dir: Path) -> dict:
+    command = [sys.executable, __file__, "--child", "--variant", variant, "--model-dir", str(model_dir),
+               "--size", str(args.size), "--frames", str(args.frames), "--steps", str(args.steps),
+               "--t0", str(args.t0), "--t1", str(args.t1), "--guidance", str(args.guidance),
+               "--repeats", str(args.repeats)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"variant {variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: build the tiny model in a temp dir")
+    parser.add_argument("--size", type=int, default=256, help="pixels (square)")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--t0", type=int, default=8)
+    parser.add_argument("--t1", type=int, default=9)
+    parser.add_argument("--guidance", type=float, default=12.0)
+    parser.add_argument("--repeats", type=int, default=1, help="timed renders per variant (median)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    device, dtype = device_and_dtype()
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model_dir
+        if model_dir is None:
+            from direct2v.tiny_models import build_tiny_sd
+
+            model_dir = build_tiny_sd(Path(scratch) / "tiny-sd")
+        print(f"model {model_dir}, {device} {str(dtype).removeprefix('torch.')}, {args.size} px, "
+              f"{args.frames} frames, {args.steps} steps (t0={args.t0}, t1={args.t1}), CFG {args.guidance}, "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, median of {args.repeats}")
+        results = {variant: run_variant(variant, args, model_dir) for variant in args.variants}
+
+    baseline = results.get("t2vz", {}).get("seconds")
+    rvm = results.get("rvm", {}).get("seconds")
+    print("| variant | seconds | x diffusers T2V-Z | x RVM | peak memory |")
+    print("|---|---|---|---|---|")
+    for variant, row in results.items():
+        versus_t2vz = f"{row['seconds'] / baseline:.2f}" if baseline else "-"
+        versus_rvm = f"{row['seconds'] / rvm:.2f}" if rvm else "-"
+        print(f"| {VARIANTS[variant]} | {row['seconds']:.2f} | {versus_t2vz} | {versus_rvm} | "
+              f"{row['peak_bytes'] / 2**30:.2f} GiB |")
+
+
+if __name__ == "__main__":
+    main()
