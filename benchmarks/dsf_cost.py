@@ -14,7 +14,14 @@ Each child renders once untimed at 2 steps (warm-up: kernels, allocator, lazy im
 CPU, the allocator's peak on CUDA). The table gives seconds, the ratio to diffusers and the ratio to
 plain RVM; the product's goal is rvm-dsf / rvm <= 1.25 and rvm-dsf faster than t2vz.
 
+``--layer`` instead times the steps of ONE dual-softmax layer call in isolation (random
+query/key/value of the given shape; default: the tiny model's up_blocks.3 at 256 px), each next to
+what it replaced: the fused value mapping against plain RVM's, the fused confidence against the
+blockwise reference, the own attention of the masked-out queries against every query's, the
+selection against a full sort.
+
     python benchmarks/dsf_cost.py                    # tiny SD-shaped model at 256 px, CPU: ~1 min
+    python benchmarks/dsf_cost.py --layer            # one layer call, step by step
     python benchmarks/dsf_cost.py --model-dir DIR --size 512 --steps 100 --t0 90 --t1 95   # CUDA
 """
 
@@ -102,13 +109,73 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": statistics.median(seconds), "peak_bytes": peak}))
 
 
+def time_ms(function, repeats: int = 5) -> float:
+    function()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats * 1000
+
+
+def layer_steps(shape: list[int]) -> None:
+    """Time each step of one dual-softmax layer call against the step it replaced."""
+    from direct2v import attention as A
+
+    groups, frames, heads, tokens, _ = shape
+    device, dtype = device_and_dtype()
+    generator = torch.Generator(device).manual_seed(0)
+    query, key, value = (torch.randn(shape, generator=generator, device=device, dtype=dtype) for _ in range(3))
+    ref_key, ref_value = key[:, 1], value[:, 1]
+    state = A.FrameReference(index=1, cfg_groups=groups)
+    rvm, dsf = A.RotationalValueMappingProcessor(state), A.DualSoftmaxFilterProcessor(state)
+    mapped, confidence = dsf.mapping_and_confidence(query, ref_key, ref_value)
+    mask = A.confidence_mask(confidence, dsf.quantile)
+    frame_query = query.flatten(0, 1)
+    frame_ref_key = ref_key[:, None].expand(groups, frames, *ref_key.shape[1:]).flatten(0, 1)
+    row_lse = A.attention_with_lse(A.fold_frames(query), ref_key, ref_value)[1]
+    row_lse = row_lse.view(groups, heads, frames, tokens).transpose(1, 2).flatten(0, 1)
+    col_lse = A.column_lse(frame_query, frame_ref_key)
+    flat = confidence.flatten()
+
+    def full_own():
+        return torch.nn.functional.scaled_dot_product_attention(
+            query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1))
+
+    rows = [
+        ("value mapping (plain RVM's SDPA)", lambda: rvm.value_mapping(query, ref_key, ref_value)),
+        ("value mapping + row log-sum-exp (one fused call)",
+         lambda: A.attention_with_lse(A.fold_frames(query), ref_key, ref_value)),
+        ("column log-sum-exp (one fused call)", lambda: A.column_lse(frame_query, frame_ref_key)),
+        ("confidence sum (one fused call)", lambda: A.confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)),
+        ("confidence, blockwise reference (all frames batched)",
+         lambda: A.dual_softmax_confidence(query, ref_key[:, None])),
+        ("quantile: selection (topk)", lambda: A.quantile(flat, dsf.quantile)),
+        ("quantile: full sort", lambda: flat.sort()),
+        (f"own attention, masked-out queries only ({(~mask).float().mean():.1%})",
+         lambda: A.own_attention_where(mask, mapped, query, key, value)),
+        ("own attention, every query", full_own),
+        ("the whole RVM self-attention", lambda: rvm.self_attention(query, key, value)),
+        ("the whole RVM + DSF self-attention", lambda: dsf.self_attention(query, key, value)),
+    ]
+    print(f"one layer call, (groups, frames, heads, tokens, head_dim) = {tuple(shape)}, {device} "
+          f"{str(dtype).removeprefix('torch.')}")
+    print("| step | ms |")
+    print("|---|---|")
+    for name, function in rows:
+        print(f"| {name} | {time_ms(function):.1f} |")
+
+
 def run_variant(variant: str, args: argparse.Namespace, model_dir: Path) -> dict:
     command = [sys.executable, __file__, "--child", "--variant", variant, "--model-dir", str(model_dir),
                "--size", str(args.size), "--frames", str(args.frames), "--steps", str(args.steps),
                "--t0", str(args.t0), "--t1", str(args.t1), "--guidance", str(args.guidance),
                "--repeats", str(args.repeats)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"variant {variant} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -125,11 +192,17 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=12.0)
     parser.add_argument("--repeats", type=int, default=1, help="timed renders per variant (median)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--layer", action="store_true", help="time the steps of one layer call instead")
+    parser.add_argument("--shape", type=int, nargs=5, default=[2, 8, 4, 1024, 8],
+                        metavar=("GROUPS", "FRAMES", "HEADS", "TOKENS", "HEAD_DIM"), help="for --layer")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.layer:
+        layer_steps(args.shape)
         return
 
     device, dtype = device_and_dtype()

@@ -13,8 +13,14 @@ anchor frames are denoised, each layer stores the anchors' key/value at the (ste
 later section will use as its reference; while a section is denoised, a reference index below the
 number of anchors is read from that cache instead of from the batch.
 
-The dual-softmax math is written as small pure functions over (query, key, ...) tensors:
-:func:`dual_softmax_confidence`, :func:`quantile`, :func:`confidence_mask`.
+The dual-softmax math is written as small pure functions over (query, key, ...) tensors. Two
+ways compute the confidences, and must agree: :func:`dual_softmax_confidence` spells Eq. 3 out block
+by block (the reference, and the path on devices without the fused kernels), and
+:func:`confidence_from_lse` gets them from fused attention kernels that also return the log-sum-exp
+(:func:`attention_with_lse`): the value mapping's own kernel call yields the row statistics, one
+call with the roles of query and key swapped the column statistics, and one more call the sum
+itself. Then :func:`quantile`, :func:`confidence_mask`, and :func:`own_attention_where` for the
+queries the mask sends back to their own frame.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 #: Self-attention layers the authors put RVM on: the two highest-resolution decoder stages of SD 1.x.
 AUTHORS_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
 
-#: Largest score block (query rows x keys x heads...) the dual softmax materialises at once, in
-#: elements: 2**24 float32 = 64 MiB. At 512 px (4096 tokens, 2 CFG groups x 8 heads per frame) that
-#: is 256 query rows per block instead of a 4096 x 4096 matrix per head and frame.
+#: Largest score block (query rows x keys x heads...) the blockwise dual softmax (the reference, and
+#: the path on devices without fused kernels) materialises at once, in elements: 2**24 float32 =
+#: 64 MiB. At 512 px (4096 tokens, 2 CFG groups x 8 frames x 8 heads) that is 32 query rows per
+#: block instead of a 4096 x 4096 matrix per head and frame. The fused path holds no score block.
 DSF_CHUNK_ELEMENTS = 2**24
 
 
@@ -93,6 +100,90 @@ def dual_softmax_confidence(
     return torch.cat(confidence, dim=-1)
 
 
+def attention_with_lse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``softmax(Q K^T * scale) V`` and the float32 log-sum-exp of each query's scores.
+
+    One fused kernel that never holds the score matrix: PyTorch's flash attention for CPU, its
+    memory-efficient attention on CUDA (the kernels ``F.scaled_dot_product_attention`` itself picks
+    for these inputs, called directly because only the direct call returns the log-sum-exp).
+
+    Args:
+        query: ``(batch, heads, Nq, d)``; key, value: ``(batch, heads, Nk, d)``.
+        scale: of the scores; default ``d ** -0.5``.
+    Returns:
+        ``(output, lse)`` with ``lse`` ``(batch, heads, Nq)``, or None on a device without such a
+        kernel (the caller falls back to the blockwise reference).
+    """
+    if query.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, scale=scale)
+    if query.device.type == "cuda":
+        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, None, True, scale=scale
+        )
+        return out, lse[..., : query.shape[-2]]  # the kernel pads the query axis of lse
+    return None
+
+
+def column_lse(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the queries of ``S = Q K^T / sqrt(d)``: the column softmax's normaliser.
+
+    That is the row log-sum-exp of ``K Q^T / sqrt(d)``, so one fused attention call with the roles
+    of query and key swapped computes it (its output, attention over the queries, is discarded).
+    In float32 whatever the inputs' dtype, like the confidences it serves.
+
+    Args:
+        query: ``(batch, heads, Nq, d)``; key: ``(batch, heads, Nk, d)``.
+    Returns:
+        float32 ``(batch, heads, Nk)``; None where :func:`attention_with_lse` has no kernel.
+    """
+    query, key = query.float(), key.float()
+    fused = attention_with_lse(key, query, query, scale=query.shape[-1] ** -0.5)
+    return None if fused is None else fused[1]
+
+
+def confidence_from_lse(
+    query: torch.Tensor, key: torch.Tensor, row_lse: torch.Tensor, col_lse: torch.Tensor
+) -> torch.Tensor | None:
+    """The same per-query confidence as :func:`dual_softmax_confidence`, from one fused kernel call.
+
+    With ``S = Q K^T / sqrt(d)``, ``r_q = logsumexp_k S_qk`` and ``c_k = logsumexp_q S_qk``, Eq. 3's
+    entry is ``C_qk = exp(S_qk - r_q) exp(S_qk - c_k)``, so
+
+        ``mean_k C_qk = exp(logsumexp_k(2 S_qk - c_k) - r_q) / Nk``,
+
+    and ``logsumexp_k(2 S_qk - c_k)`` is the log-sum-exp of one attention call whose query gains a
+    constant channel 1 and whose key is doubled and gains the channel ``-c_k sqrt(d)`` (zero-padded
+    to a multiple of 8 channels, which the kernels prefer): the scores become exactly
+    ``2 S_qk - c_k``. (An additive bias tensor does the same but costs the CPU kernel 15% more.)
+    Every exponent is at most 0 (``S_qk <= r_q, c_k``) and the last step is a difference of two
+    float32 log-sum-exps: float32 precision throughout. Run in float32 whatever the inputs' dtype
+    (the confidences are of order ``1/(Nq Nk)``).
+
+    Args:
+        query: ``(batch, heads, Nq, d)``; key: ``(batch, heads, Nk, d)``;
+        row_lse: ``(batch, heads, Nq)``; col_lse: ``(batch, heads, Nk)``.
+    Returns:
+        float32 ``(batch, heads, Nq)``; None where :func:`attention_with_lse` has no kernel.
+    """
+    head_dim = query.shape[-1]
+    width = -(-(head_dim + 1) // 8) * 8
+    padded_query = query.new_zeros(*query.shape[:-1], width, dtype=torch.float32)
+    padded_query[..., :head_dim] = query
+    padded_query[..., head_dim] = 1.0
+    padded_key = key.new_zeros(*key.shape[:-1], width, dtype=torch.float32)
+    padded_key[..., :head_dim] = 2 * key.float()
+    padded_key[..., head_dim] = -col_lse.float() * math.sqrt(head_dim)
+    fused = attention_with_lse(padded_query, padded_key, padded_key, scale=head_dim**-0.5)
+    if fused is None:
+        return None
+    return torch.exp(fused[1] - row_lse.float() - math.log(key.shape[-2]))
+
+
 def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q``-quantile of all elements of ``values``, for any number of elements.
 
@@ -100,10 +191,13 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     interpolation: with the values sorted ascending as ``v_0..v_{n-1}`` and ``p = q (n - 1)``, the
     result is ``v_floor(p) + (p - floor(p)) (v_floor(p)+1 - v_floor(p))``; the position is computed
     in Python's double precision, so it stays exact for any n. ``torch.quantile`` refuses inputs of
-    more than 2**24 elements. The order statistics come from one ``torch.sort``, not
-    ``torch.kthvalue``: on CPU the latter's selection degrades quadratically on reverse-ordered
-    input (2.8 s for 2**18 elements, measured), while sorting is O(n log n) whatever the order
-    (about 80 ms for the 2**19 confidences of a 512-px layer call on one CPU core).
+    more than 2**24 elements.
+
+    Only the two order statistics around ``p`` are needed. On CPU they come from ``torch.topk`` of
+    the shorter end (a selection: 9.8 ms for 2**19 random float32 values on this project's CPU,
+    against 58 ms for a full sort, and no slow input order), not ``torch.kthvalue``, whose selection
+    degrades quadratically on reverse-ordered input (17 s for 2**19 values, measured). Elsewhere one
+    ``torch.sort`` (until a selection is measured to be faster there).
 
     Raises:
         ValueError: for an empty tensor or ``q`` outside [0, 1].
@@ -111,15 +205,25 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1], got {q!r}")
     flat = values.reshape(-1)
-    if flat.numel() == 0:
+    count = flat.numel()
+    if count == 0:
         raise ValueError("the quantile of an empty tensor is undefined")
-    position = q * (flat.numel() - 1)
+    position = q * (count - 1)
     below = math.floor(position)
+    above = min(below + 1, count - 1)
     weight = position - below
-    ordered = flat.sort().values
+    if flat.device.type != "cpu":
+        ordered = flat.sort().values
+        low, high = ordered[below], ordered[above]
+    elif above + 1 <= count - below:  # the two lie among the smallest above + 1 values
+        smallest = flat.topk(above + 1, largest=False).values  # ascending
+        low, high = smallest[below], smallest[above]
+    else:  # ... or among the largest count - below values
+        largest = flat.topk(count - below, largest=True).values  # descending: v_{n-1} first
+        low, high = largest[count - 1 - below], largest[count - 1 - above]
     if weight == 0.0:
-        return ordered[below]
-    return torch.lerp(ordered[below], ordered[below + 1], weight)
+        return low
+    return torch.lerp(low, high, weight)
 
 
 def confidence_mask(confidence: torch.Tensor, q: float) -> torch.Tensor:
@@ -129,6 +233,38 @@ def confidence_mask(confidence: torch.Tensor, q: float) -> torch.Tensor:
     only the minimum), and ties at the threshold keep their own attention.
     """
     return confidence > quantile(confidence, q)
+
+
+def own_attention_where(
+    mask: torch.Tensor, mapped: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
+    """``where(mask, mapped, Attention(Q_f, K_f, V_f))``, the own attention computed only where used.
+
+    Eq. 4's second branch is needed only for the queries the mask sends back to their own frame
+    (about ``phi`` of them), so only those are gathered and attend to their frame's key and value:
+    per (group, frame, head) the masked-out queries come first in a stable order, padded to the
+    largest count among the slices with masked-in queries (whose result is discarded). The cost is
+    that count over the tokens times one full attention, never more. Reading the count is one sync
+    with the device per call.
+
+    Args:
+        mask: bool ``(..., Nq)``, True where the value mapping is kept.
+        mapped: the value mapping ``(..., Nq, d)``; query: ``(..., Nq, d)``; key, value: ``(..., Nk, d)``.
+    Returns:
+        ``(..., Nq, d)``, a new tensor.
+    """
+    width = int((~mask).sum(dim=-1).max())
+    if width == 0:
+        return mapped.clone()
+    order = torch.sort(mask.to(torch.uint8), dim=-1, stable=True).indices[..., :width]  # masked-out first
+    index = order[..., None].expand(*order.shape, query.shape[-1])
+    lead, head_dim = query.shape[:-2], query.shape[-1]
+    gathered = query.gather(-2, index).reshape(-1, 1, width, head_dim)
+    own = F.scaled_dot_product_attention(
+        gathered, key.reshape(-1, 1, key.shape[-2], head_dim), value.reshape(-1, 1, value.shape[-2], head_dim)
+    ).view(*lead, width, head_dim)
+    kept = mask.gather(-1, order)[..., None]  # True on the padding
+    return mapped.scatter(-2, index, torch.where(kept, mapped.gather(-2, index), own))
 
 
 # --- the anchor cache of chunked rendering ---------------------------------------------------------
@@ -221,6 +357,19 @@ class FrameReference:
     step: int = 0
     record_to: AnchorKVCache | None = None
     anchors: AnchorKVCache | None = None
+
+
+def fold_frames(query: torch.Tensor) -> torch.Tensor:
+    """``(groups, frames, heads, tokens, d)`` -> ``(groups, heads, frames * tokens, d)``: every frame's
+    queries as one long sequence per group and head, for keys all frames share (the reference's)."""
+    groups, frames, heads, tokens, head_dim = query.shape
+    return query.permute(0, 2, 1, 3, 4).reshape(groups, heads, frames * tokens, head_dim)
+
+
+def unfold_frames(folded: torch.Tensor, frames: int) -> torch.Tensor:
+    """The inverse of :func:`fold_frames` (a view)."""
+    groups, heads, length, head_dim = folded.shape
+    return folded.view(groups, heads, frames, length // frames, head_dim).permute(0, 2, 1, 3, 4)
 
 
 class RotationalValueMappingProcessor:
@@ -348,10 +497,8 @@ class RotationalValueMappingProcessor:
         Returns:
             ``(groups, frames, heads, tokens, head_dim)``.
         """
-        groups, frames, heads, tokens, head_dim = query.shape
-        folded = query.permute(0, 2, 1, 3, 4).reshape(groups, heads, frames * tokens, head_dim)
-        out = F.scaled_dot_product_attention(folded, ref_key, ref_value)
-        return out.view(groups, heads, frames, tokens, head_dim).permute(0, 2, 1, 3, 4)
+        out = F.scaled_dot_product_attention(fold_frames(query), ref_key, ref_value)
+        return unfold_frames(out, query.shape[1])
 
 
 class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
@@ -369,6 +516,15 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
 
     A one-frame batch that is its own reference skips the filter: both branches are the same
     attention there, so the output would not change.
+
+    Cost, with fused kernels (CPU and CUDA): three attention-sized kernel calls where plain RVM makes
+    one — the value mapping (which also yields each query's row log-sum-exp), the column
+    log-sum-exp, the confidence sum (see :func:`confidence_from_lse`) — plus the own attention of
+    the masked-out queries only (:func:`own_attention_where`, about ``phi`` of them) and a selection
+    for the quantile. Exact Eq. 3 needs the column normaliser over ALL queries before any query's
+    confidence can be summed, so with kernels that reduce over keys only, two passes over the
+    scores besides the value mapping's are the least there is. ``max_elements`` bounds the score
+    blocks of the blockwise path that runs on other devices.
     """
 
     def __init__(
@@ -383,17 +539,37 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
 
     def self_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         ref_key, ref_value = self.reference_key_value(key, value)
-        mapped = self.value_mapping(query, ref_key, ref_value)
-        groups, frames, heads, tokens, head_dim = query.shape
-        if frames == 1 and self.state.anchors is None:
-            return mapped  # the single frame is its own reference: VM == its own attention
-        own = F.scaled_dot_product_attention(query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1))
-        own = own.view(groups, frames, heads, tokens, head_dim)
-        confidence = torch.stack(
-            [dual_softmax_confidence(query[:, f], ref_key, self.max_elements) for f in range(frames)], dim=1
-        )
-        mask = confidence_mask(confidence, self.quantile)  # (groups, frames, heads, tokens)
-        return torch.where(mask[..., None], mapped, own)
+        if query.shape[1] == 1 and self.state.anchors is None:
+            return self.value_mapping(query, ref_key, ref_value)  # the frame is its own reference
+        mapped, confidence = self.mapping_and_confidence(query, ref_key, ref_value)
+        mask = confidence_mask(confidence, self.quantile)
+        return own_attention_where(mask, mapped, query, key, value)
+
+    def mapping_and_confidence(
+        self, query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The value mapping ``(groups, frames, heads, tokens, head_dim)`` and its confidences.
+
+        With fused kernels (CPU, CUDA): the value mapping's call also returns the row log-sum-exp,
+        then :func:`column_lse` and :func:`confidence_from_lse` make two more calls, all frames
+        batched. Elsewhere: :meth:`value_mapping` and the blockwise :func:`dual_softmax_confidence`.
+
+        Returns:
+            ``(mapped, confidence)``, confidence float32 ``(groups, frames, heads, tokens)``.
+        """
+        groups, frames, heads, tokens, _ = query.shape
+        fused = attention_with_lse(fold_frames(query), ref_key, ref_value)
+        if fused is None:
+            mapped = self.value_mapping(query, ref_key, ref_value)
+            return mapped, dual_softmax_confidence(query, ref_key[:, None], self.max_elements)
+        mapped, row_lse = unfold_frames(fused[0], frames), fused[1]
+        row_lse = row_lse.view(groups, heads, frames, tokens).transpose(1, 2).flatten(0, 1)
+        # per frame: (groups * frames, heads, tokens, head_dim), each frame against the reference
+        frame_query = query.flatten(0, 1)
+        frame_ref_key = ref_key[:, None].expand(groups, frames, *ref_key.shape[1:]).flatten(0, 1)
+        col_lse = column_lse(frame_query, frame_ref_key)
+        confidence = confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)
+        return mapped, confidence.view(groups, frames, heads, tokens)
 
 
 def install_rvm(

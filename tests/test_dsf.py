@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
+import direct2v.attention
 from direct2v.attention import (
     DSF_CHUNK_ELEMENTS,
     AnchorKVCache,
@@ -16,8 +17,12 @@ from direct2v.attention import (
     FrameReference,
     RotationalValueMappingProcessor,
     _query_rows_per_block,
+    attention_with_lse,
+    column_lse,
+    confidence_from_lse,
     confidence_mask,
     dual_softmax_confidence,
+    own_attention_where,
     quantile,
 )
 
@@ -104,6 +109,94 @@ def test_half_precision_inputs_give_float32_confidences():
     assert torch.allclose(low, dual_softmax_confidence(query, key), rtol=0.1)
 
 
+# --- the fused path against the blockwise reference ------------------------------------------------
+
+
+def scores_of(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    return query.double() @ key.double().transpose(-1, -2) / math.sqrt(query.shape[-1])
+
+
+def test_attention_with_lse_is_sdpa_and_the_row_logsumexp():
+    torch.manual_seed(4)
+    query, key, value = torch.randn(2, 3, 19, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, 8)
+    out, lse = attention_with_lse(query, key, value)
+    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(query, key, value), atol=1e-6)
+    assert lse.shape == (2, 3, 19) and lse.dtype == torch.float32
+    assert torch.allclose(lse.double(), scores_of(query, key).logsumexp(-1), rtol=1e-6, atol=1e-6)
+
+
+def test_column_lse_is_the_logsumexp_over_the_queries():
+    torch.manual_seed(5)
+    query, key = 3 * torch.randn(2, 3, 19, 8), 3 * torch.randn(2, 3, 11, 8)
+    lse = column_lse(query, key)
+    assert lse.shape == (2, 3, 11) and lse.dtype == torch.float32
+    assert torch.allclose(lse.double(), scores_of(query, key).logsumexp(-2), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("sharpness", [0.3, 1.0, 4.0])  # logits of order 0.1 .. 50
+@pytest.mark.parametrize("sizes", [(23, 17), (17, 23), (64, 64)])
+@pytest.mark.parametrize("head_dim", [8, 5])
+def test_fused_confidence_equals_the_blockwise_reference(sharpness, sizes, head_dim):
+    torch.manual_seed(6)
+    query = sharpness * torch.randn(2, 4, sizes[0], head_dim)
+    key = sharpness * torch.randn(2, 4, sizes[1], head_dim)
+    row_lse = attention_with_lse(query, key, key)[1]
+    fused = confidence_from_lse(query, key, row_lse, column_lse(query, key))
+    reference = dual_softmax_confidence(query, key, max_elements=50)
+    assert fused.dtype == torch.float32 and fused.shape == reference.shape
+    assert torch.allclose(fused, reference, rtol=2e-5, atol=0)
+    assert torch.allclose(fused.double(), explicit_confidence(query, key), rtol=2e-5, atol=0)
+    for q in (0.05, 0.5):
+        assert torch.equal(confidence_mask(fused, q), confidence_mask(reference, q))
+
+
+def test_fused_confidence_of_half_precision_inputs_is_computed_in_float32():
+    torch.manual_seed(7)
+    query, key = torch.randn(4, 2, 64, 8).bfloat16(), torch.randn(4, 2, 64, 8).bfloat16()
+    row_lse = attention_with_lse(query, key, key)[1]
+    fused = confidence_from_lse(query, key, row_lse, column_lse(query, key))
+    # the same bf16 values, upcast: the reference in float32 agrees to float32 precision
+    assert fused.dtype == torch.float32
+    assert torch.allclose(fused, dual_softmax_confidence(query.float(), key.float()), rtol=1e-4, atol=0)
+
+
+def test_fused_path_is_used_where_a_kernel_exists_and_none_elsewhere():
+    query = torch.randn(1, 1, 4, 8)
+    assert attention_with_lse(query, query, query) is not None  # CPU
+    assert attention_with_lse(query.to("meta"), query.to("meta"), query.to("meta")) is None
+
+
+@pytest.mark.parametrize(
+    "mask_kind", ["random", "all kept", "none kept", "one slice none kept"]
+)
+def test_own_attention_is_computed_only_where_the_mask_sends_queries_back(mask_kind):
+    torch.manual_seed(8)
+    query, key, value = torch.randn(2, 3, 2, 13, 8), torch.randn(2, 3, 2, 11, 8), torch.randn(2, 3, 2, 11, 8)
+    mapped = torch.randn(2, 3, 2, 13, 8)
+    mask = {
+        "random": torch.rand(2, 3, 2, 13) > 0.3,
+        "all kept": torch.ones(2, 3, 2, 13, dtype=torch.bool),
+        "none kept": torch.zeros(2, 3, 2, 13, dtype=torch.bool),
+        "one slice none kept": torch.ones(2, 3, 2, 13, dtype=torch.bool).index_fill(1, torch.tensor([1]), False),
+    }[mask_kind]
+    own = torch.nn.functional.scaled_dot_product_attention(query.flatten(0, 2), key.flatten(0, 2), value.flatten(0, 2))
+    expected = torch.where(mask[..., None], mapped, own.view_as(mapped))
+    ours = own_attention_where(mask, mapped, query, key, value)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert ours.data_ptr() != mapped.data_ptr()  # a new tensor: the input is left as it was
+
+
+def test_own_attention_where_touches_only_the_masked_out_queries():
+    torch.manual_seed(9)
+    query, key, value = torch.randn(1, 2, 1, 9, 4), torch.randn(1, 2, 1, 9, 4), torch.randn(1, 2, 1, 9, 4)
+    mapped = torch.randn(1, 2, 1, 9, 4)
+    mask = torch.ones(1, 2, 1, 9, dtype=torch.bool)
+    mask[0, 1, 0, 4] = False
+    ours = own_attention_where(mask, mapped, query, key, value)
+    changed = (ours != mapped).any(-1)
+    assert changed.sum() == 1 and changed[0, 1, 0, 4]
+
+
 # --- quantile and mask ---------------------------------------------------------------------------
 
 
@@ -122,6 +215,19 @@ def test_quantile_flattens_and_hits_the_extremes():
     assert quantile(values, 0.0) == values.min() and quantile(values, 1.0) == values.max()
     assert quantile(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), 0.25) == 2.0
     assert quantile(torch.tensor([0.0, 10.0]), 0.05) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("order", ["random", "ascending", "descending", "ties"])
+@pytest.mark.parametrize("q", [0.0, 0.05, 0.5, 0.95, 1.0])  # both ends of the selection
+def test_quantile_does_not_depend_on_the_input_order(order, q):
+    values = torch.randn(4097, generator=torch.Generator().manual_seed(1))
+    values = {
+        "random": values,
+        "ascending": values.sort().values,
+        "descending": values.sort(descending=True).values,
+        "ties": values.round(decimals=1),
+    }[order]
+    assert torch.allclose(quantile(values, q).double(), torch.quantile(values.double(), q), rtol=1e-6, atol=1e-7)
 
 
 def test_quantile_beyond_torch_quantile_size_limit():
@@ -199,10 +305,22 @@ def make_attention(seed: int = 0) -> Attention:
     return Attention(query_dim=32, heads=4, dim_head=8).eval()
 
 
-@pytest.mark.parametrize("groups, ref", [(2, 0), (2, 2), (1, 1)])
+def blockwise_only(monkeypatch) -> None:
+    """As on a device without fused kernels: the processor takes the blockwise reference path."""
+    monkeypatch.setattr(direct2v.attention, "attention_with_lse", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(params=["fused", "blockwise"])
+def dsf_path(request, monkeypatch):
+    if request.param == "blockwise":
+        blockwise_only(monkeypatch)
+    return request.param
+
+
+@pytest.mark.parametrize("groups, ref", [(2, 0), (2, 2), (1, 1)])  # with and without CFG
 @pytest.mark.parametrize("q", [0.05, 0.5])
 @pytest.mark.parametrize("max_elements", [7, DSF_CHUNK_ELEMENTS])
-def test_dsf_processor_matches_explicit_reference(groups, ref, q, max_elements):
+def test_dsf_processor_matches_explicit_reference(groups, ref, q, max_elements, dsf_path):
     attn = make_attention()
     hidden = 3 * torch.randn(groups * 3, 10, 32)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(ref, groups), quantile=q, max_elements=max_elements))
@@ -212,7 +330,7 @@ def test_dsf_processor_matches_explicit_reference(groups, ref, q, max_elements):
     assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference():
+def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference(dsf_path):
     attn = make_attention(1)
     groups, anchors = 2, 2
     anchor_hidden = 3 * torch.randn(groups * anchors, 10, 32)
@@ -228,6 +346,27 @@ def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference
         ref_hidden = anchor_hidden.view(groups, anchors, 10, 32)[:, 1]
         expected = reference_dsf(attn, section_hidden, groups, 0, 0.3, ref_hidden=ref_hidden)
     assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups, frames, ref", [(2, 4, 1), (1, 3, 0)])
+def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames, ref, monkeypatch):
+    attn = make_attention(4)
+    hidden = 3 * torch.randn(groups * frames, 24, 32)
+    masks = []
+
+    def recording_mask(confidence, q):
+        masks.append(confidence_mask(confidence, q))
+        return masks[-1]
+
+    monkeypatch.setattr(direct2v.attention, "confidence_mask", recording_mask)
+    attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(ref, groups), quantile=0.05))
+    with torch.no_grad():
+        fused = attn(hidden)
+        blockwise_only(monkeypatch)
+        blockwise = attn(hidden)
+    assert len(masks) == 2 and masks[0].shape == (groups, frames, 4, 24)
+    assert torch.equal(masks[0], masks[1]) and not masks[0].all()
+    assert torch.allclose(fused, blockwise, atol=1e-6)
 
 
 def test_dsf_mixes_mapped_and_own_attention():
@@ -296,3 +435,15 @@ def test_dsf_installs_its_processor_on_the_chosen_layers_only(pipe):
 def test_pipeline_rejects_bad_dsf_arguments(pipe, bad):
     with pytest.raises(ValueError, match="dsf"):
         render(pipe, **bad)
+
+
+@pytest.mark.parametrize("settings", [{}, {"batch_size": 2}, {"guidance_scale": 1.0}, {"batch_size": 2, "guidance_scale": 1.0}])
+def test_fused_path_renders_the_blockwise_video(pipe, settings, monkeypatch):
+    """Chunked (5 frames in sections of batch 2 around cached anchors) and not, with and without CFG."""
+    prompts = PROMPTS + ["the fox runs away", "snow falls on the empty field"]
+    kwargs = {**FAST, **settings, "output_type": "latent"}
+    fused = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
+    blockwise_only(monkeypatch)
+    blockwise = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert fused.shape[0] == 5
+    assert (fused - blockwise).abs().max() < 1e-4 * blockwise.abs().max()
