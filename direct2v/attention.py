@@ -25,6 +25,8 @@ queries the mask sends back to their own frame.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+logger = logging.getLogger(__name__)
 
 #: Self-attention layers the authors put RVM on: the two highest-resolution decoder stages of SD 1.x.
 AUTHORS_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
@@ -108,25 +112,40 @@ def attention_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``softmax(Q K^T * scale) V`` and the float32 log-sum-exp of each query's scores.
 
-    One fused kernel that never holds the score matrix: PyTorch's flash attention for CPU, its
-    memory-efficient attention on CUDA (the kernels ``F.scaled_dot_product_attention`` itself picks
-    for these inputs, called directly because only the direct call returns the log-sum-exp).
+    One fused kernel that never holds the score matrix, the one ``F.scaled_dot_product_attention``
+    itself would pick, called directly because only the direct call returns the log-sum-exp:
+    flash attention on CPU, and on CUDA flash attention for fp16/bf16, memory-efficient attention
+    for fp32.
 
     Args:
         query: ``(batch, heads, Nq, d)``; key, value: ``(batch, heads, Nk, d)``.
         scale: of the scores; default ``d ** -0.5``.
     Returns:
-        ``(output, lse)`` with ``lse`` ``(batch, heads, Nq)``, or None on a device without such a
-        kernel (the caller falls back to the blockwise reference).
+        ``(output, lse)`` with ``lse`` ``(batch, heads, Nq)``, or None where there is no such kernel
+        (another device, or a CUDA kernel refusing these inputs: logged once); the caller then
+        takes the blockwise reference path.
     """
     if query.device.type == "cpu":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, scale=scale)
-    if query.device.type == "cuda":
-        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-            query, key, value, None, True, scale=scale
-        )
-        return out, lse[..., : query.shape[-2]]  # the kernel pads the query axis of lse
-    return None
+    if query.device.type != "cuda":
+        return None
+    try:
+        if query.dtype in (torch.float16, torch.bfloat16):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, scale=scale)[:2]
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, None, True, scale=scale
+            )[:2]
+    except RuntimeError as error:  # e.g. a head size or GPU the kernel does not support
+        _warn_refused(f"{query.dtype}: {error}")
+        return None
+    return out, lse[..., : query.shape[-2]]  # memory-efficient attention pads the query axis of lse
+
+
+@functools.cache
+def _warn_refused(reason: str) -> None:
+    """Log a refused kernel once per reason, not once per layer call."""
+    logger.warning("fused attention with log-sum-exp unavailable (%s); DSF takes the blockwise path", reason)
 
 
 def column_lse(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -568,7 +587,9 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
         frame_query = query.flatten(0, 1)
         frame_ref_key = ref_key[:, None].expand(groups, frames, *ref_key.shape[1:]).flatten(0, 1)
         col_lse = column_lse(frame_query, frame_ref_key)
-        confidence = confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)
+        confidence = None if col_lse is None else confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)
+        if confidence is None:  # the float32 kernels were refused where the model's dtype was not
+            return mapped, dual_softmax_confidence(query, ref_key[:, None], self.max_elements)
         return mapped, confidence.view(groups, frames, heads, tokens)
 
 

@@ -369,6 +369,16 @@ def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames,
     assert torch.allclose(fused, blockwise, atol=1e-6)
 
 
+def test_confidence_falls_back_to_blockwise_when_only_the_float32_kernels_are_refused(monkeypatch):
+    # as on a GPU whose fp16 kernel runs but whose float32 one refuses the inputs
+    attn = make_attention(5)
+    hidden = 3 * torch.randn(6, 10, 32)
+    attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3))
+    monkeypatch.setattr(direct2v.attention, "column_lse", lambda query, key: None)
+    with torch.no_grad():
+        assert torch.allclose(attn(hidden), reference_dsf(attn, hidden, 2, 1, 0.3), atol=1e-5, rtol=1e-5)
+
+
 def test_dsf_mixes_mapped_and_own_attention():
     attn = make_attention(2)
     hidden = 3 * torch.randn(6, 10, 32)
