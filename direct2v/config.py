@@ -11,7 +11,6 @@ its own local Hugging Face directories.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,9 +18,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .schedule import Schedule, resolve_schedule
+
 STATE_DIR = Path(".state")
 DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
 DEFAULT_SD_DIR = STATE_DIR / "models" / "tiny-sd"
+DEFAULT_GUIDANCE_SCALE = 12.0  # the paper's (App. C)
+LCM_GUIDANCE_SCALE = 1.0  # latent consistency sampling runs without classifier-free guidance
 
 
 class ConfigError(ValueError):
@@ -81,17 +84,26 @@ class RenderSettings(_Section):
     height: int | None = Field(None, ge=8, description="pixels; None = the model's native size")
     width: int | None = Field(None, ge=8)
     num_inference_steps: int = Field(100, ge=2)
-    guidance_scale: float = Field(12.0, ge=1.0)
-    t0: int = Field(90, ge=0, description="Text2Video-Zero: frame 1 alone is denoised to the step t0 from the end")
-    t1: int = Field(95, ge=1, description="joint denoising starts t1+1 steps from the end")
-    rvm_period: float = Field(4, ge=1, description="RVM period m in steps; inf = Text2Video-Zero")
+    guidance_scale: float | None = Field(
+        None, ge=1.0, description="classifier-free guidance; None = 12.0 (the paper's), 1.0 (no CFG) for scheduler 'lcm'"
+    )
+    t0_fraction: float = Field(0.90, gt=0.0, lt=1.0, description="Text2Video-Zero's t0 as a fraction of the steps (90 of 100)")
+    t1_fraction: float = Field(0.95, gt=0.0, lt=1.0, description="Text2Video-Zero's t1 as a fraction of the steps (95 of 100)")
+    t0: int | None = Field(None, ge=0, description="absolute t0 (steps from the end frame 1 is denoised to alone); overrides t0_fraction")
+    t1: int | None = Field(None, ge=1, description="absolute t1 (the last t1+1 steps are joint); overrides t1_fraction")
+    rvm_period: float = Field(
+        4, ge=1, description="RVM period m in steps of a 100-step run, scaled to num_inference_steps; inf = Text2Video-Zero"
+    )
+    rvm_period_steps: int | None = Field(None, ge=1, description="absolute RVM period in steps; overrides rvm_period")
     rvm_blocks: Literal["up", "all"] = Field("up", description="'up': up_blocks.2/.3 (authors); 'all'")
     value_mapping: Literal["rotational", "random"] = Field(
         "rotational", description="reference frame per step: RVM, or the paper's random-VM ablation (seeded)"
     )
     dsf: bool = Field(True, description="dual-softmax filtering (paper Eq. 3-4)")
     dsf_quantile: float = Field(0.05, ge=0.0, lt=1.0, description="phi: queries at or below this confidence quantile keep their own frame's attention")
-    scheduler: Literal["pndm", "ddim", "dpmsolver++"] = "pndm"
+    scheduler: Literal["pndm", "ddim", "dpmsolver++", "euler", "euler-ancestral", "lcm"] = "pndm"
+    lora_dir: Path | None = Field(None, description="a local LoRA directory (safetensors), fused into the UNet at load")
+    lora_scale: float = Field(1.0, description="the LoRA's weight when fused")
     batch_size: int = Field(8, ge=2, description="most frames per UNet call; longer videos use cached-attention chunking")
     negative_prompt: str = ""
     motion_strength_x: float = 0.0
@@ -99,14 +111,21 @@ class RenderSettings(_Section):
 
     @model_validator(mode="after")
     def _check_schedule(self) -> "RenderSettings":
-        if not self.t0 < self.t1 < self.num_inference_steps:
-            raise ValueError(
-                f"need t0 < t1 < num_inference_steps, got t0={self.t0}, t1={self.t1}, "
-                f"num_inference_steps={self.num_inference_steps}"
-            )
-        if not (math.isinf(self.rvm_period) or float(self.rvm_period).is_integer()):
-            raise ValueError(f"rvm_period must be a whole number of steps or inf, got {self.rvm_period}")
+        self.schedule()  # raises ScheduleError (a ValueError) naming the keys
         return self
+
+    def schedule(self) -> Schedule:
+        """The absolute Text2Video-Zero window and RVM period for this step count (``schedule.py``)."""
+        return resolve_schedule(
+            self.num_inference_steps, self.t0_fraction, self.t1_fraction, self.t0, self.t1,
+            self.rvm_period, self.rvm_period_steps,
+        )
+
+    def resolved_guidance_scale(self) -> float:
+        """``guidance_scale``, or the scheduler's usual one when it is None."""
+        if self.guidance_scale is not None:
+            return self.guidance_scale
+        return LCM_GUIDANCE_SCALE if self.scheduler == "lcm" else DEFAULT_GUIDANCE_SCALE
 
 
 class EvalSettings(_Section):

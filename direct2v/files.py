@@ -51,6 +51,10 @@ def write_atomically(path: Path, text: str) -> Path:
     return Path(path)
 
 
+#: The weights file of a LoRA directory (diffusers' ``save_lora_weights`` name).
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
 def model_id(model_dir: Path, *identifying_files: str) -> str:
     """A short, stable name for a local model: ``<directory name>@<hash>``, the hash over the
     first of ``identifying_files`` that exists ("unknown" if none does)."""

@@ -47,14 +47,20 @@ from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
     UNet2DConditionModel,
 )
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .attention import AnchorKVCache, FrameReference, install_rvm
+from .files import LORA_WEIGHTS
 from .rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
+from .schedule import ScheduleError, resolve_schedule
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,14 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     "pndm": (PNDMScheduler, {}),
     "ddim": (DDIMScheduler, {}),
     "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "lcm": (LCMScheduler, {}),
 }
+
+#: Samplers whose latents are x_0 + sigma * noise (variance exploding) rather than
+#: sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) noise: the forward process of step 2 converts.
+_VARIANCE_EXPLODING = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 
@@ -136,6 +149,48 @@ def forward_diffuse(
     return torch.sqrt(alpha) * latents + torch.sqrt(1 - alpha) * noise
 
 
+def forward_diffuse_with(
+    scheduler: SchedulerMixin, latents: torch.Tensor, index_from: int, index_to: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """:func:`forward_diffuse` from the latents after timestep index ``index_from`` back to those of
+    ``index_to`` < ``index_from``, in the latent form of ``scheduler``.
+
+    A variance-exploding sampler (Euler) holds ``x / sqrt(alpha_bar)``: the latents are converted to
+    the DDPM form with the sampler's own sigmas (``alpha_bar = 1 / (1 + sigma^2)``), pushed back, and
+    converted again, so that every sampler starts its joint pass from the same kind of x_t1.
+    """
+    timesteps = scheduler.timesteps
+    t_from, t_to = int(timesteps[index_from]), int(timesteps[index_to])
+    if not isinstance(scheduler, _VARIANCE_EXPLODING):
+        return forward_diffuse(latents, scheduler.alphas, t_from, t_to, generator)
+    sigma_from, sigma_to = (float(scheduler.sigmas[i]) for i in (index_from, index_to))
+    ddpm = latents / math.sqrt(1 + sigma_from**2)
+    return forward_diffuse(ddpm, scheduler.alphas, t_from, t_to, generator) * math.sqrt(1 + sigma_to**2)
+
+
+def step_noise_generators(seed: int | None, frame_ids: Sequence[int], step: int) -> list[torch.Generator] | None:
+    """One CPU generator per frame for a stochastic sampler's noise at ``step``.
+
+    Each is seeded from ``(seed, GLOBAL frame index, step)`` only, so a frame draws the same noise
+    whichever batch or section it is rendered in: a chunked render, an unchunked one and any batch
+    size give the same video. None without a seed (unseeded noise).
+    """
+    if seed is None:
+        return None
+    return [torch.Generator("cpu").manual_seed(_mix(seed, frame, step)) for frame in frame_ids]
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from a few ints (splitmix64 steps: neighbouring inputs give unrelated seeds)."""
+    state = 0
+    for value in values:
+        state = (state + 0x9E3779B97F4A7C15 + (value & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 31
+    return state >> 1
+
+
 def _randn(
     shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -168,11 +223,12 @@ class _Pass:
     reference: Callable[[int], int]  # step index within the segment -> reference frame (virtual batch)
     tracker: _Progress
     label: str  # names the segment in errors
+    frame_ids: range  # the GLOBAL indices of the batch's frames (a stochastic sampler's noise keys)
     record_to: AnchorKVCache | None = None  # the anchor pass of a chunked render
     anchors: AnchorKVCache | None = None  # a section of a chunked render
 
 
-class DirecT2VPipeline(DiffusionPipeline):
+class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Stable Diffusion 1.x turned into a video renderer: one prompt per frame, RVM self-attention."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -217,6 +273,25 @@ class DirecT2VPipeline(DiffusionPipeline):
         )
         return pipeline.to(device)
 
+    def fuse_local_lora(self, lora_dir: str | Path, scale: float = 1.0) -> None:
+        """Fuse a LoRA from a local directory into the UNet (and text encoder, if it has one for it).
+
+        The directory holds diffusers' ``pytorch_lora_weights.safetensors`` (what
+        ``save_lora_weights`` writes, and how LCM-LoRA and most LoRAs ship); it is read offline,
+        safetensors only, through diffusers' LoRA loading (peft), then fused with weight ``scale``
+        and the adapter layers removed: the render runs on plain weights, at plain speed.
+
+        Raises:
+            FileNotFoundError: the directory or its weights file is missing.
+        """
+        root = Path(lora_dir)
+        if not (root / LORA_WEIGHTS).is_file():
+            raise FileNotFoundError(f"no LoRA at {root}: expected {root / LORA_WEIGHTS} (safetensors)")
+        self.load_lora_weights(str(root), weight_name=LORA_WEIGHTS, use_safetensors=True, local_files_only=True)
+        self.fuse_lora(lora_scale=scale)
+        self.unload_lora_weights()  # keeps the fused weights, drops the peft layers
+        log.info("fused LoRA %s with scale %s", root, scale)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """CLIP text embeddings ``(len(prompts), 77, dim)``, ``ENCODE_BATCH`` prompts per encoder call.
@@ -245,8 +320,8 @@ class DirecT2VPipeline(DiffusionPipeline):
         negative_prompt: str = "",
         num_inference_steps: int = 100,
         guidance_scale: float = 12.0,
-        t0: int = 90,
-        t1: int = 95,
+        t0: int | None = None,
+        t1: int | None = None,
         height: int | None = None,
         width: int | None = None,
         rvm_period: float = 4,
@@ -254,7 +329,7 @@ class DirecT2VPipeline(DiffusionPipeline):
         value_mapping: Literal["rotational", "random"] = "rotational",
         dsf: bool = True,
         dsf_quantile: float = 0.05,
-        scheduler: Literal["pndm", "ddim", "dpmsolver++"] | None = None,
+        scheduler: Literal["pndm", "ddim", "dpmsolver++", "euler", "euler-ancestral", "lcm"] | None = None,
         batch_size: int = 8,
         motion_strength_x: float = 0.0,
         motion_strength_y: float = 0.0,
@@ -269,8 +344,9 @@ class DirecT2VPipeline(DiffusionPipeline):
             frame_prompts: one description per frame (F >= 1).
             negative_prompt: shared by all frames (classifier-free guidance's unconditional text).
             num_inference_steps, guidance_scale: as in Stable Diffusion; guidance > 1 enables CFG.
-            t0, t1: Text2Video-Zero's steps counted from the end, ``0 <= t0 < t1 < num_inference_steps``;
-                the last ``t1 + 1`` scheduler steps are denoised jointly.
+            t0, t1: Text2Video-Zero's steps counted from the end, ``0 <= t0 < t1 <= num_inference_steps - 2``;
+                the last ``t1 + 1`` scheduler steps are denoised jointly. None: 90% and 95% of the
+                steps (90 and 95 of 100; :func:`direct2v.schedule.resolve_schedule`).
             height, width: pixels, multiples of the VAE scale factor; default the model's native size.
             rvm_period: the RVM period m in steps; ``math.inf`` keeps frame 0 as the reference
                 (Text2Video-Zero).
@@ -280,8 +356,10 @@ class DirecT2VPipeline(DiffusionPipeline):
             dsf: dual-softmax filtering (paper Eq. 3-4) on the RVM layers.
             dsf_quantile: phi, the quantile of each layer call's confidences below which (inclusive)
                 a query keeps its own frame's attention; see ``DualSoftmaxFilterProcessor``.
-            scheduler: ``"pndm"`` (the paper's), ``"ddim"`` or ``"dpmsolver++"``, built from the
-                registered scheduler's config; None uses the registered scheduler itself.
+            scheduler: ``"pndm"`` (the paper's), ``"ddim"``, ``"dpmsolver++"``, ``"euler"``,
+                ``"euler-ancestral"`` or ``"lcm"``, built from the registered scheduler's config;
+                None uses the registered scheduler itself. A stochastic sampler's noise at each step
+                is drawn per frame from (seed of ``generator``, global frame index, step).
             batch_size: B, the most frames one UNet call may hold (per CFG half); longer videos are
                 rendered with cached-attention chunking (module docstring). F <= B renders in one batch.
             motion_strength_x, motion_strength_y: Text2Video-Zero's global translation per frame,
@@ -300,6 +378,12 @@ class DirecT2VPipeline(DiffusionPipeline):
         """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
+        if t0 is None or t1 is None:
+            try:
+                window = resolve_schedule(num_inference_steps, t0=t0, t1=t1)
+            except ScheduleError as error:
+                raise ValueError(str(error)) from None
+            t0, t1 = window.t0, window.t1
         self._check_inputs(
             frame_prompts, num_inference_steps, t0, t1, height, width, rvm_period, rvm_blocks,
             motion_strength_x, motion_strength_y, output_type, value_mapping, dsf, dsf_quantile,
@@ -337,21 +421,22 @@ class DirecT2VPipeline(DiffusionPipeline):
         try:
             # Frame 1 alone, with its own (negative, positive) pair: a one-frame batch is its own reference.
             alone = _Pass(negative[:1], positive[:1], guidance_scale, generator, state, lambda step: 0, tracker,
-                          "frame 1 alone")
+                          "frame 1 alone", range(1))
             frame1_t1 = self._denoise(scheduler, latents, first, alone)
             joint_scheduler = copy.deepcopy(scheduler)
             if num_frames > 1:  # a single frame has no one to hand x_t0 to: its t1 -> t0 pass would be discarded
                 frame1_t0 = self._denoise(scheduler, frame1_t1, second, alone)
                 copies = frame1_t0.expand(num_frames - 1, -1, -1, -1)
                 moved = translate_latents(copies, range(1, num_frames), motion_strength_x, motion_strength_y)
-                t_from, t_to = int(timesteps[-t0 - 1]), int(timesteps[-t1 - 1])
-                latents = torch.cat([frame1_t1, forward_diffuse(moved, scheduler.alphas, t_from, t_to, generator)])
+                index_from, index_to = len(timesteps) - t0 - 1, len(timesteps) - t1 - 1
+                pushed_back = forward_diffuse_with(scheduler, moved, index_from, index_to, generator)
+                latents = torch.cat([frame1_t1, pushed_back])
             else:
                 latents = frame1_t1
 
             def joint_pass(frames: range, schedule: list[int], label: str, **cache) -> _Pass:
                 return _Pass(negative[frames.start : frames.stop], positive[frames.start : frames.stop],
-                             guidance_scale, generator, state, schedule.__getitem__, tracker, label, **cache)
+                             guidance_scale, generator, state, schedule.__getitem__, tracker, label, frames, **cache)
 
             latents = self._denoise_joint(joint_scheduler, latents, joint, plan, schedules, joint_pass)
         finally:
@@ -481,7 +566,7 @@ class DirecT2VPipeline(DiffusionPipeline):
         use_cfg = run.guidance_scale > 1.0
         context = torch.cat([run.negative, run.positive]) if use_cfg else run.positive
         accepts_generator = "generator" in inspect.signature(scheduler.step).parameters
-        step_kwargs = {"generator": run.generator} if accepts_generator else {}
+        seed = run.generator.initial_seed() if run.generator is not None else None
         run.state.record_to, run.state.anchors = run.record_to, run.anchors
         try:
             for i, t in enumerate(timesteps):
@@ -492,6 +577,9 @@ class DirecT2VPipeline(DiffusionPipeline):
                 if use_cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + run.guidance_scale * (cond - uncond)
+                # keyed by the timestep itself (Euler's are fractional): the same in every pass and section
+                step_key = round(float(t) * 1000)
+                step_kwargs = {"generator": step_noise_generators(seed, run.frame_ids, step_key)} if accepts_generator else {}
                 latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
                 run.tracker.step()
         finally:

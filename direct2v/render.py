@@ -47,8 +47,10 @@ class Renderer:
     def __init__(self, settings: RenderSettings):
         self.settings = settings
         self.device, self.dtype = resolve_device(settings)
-        self.model_id = render_model_id(settings.model_dir)
+        self.model_id = render_model_id(settings.model_dir, settings.lora_dir)
         self.pipeline = DirecT2VPipeline.from_local_dir(settings.model_dir, torch_dtype=self.dtype, device=self.device)
+        if settings.lora_dir is not None:
+            self.pipeline.fuse_local_lora(settings.lora_dir, settings.lora_scale)
 
     def render(
         self, plan: FramePlan, progress: Callable[[int, int], None] | None = None, batch_size: int | None = None
@@ -62,6 +64,7 @@ class Renderer:
         s = self.settings
         # batch_size overrides render.batch_size (videos.render_with_oom_retry halves it)
         batch_size = s.batch_size if batch_size is None else batch_size
+        schedule = s.schedule()
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
         reference_generator = torch.Generator(device="cpu").manual_seed(plan.seed + REFERENCE_SEED_OFFSET)
         try:
@@ -69,12 +72,12 @@ class Renderer:
                 frame_prompts=plan.frames,
                 negative_prompt=s.negative_prompt,
                 num_inference_steps=s.num_inference_steps,
-                guidance_scale=s.guidance_scale,
-                t0=s.t0,
-                t1=s.t1,
+                guidance_scale=s.resolved_guidance_scale(),
+                t0=schedule.t0,
+                t1=schedule.t1,
                 height=s.height,
                 width=s.width,
-                rvm_period=s.rvm_period,
+                rvm_period=schedule.period,
                 rvm_blocks=s.rvm_blocks,
                 value_mapping=s.value_mapping,
                 dsf=s.dsf,

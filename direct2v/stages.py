@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from . import manifest, planning, shards, videos
 from .config import ConfigError, RenderSettings, Settings, load_settings, merge_settings
+from .files import LORA_WEIGHTS
 from .manifest import ManifestRow
 from .plan import PlanFileError, read_plan
 from .prompts import check_prompt_file
@@ -121,6 +122,10 @@ def check_job(run: Run) -> None:
     if missing:
         raise ConfigError(f"render.model_dir: {root} is not a complete diffusers Stable Diffusion directory "
                           f"(safetensors only); missing: {', '.join(missing)}")
+    lora = run.settings.render.lora_dir
+    if lora is not None and not (Path(lora) / LORA_WEIGHTS).is_file():
+        raise ConfigError(f"render.lora_dir: no LoRA at {lora}: expected {Path(lora) / LORA_WEIGHTS} "
+                          "(diffusers' save_lora_weights layout, safetensors)")
 
 
 # --- the plan stage ------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ def open_shard(work: shards.ShardWork, run_dir: Path, render_settings: RenderSet
     render of the shard ends."""
     run_dir = Path(run_dir)
     shard = OpenShard(work.index, rows=list(work.rows))
-    model = videos.render_model_id(render_settings.model_dir)
+    model = videos.render_model_id(render_settings.model_dir, render_settings.lora_dir)
     previous = manifest.lookup_rows(run_dir / manifest.MANIFEST_NAME, [prompt_id for prompt_id, _ in work.to_render])
     candidates = []
     for prompt_id, source in work.to_render:

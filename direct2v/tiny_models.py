@@ -282,3 +282,27 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
         shutil.rmtree(path)
     staging.replace(path)
     return path
+
+
+def build_tiny_lora(model_dir: Path, path: Path, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
+    """A random LoRA for the UNet of ``model_dir``, saved as diffusers saves LoRAs (one safetensors file).
+
+    Rank ``rank`` on every attention projection (to_q, to_k, to_v, to_out.0), ``lora_alpha = rank``
+    (a delta of exactly ``up @ down``), both factors random from ``seed`` (peft starts the up factor
+    at zero, which would make a LoRA that changes nothing). For tests and smoke runs of
+    ``render.lora_dir``; a real LCM-LoRA has the same file layout.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", local_files_only=True, use_safetensors=True)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
+    return Path(path)

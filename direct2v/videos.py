@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .config import RenderSettings
 from .encode import EncodeError, encode_mp4, partial_name, probe_video, read_comment
-from .files import model_id
+from .files import LORA_WEIGHTS, model_id
 from .manifest import MANIFEST_NAME, ManifestRow, plan_row
 from .plan import FramePlan
 from .prompts import is_safe_id
@@ -54,14 +54,35 @@ def video_file(prompt_id: str) -> str:
     return f"{VIDEOS_DIR}/id-{hashlib.sha256(prompt_id.encode('utf-8')).hexdigest()[:16]}.mp4"
 
 
-def render_model_id(model_dir: Path) -> str:
-    """The render model's name in rows and hashes: ``<directory>@<hash of model_index.json>``."""
-    return model_id(model_dir, "model_index.json")
+def render_model_id(model_dir: Path, lora_dir: Path | None = None) -> str:
+    """The render model's name in rows and hashes: ``<directory>@<hash of model_index.json>``, and
+    with a LoRA ``+<lora directory>@<hash of its weights>``."""
+    name = model_id(model_dir, "model_index.json")
+    if lora_dir is not None:
+        name += "+" + model_id(lora_dir, LORA_WEIGHTS)
+    return name
+
+
+#: Settings keys that only say how the schedule is derived (the hash holds the resolved t0, t1,
+#: period and guidance instead, so that two ways of writing the same schedule render one video, and
+#: videos made before these keys existed keep their identity), or that the render model id covers.
+_DERIVATION_KEYS = frozenset({"model_dir", "lora_dir", "t0_fraction", "t1_fraction", "rvm_period_steps"})
+
+
+def identity_settings(render_settings: RenderSettings) -> dict:
+    """The render settings as the video hash sees them: resolved, without the derivation keys."""
+    schedule = render_settings.schedule()
+    resolved = render_settings.model_copy(update={
+        "t0": schedule.t0, "t1": schedule.t1, "rvm_period": float(schedule.period),
+        "guidance_scale": render_settings.resolved_guidance_scale(),
+    })
+    exclude = set(_DERIVATION_KEYS) | ({"lora_scale"} if render_settings.lora_dir is None else set())
+    return resolved.model_dump(mode="json", exclude=exclude)
 
 
 def video_hash(plan: FramePlan, render_settings: RenderSettings | None, render_model: str) -> str:
     """The identity of a video: what decides its pixels. A resume re-renders a video when it changes."""
-    settings = render_settings.model_dump(mode="json", exclude={"model_dir"}) if render_settings else None
+    settings = identity_settings(render_settings) if render_settings else None
     payload = {"version": VIDEO_HASH_VERSION, "frames": plan.frames, "fps": plan.fps, "seed": plan.seed,
                "render": settings, "render_model": render_model}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=True).encode("ascii")).hexdigest()[:20]

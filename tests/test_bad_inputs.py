@@ -91,7 +91,9 @@ def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, run_cli, nam
     "args, env, message",
     [
         (["--frames", "0"], {}, "frames: Input should be greater than or equal to 2"),
-        (["--set", "render.t0=99"], {}, "need t0 < t1 < num_inference_steps"),
+        (["--set", "render.t0=99"], {}, "render.t0=99 must be at least 0 and below render.t1=95"),
+        (["--set", "render.num_inference_steps=2"], {}, "render.num_inference_steps=2 is too few"),
+        (["--set", "render.t1=99"], {}, "render.t1=99 must be between 1 and num_inference_steps - 2 = 98"),
         (["--set", "director.temperature=hot"], {}, "director.temperature"),
         ([], {"DIRECT2V_RENDER__BATCH_SIZE": "1"}, "render.batch_size"),
         (["--config", "bad-key.toml"], {}, "render.colour"),

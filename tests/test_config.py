@@ -17,8 +17,9 @@ def clean_env(monkeypatch):
 
 def test_defaults_follow_the_paper():
     settings = load_settings()
-    assert settings.render.num_inference_steps == 100 and settings.render.guidance_scale == 12.0
-    assert (settings.render.t0, settings.render.t1, settings.render.rvm_period) == (90, 95, 4)
+    assert settings.render.num_inference_steps == 100 and settings.render.resolved_guidance_scale() == 12.0
+    schedule = settings.render.schedule()
+    assert (schedule.t0, schedule.t1, schedule.period, schedule.joint_steps) == (90, 95, 4, 96)
 
 
 def test_env_then_overrides(monkeypatch):
@@ -41,7 +42,7 @@ def test_toml_file(tmp_path, monkeypatch):
     "overrides, key",
     [
         ({"frames": 1}, "frames"),
-        ({"render": {"num_inference_steps": 10}}, "render"),  # t0/t1 no longer fit
+        ({"render": {"num_inference_steps": 10, "t0": 9}}, "render.t0=9 must be at least 0 and below render.t1=8"),
         ({"render": {"rvm_period": 2.5}}, "rvm_period"),
         ({"render": {"colour": "red"}}, "render.colour"),
         ({"director": {"temperature": -1}}, "director.temperature"),

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from direct2v.pipeline import DirecT2VPipeline, translate_latents
+from direct2v.schedule import resolve_schedule
 from direct2v.tiny_models import build_tiny_sd
 
 with warnings.catch_warnings():
@@ -83,6 +84,22 @@ def test_frames_equal_text2video_zero(pipelines, motion):
     mine, reference = run_both(pipelines, "np", motion)
     assert mine.shape == reference.shape == (FRAMES, 64, 64, 3)
     assert np.abs(mine - reference).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("steps", [20, 50, 100])
+def test_latents_equal_text2video_zero_at_any_step_count(pipelines, steps):
+    """Ours resolves the window from the step count (t0/t1 left None); diffusers gets the same
+    absolute t0/t1, which is what its users would have to compute by hand."""
+    ours, theirs = pipelines
+    window = resolve_schedule(steps)
+    mine = ours([PROMPT] * FRAMES, num_inference_steps=steps, guidance_scale=7.5, rvm_period=math.inf,
+                rvm_blocks="all", dsf=False, generator=torch.Generator().manual_seed(0), output_type="latent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = theirs(PROMPT, video_length=FRAMES, num_inference_steps=steps, guidance_scale=7.5,
+                           t0=window.t0, t1=window.t1, motion_field_strength_x=0.0, motion_field_strength_y=0.0,
+                           generator=torch.Generator().manual_seed(0), output_type="latent").images
+    assert (mine - reference).abs().max().item() < TOLERANCE
 
 
 def test_motion_actually_moves_frames(pipelines):
