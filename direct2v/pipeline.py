@@ -13,6 +13,11 @@ pipelines give the same video for the same seed (tests/test_oracle.py checks it)
    attend to a reference frame that changes every ``rvm_period`` steps (optionally with dual-softmax
    filtering, which lets unreliably matched queries keep their own frame's attention).
 
+Any sampler of ``SCHEDULERS`` runs this schedule. A stochastic one (Euler ancestral, LCM) draws its
+per-step noise from generators seeded by (seed, GLOBAL frame index, step), so that chunking never
+changes a frame's noise; for a variance-exploding one (Euler) step 2 converts the latents to the
+DDPM form and back with the sampler's sigmas.
+
 Deliberate differences from diffusers: one prompt per frame; frame 1's first passes use frame 1's
 own (negative, positive) pair (the authors' demo used two negatives there); the pipeline's
 registered scheduler is not replaced by the copy after a call.
