@@ -3,9 +3,11 @@ form, and LoRAs (LCM-LoRA) loaded from a local directory and fused."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -117,3 +119,21 @@ def test_a_missing_lora_is_named(tiny_sd_dir, tmp_path):
     pipe = DirecT2VPipeline.from_local_dir(tiny_sd_dir)
     with pytest.raises(FileNotFoundError, match="no LoRA at"):
         pipe.fuse_local_lora(tmp_path / "nothing-here")
+
+
+def test_cli_renders_with_lcm_and_a_lora(tmp_path, run_cli, tiny_render_env, lora_dir):
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    plan = {"prompt_id": "boat", "prompt": "a boat", "fps": 2, "seed": 1, "frames": ["a boat at dawn", "a boat at dusk"]}
+    (plans / "boat.json").write_text(json.dumps(plan))
+    env = {**tiny_render_env, "DIRECT2V_RENDER__T0": "", "DIRECT2V_RENDER__T1": ""}  # the fractions, at 4 steps
+    env = {key: value for key, value in env.items() if value}
+    lcm = ["--set", "render.scheduler=lcm", "--set", "render.num_inference_steps=4"]
+    done = run_cli(["render", "--plans", plans, "--out", tmp_path / "out", *lcm, "--set", f"render.lora_dir={lora_dir}"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [row] = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert row["status"] == "ok" and "+tiny-lora@" in row["render_model"]
+    missing = run_cli(["render", "--plans", plans, "--out", tmp_path / "out2", *lcm,
+                       "--set", f"render.lora_dir={tmp_path / 'no-lora'}"], env)
+    assert missing.returncode == 2 and "render.lora_dir: no LoRA at" in missing.stderr
+    assert "Traceback" not in missing.stderr
