@@ -25,6 +25,7 @@ DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
 DEFAULT_SD_DIR = STATE_DIR / "models" / "tiny-sd"
 DEFAULT_GUIDANCE_SCALE = 12.0  # the paper's (App. C)
 LCM_GUIDANCE_SCALE = 1.0  # latent consistency sampling runs without classifier-free guidance
+LCM_MAX_STEPS = 50  # diffusers' LCMScheduler original_inference_steps: it refuses more
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,11 @@ class RenderSettings(_Section):
     @model_validator(mode="after")
     def _check_schedule(self) -> "RenderSettings":
         self.schedule()  # raises ScheduleError (a ValueError) naming the keys
+        if self.scheduler == "lcm" and self.num_inference_steps > LCM_MAX_STEPS:
+            raise ValueError(
+                f"render.num_inference_steps={self.num_inference_steps} is more than render.scheduler=lcm can take "
+                f"(at most {LCM_MAX_STEPS}, the steps of its distillation; LCM is meant for 2-8)"
+            )
         return self
 
     def schedule(self) -> Schedule:

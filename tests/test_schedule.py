@@ -66,6 +66,9 @@ def test_impossible_schedules_are_refused_naming_the_keys(kwargs, message):
 def test_settings_refuse_them_before_any_model_loads(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("render.t1=99 must be between 1")):
         load_settings(render={"model_dir": tmp_path / "no-model", "t1": 99})
+    with pytest.raises(ConfigError, match=re.escape("render.num_inference_steps=100 is more than render.scheduler=lcm")):
+        load_settings(render={"scheduler": "lcm"})
+    assert load_settings(render={"scheduler": "lcm", "num_inference_steps": 8}).render.resolved_guidance_scale() == 1.0
 
 
 def readme_schedule_table() -> list[dict]:
