@@ -22,15 +22,15 @@ def test_a_100_step_run_is_the_papers_schedule():
     assert (schedule.joint_steps, schedule.alone_steps, schedule.visits_per_frame(8)) == (96, 4, 3.0)
 
 
-@pytest.mark.parametrize("steps", range(3, 301))
-def test_every_step_count_from_3_gets_a_runnable_window(steps):
-    schedule = resolve_schedule(steps)
-    assert 0 <= schedule.t0 < schedule.t1 <= steps - 2  # frame 1 alone >= 1 step, then >= 1 step to x_t0
-    assert schedule.alone_steps >= 1 and schedule.joint_steps == schedule.t1 + 1
-    assert schedule.period >= 1 and float(schedule.period).is_integer()
-    # the fractions, rounded half up, unless a clamp keeps a segment from vanishing
-    assert schedule.t1 == min(math.floor(0.95 * steps + 0.5), steps - 2)
-    assert abs(schedule.period - 4 * steps / 100) <= 0.5 or schedule.period == 1
+def test_every_step_count_from_3_to_1000_gets_a_runnable_window():
+    for steps in range(3, 1001):
+        schedule = resolve_schedule(steps)
+        assert 0 <= schedule.t0 < schedule.t1 <= steps - 2, steps  # frame 1: >= 1 step alone, >= 1 to x_t0
+        assert schedule.alone_steps >= 1 and schedule.joint_steps == schedule.t1 + 1, steps
+        assert schedule.period >= 1 and float(schedule.period).is_integer(), steps
+        # the fractions, rounded half up, unless a clamp keeps a segment from vanishing
+        assert schedule.t1 == min(math.floor(0.95 * steps + 0.5), steps - 2), steps
+        assert abs(schedule.period - 4 * steps / 100) <= 0.5 or schedule.period == 1, steps
 
 
 @pytest.mark.parametrize("steps, t0, t1, period", [(8, 5, 6, 1), (20, 17, 18, 1), (50, 45, 48, 2), (200, 180, 190, 8)])
