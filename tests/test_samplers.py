@@ -71,12 +71,6 @@ def test_euler_pushes_latents_back_in_its_own_latent_form(pipe):
     assert pushed.std().item() == pytest.approx(sigma_to, rel=0.03)
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "euler-ancestral", "lcm", "dpmsolver++"])
-def test_every_sampler_renders_frames(pipe, scheduler):
-    frames = pipe(PROMPTS[:3], num_inference_steps=8, scheduler=scheduler, generator=torch.Generator().manual_seed(0))
-    assert frames.shape == (3, 64, 64, 3) and np.isfinite(frames).all() and frames.std() > 0.01
-
-
 # --- LoRA ------------------------------------------------------------------------------------------
 
 
