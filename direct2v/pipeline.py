@@ -36,6 +36,7 @@ call holds more than A frames, and the cache does not grow with F.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import logging
 import math
@@ -186,14 +187,9 @@ def step_noise_generators(seed: int | None, frame_ids: Sequence[int], step: int)
 
 
 def _mix(*values: int) -> int:
-    """A 63-bit seed from a few ints (splitmix64 steps: neighbouring inputs give unrelated seeds)."""
-    state = 0
-    for value in values:
-        state = (state + 0x9E3779B97F4A7C15 + (value & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
-        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        state ^= state >> 31
-    return state >> 1
+    """A 63-bit seed from a few ints: neighbouring inputs give unrelated seeds."""
+    digest = hashlib.sha256(":".join(str(value) for value in values).encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _randn(

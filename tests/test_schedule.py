@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from direct2v.config import ConfigError, RenderSettings, load_settings
+from pydantic import ValidationError
+
+from direct2v.config import RenderSettings
 from direct2v.plan import FramePlan
 from direct2v.schedule import ScheduleError, resolve_schedule, schedule_table
 from direct2v.videos import identity_settings, video_hash
@@ -64,11 +66,14 @@ def test_impossible_schedules_are_refused_naming_the_keys(kwargs, message):
 
 
 def test_settings_refuse_them_before_any_model_loads(tmp_path):
-    with pytest.raises(ConfigError, match=re.escape("render.t1=99 must be between 1")):
-        load_settings(render={"model_dir": tmp_path / "no-model", "t1": 99})
-    with pytest.raises(ConfigError, match=re.escape("render.num_inference_steps=100 is more than render.scheduler=lcm")):
-        load_settings(render={"scheduler": "lcm"})
-    assert load_settings(render={"scheduler": "lcm", "num_inference_steps": 8}).render.resolved_guidance_scale() == 1.0
+    # RenderSettings itself, not load_settings: no DIRECT2V_* variable or TOML file of another test
+    # can reach in (the CLI path with its one-line error is tests/test_bad_inputs.py)
+    with pytest.raises(ValidationError, match=re.escape("render.t1=99 must be between 1")):
+        RenderSettings(model_dir=tmp_path / "no-model", t1=99)
+    with pytest.raises(ValidationError, match=re.escape("render.num_inference_steps=100 is more than render.scheduler=lcm")):
+        RenderSettings(scheduler="lcm")
+    assert RenderSettings(scheduler="lcm", num_inference_steps=8).resolved_guidance_scale() == 1.0
+    assert RenderSettings(scheduler="lcm", num_inference_steps=8, guidance_scale=1.5).resolved_guidance_scale() == 1.5
 
 
 def readme_schedule_table() -> list[dict]:
