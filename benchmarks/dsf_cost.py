@@ -123,22 +123,22 @@ def time_ms(function, repeats: int = 5) -> float:
 
 def layer_steps(shape: list[int]) -> None:
     """Time each step of one dual-softmax layer call against the step it replaced."""
-    from direct2v import attention as A
+    from direct2v import attention, dsf
 
     groups, frames, heads, tokens, _ = shape
     device, dtype = device_and_dtype()
     generator = torch.Generator(device).manual_seed(0)
     query, key, value = (torch.randn(shape, generator=generator, device=device, dtype=dtype) for _ in range(3))
     ref_key, ref_value = key[:, 1], value[:, 1]
-    state = A.FrameReference(index=1, cfg_groups=groups)
-    rvm, dsf = A.RotationalValueMappingProcessor(state), A.DualSoftmaxFilterProcessor(state)
-    mapped, confidence = dsf.mapping_and_confidence(query, ref_key, ref_value)
-    mask = A.confidence_mask(confidence, dsf.quantile)
+    state = attention.FrameReference(index=1, cfg_groups=groups)
+    plain, filtered = attention.RotationalValueMappingProcessor(state), attention.DualSoftmaxFilterProcessor(state)
+    mapped, confidence = filtered.mapping_and_confidence(query, ref_key, ref_value)
+    mask = dsf.confidence_mask(confidence, filtered.quantile)
     frame_query = query.flatten(0, 1)
     frame_ref_key = ref_key[:, None].expand(groups, frames, *ref_key.shape[1:]).flatten(0, 1)
-    row_lse = A.attention_with_lse(A.fold_frames(query), ref_key, ref_value)[1]
+    row_lse = dsf.attention_with_lse(attention.fold_frames(query), ref_key, ref_value)[1]
     row_lse = row_lse.view(groups, heads, frames, tokens).transpose(1, 2).flatten(0, 1)
-    col_lse = A.column_lse(frame_query, frame_ref_key)
+    col_lse = dsf.column_lse(frame_query, frame_ref_key)
     flat = confidence.flatten()
 
     def full_own():
@@ -146,20 +146,20 @@ def layer_steps(shape: list[int]) -> None:
             query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1))
 
     rows = [
-        ("value mapping (plain RVM's SDPA)", lambda: rvm.value_mapping(query, ref_key, ref_value)),
+        ("value mapping (plain RVM's SDPA)", lambda: plain.value_mapping(query, ref_key, ref_value)),
         ("value mapping + row log-sum-exp (one fused call)",
-         lambda: A.attention_with_lse(A.fold_frames(query), ref_key, ref_value)),
-        ("column log-sum-exp (one fused call)", lambda: A.column_lse(frame_query, frame_ref_key)),
-        ("confidence sum (one fused call)", lambda: A.confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)),
+         lambda: dsf.attention_with_lse(attention.fold_frames(query), ref_key, ref_value)),
+        ("column log-sum-exp (one fused call)", lambda: dsf.column_lse(frame_query, frame_ref_key)),
+        ("confidence sum (one fused call)", lambda: dsf.confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)),
         ("confidence, blockwise reference (all frames batched)",
-         lambda: A.dual_softmax_confidence(query, ref_key[:, None])),
-        ("quantile: selection (topk)", lambda: A.quantile(flat, dsf.quantile)),
+         lambda: dsf.dual_softmax_confidence(query, ref_key[:, None])),
+        ("quantile: selection (topk)", lambda: dsf.quantile(flat, filtered.quantile)),
         ("quantile: full sort", lambda: flat.sort()),
         (f"own attention, masked-out queries only ({(~mask).float().mean():.1%})",
-         lambda: A.own_attention_where(mask, mapped, query, key, value)),
+         lambda: dsf.own_attention_where(mask, mapped, query, key, value)),
         ("own attention, every query", full_own),
-        ("the whole RVM self-attention", lambda: rvm.self_attention(query, key, value)),
-        ("the whole RVM + DSF self-attention", lambda: dsf.self_attention(query, key, value)),
+        ("the whole RVM self-attention", lambda: plain.self_attention(query, key, value)),
+        ("the whole RVM + DSF self-attention", lambda: filtered.self_attention(query, key, value)),
     ]
     print(f"one layer call, (groups, frames, heads, tokens, head_dim) = {tuple(shape)}, {device} "
           f"{str(dtype).removeprefix('torch.')}")

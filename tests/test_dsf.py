@@ -10,13 +10,15 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 import direct2v.attention
+import direct2v.dsf
 from direct2v.attention import (
-    DSF_CHUNK_ELEMENTS,
     AnchorKVCache,
     DualSoftmaxFilterProcessor,
     FrameReference,
     RotationalValueMappingProcessor,
-    _query_rows_per_block,
+)
+from direct2v.dsf import (
+    DSF_CHUNK_ELEMENTS,
     attention_with_lse,
     column_lse,
     confidence_from_lse,
@@ -24,6 +26,7 @@ from direct2v.attention import (
     dual_softmax_confidence,
     own_attention_where,
     quantile,
+    query_rows_per_block,
 )
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
@@ -94,11 +97,11 @@ def test_chunked_confidence_equals_the_full_matrix(max_elements):
 
 
 def test_block_size_respects_the_budget():
-    assert _query_rows_per_block(lead=16, num_keys=4096, max_elements=2**24) == 256  # 512 px, 2 CFG x 8 heads
-    assert _query_rows_per_block(lead=16, num_keys=4096, max_elements=10) == 1  # never less than a row
-    assert _query_rows_per_block(lead=1, num_keys=10, max_elements=35) == 3
+    assert query_rows_per_block(lead=16, num_keys=4096, max_elements=2**24) == 256  # 512 px, 2 CFG x 8 heads
+    assert query_rows_per_block(lead=16, num_keys=4096, max_elements=10) == 1  # never less than a row
+    assert query_rows_per_block(lead=1, num_keys=10, max_elements=35) == 3
     with pytest.raises(ValueError):
-        _query_rows_per_block(lead=1, num_keys=10, max_elements=0)
+        query_rows_per_block(lead=1, num_keys=10, max_elements=0)
 
 
 def test_half_precision_inputs_give_float32_confidences():
@@ -374,7 +377,7 @@ def test_confidence_falls_back_to_blockwise_when_only_the_float32_kernels_are_re
     attn = make_attention(5)
     hidden = 3 * torch.randn(6, 10, 32)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3))
-    monkeypatch.setattr(direct2v.attention, "column_lse", lambda query, key: None)
+    monkeypatch.setattr(direct2v.dsf, "column_lse", lambda query, key: None)
     with torch.no_grad():
         assert torch.allclose(attn(hidden), reference_dsf(attn, hidden, 2, 1, 0.3), atol=1e-5, rtol=1e-5)
 
