@@ -13,7 +13,7 @@ pipelines give the same video for the same seed (tests/test_oracle.py checks it)
    attend to a reference frame that changes every ``rvm_period`` steps (optionally with dual-softmax
    filtering, which lets unreliably matched queries keep their own frame's attention).
 
-Any sampler of ``SCHEDULERS`` runs this schedule. A stochastic one (Euler ancestral, LCM) draws its
+Any sampler of ``sampling.SCHEDULERS`` runs this schedule. A stochastic one (Euler ancestral, LCM) draws its
 per-step noise from generators seeded by (seed, GLOBAL frame index, step), so that chunking never
 changes a frame's noise; for a variance-exploding one (Euler) step 2 converts the latents to the
 DDPM form and back with the sampler's sigmas.
@@ -36,7 +36,6 @@ call holds more than A frames, and the cache does not grow with F.
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import logging
 import math
@@ -48,17 +47,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-    PNDMScheduler,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -66,6 +55,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .attention import AnchorKVCache, FrameReference, install_rvm
 from .files import LORA_WEIGHTS
 from .rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
+from .sampling import SCHEDULERS, draw_normal, forward_diffuse_with, step_kwargs
 from .schedule import ScheduleError, resolve_schedule
 
 log = logging.getLogger(__name__)
@@ -75,20 +65,6 @@ MOTION_CANVAS = 512
 
 #: Most prompts per text-encoder call.
 ENCODE_BATCH = 64
-
-#: Scheduler names -> (class, overrides); each is built from the model's own scheduler config.
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
-    "pndm": (PNDMScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "lcm": (LCMScheduler, {}),
-}
-
-#: Samplers whose latents are x_0 + sigma * noise (variance exploding) rather than
-#: sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) noise: the forward process of step 2 converts.
-_VARIANCE_EXPLODING = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 
@@ -139,65 +115,6 @@ def translate_latents(
     grid_y = axis(height, strength_y)[:, :, None].expand(count, height, width)
     grid = torch.stack([grid_x, grid_y], dim=-1).to(latents.dtype)
     return F.grid_sample(latents, grid, mode="nearest", padding_mode="reflection", align_corners=False)
-
-
-def forward_diffuse(
-    latents: torch.Tensor, alphas: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """DDPM forward process from timestep ``t_from`` to ``t_to`` > ``t_from``, as Text2Video-Zero does it.
-
-    The signal factor is ``prod(alphas[t_from:t_to])`` (Text2Video-Zero's indexing; the exact
-    transition would be ``alphas[t_from+1:t_to+1]``, a one-step difference that is kept here for
-    equality with diffusers). One normal draw of the latents' shape is taken from ``generator``.
-    """
-    noise = _randn(latents.shape, generator, latents.device, latents.dtype)
-    alpha = torch.prod(alphas[t_from:t_to])
-    return torch.sqrt(alpha) * latents + torch.sqrt(1 - alpha) * noise
-
-
-def forward_diffuse_with(
-    scheduler: SchedulerMixin, latents: torch.Tensor, index_from: int, index_to: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """:func:`forward_diffuse` from the latents after timestep index ``index_from`` back to those of
-    ``index_to`` < ``index_from``, in the latent form of ``scheduler``.
-
-    A variance-exploding sampler (Euler) holds ``x / sqrt(alpha_bar)``: the latents are converted to
-    the DDPM form with the sampler's own sigmas (``alpha_bar = 1 / (1 + sigma^2)``), pushed back, and
-    converted again, so that every sampler starts its joint pass from the same kind of x_t1.
-    """
-    timesteps = scheduler.timesteps
-    t_from, t_to = int(timesteps[index_from]), int(timesteps[index_to])
-    if not isinstance(scheduler, _VARIANCE_EXPLODING):
-        return forward_diffuse(latents, scheduler.alphas, t_from, t_to, generator)
-    sigma_from, sigma_to = (float(scheduler.sigmas[i]) for i in (index_from, index_to))
-    ddpm = latents / math.sqrt(1 + sigma_from**2)
-    return forward_diffuse(ddpm, scheduler.alphas, t_from, t_to, generator) * math.sqrt(1 + sigma_to**2)
-
-
-def step_noise_generators(seed: int | None, frame_ids: Sequence[int], step: int) -> list[torch.Generator] | None:
-    """One CPU generator per frame for a stochastic sampler's noise at ``step``.
-
-    Each is seeded from ``(seed, GLOBAL frame index, step)`` only, so a frame draws the same noise
-    whichever batch or section it is rendered in: a chunked render, an unchunked one and any batch
-    size give the same video. None without a seed (unseeded noise).
-    """
-    if seed is None:
-        return None
-    return [torch.Generator("cpu").manual_seed(_mix(seed, frame, step)) for frame in frame_ids]
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from a few ints: neighbouring inputs give unrelated seeds."""
-    digest = hashlib.sha256(":".join(str(value) for value in values).encode("ascii")).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def _randn(
-    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Normal noise drawn on the generator's device (so a CPU seed gives the same video on any device)."""
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype).to(device)
 
 
 class _Progress:
@@ -414,7 +331,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         factor = self.vae_scale_factor
         latent_shape = (1, self.unet.config.in_channels, height // factor, width // factor)
-        latents = _randn(latent_shape, generator, device, positive.dtype) * scheduler.init_noise_sigma
+        latents = draw_normal(latent_shape, generator, device, positive.dtype) * scheduler.init_noise_sigma
 
         state = FrameReference(index=0, cfg_groups=2 if use_cfg else 1)
         original_processors = self.unet.attn_processors
@@ -566,7 +483,6 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """
         use_cfg = run.guidance_scale > 1.0
         context = torch.cat([run.negative, run.positive]) if use_cfg else run.positive
-        accepts_generator = "generator" in inspect.signature(scheduler.step).parameters
         seed = run.generator.initial_seed() if run.generator is not None else None
         run.state.record_to, run.state.anchors = run.record_to, run.anchors
         try:
@@ -578,10 +494,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 if use_cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + run.guidance_scale * (cond - uncond)
-                # keyed by the timestep itself (Euler's are fractional): the same in every pass and section
-                step_key = round(float(t) * 1000)
-                step_kwargs = {"generator": step_noise_generators(seed, run.frame_ids, step_key)} if accepts_generator else {}
-                latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+                latents = scheduler.step(noise, t, latents, **step_kwargs(scheduler, seed, run.frame_ids, t)).prev_sample
                 run.tracker.step()
         finally:
             run.state.record_to = run.state.anchors = None

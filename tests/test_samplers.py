@@ -14,14 +14,10 @@ from safetensors.torch import load_file
 
 from direct2v.config import RenderSettings
 from direct2v.files import LORA_WEIGHTS
-from direct2v.pipeline import (
-    DirecT2VPipeline,
-    EulerDiscreteScheduler,
-    forward_diffuse_with,
-    step_noise_generators,
-)
+from direct2v.pipeline import DirecT2VPipeline
 from direct2v.plan import FramePlan
 from direct2v.render import Renderer
+from direct2v.sampling import EulerDiscreteScheduler, forward_diffuse_with, step_noise_generators
 from direct2v.tiny_models import build_tiny_lora
 from direct2v.videos import render_model_id
 
