@@ -84,6 +84,8 @@ def resolve_schedule(
     for name, fraction in (("t0_fraction", t0_fraction), ("t1_fraction", t1_fraction)):
         if not 0.0 < fraction < 1.0:
             raise ScheduleError(f"render.{name} must be between 0 and 1 (exclusive), got {fraction!r}")
+    if t0 is None and t1 is None and t0_fraction >= t1_fraction:  # else the clamp would hide the mistake
+        raise ScheduleError(f"render.t0_fraction={t0_fraction} must be below render.t1_fraction={t1_fraction}")
     if t1 is None:
         t1 = min(_round_half_up(t1_fraction * steps), steps - 2)
     elif not 0 < t1 <= steps - 2:

@@ -58,6 +58,7 @@ def test_absolute_values_override_the_fractions_and_are_not_adjusted():
         ({"steps": 20, "rvm_period": 2.5}, "render.rvm_period must be a whole number"),
         ({"steps": 20, "rvm_period_steps": 0}, "render.rvm_period_steps must be a whole number of steps >= 1"),
         ({"steps": 20, "t1_fraction": 1.0}, "render.t1_fraction must be between 0 and 1"),
+        ({"steps": 100, "t0_fraction": 0.96}, "render.t0_fraction=0.96 must be below render.t1_fraction=0.95"),
     ],
 )
 def test_impossible_schedules_are_refused_naming_the_keys(kwargs, message):
