@@ -31,16 +31,14 @@ def _check_step(step: int) -> None:
 
 
 def rvm_reference_frame(step: int, num_frames: int, period: float) -> int:
-    """The reference frame ``r(t') = floor(t'/m) mod F`` of the joint denoising step ``t'``.
+    """The reference frame of the joint denoising step ``step``: the paper's ``r(t')``, 0-based.
 
-    Convention: ``step`` (t') is the 0-based index of the denoising step counted from the first
-    step of the joint pass (the first UNet call in which all frames are denoised together), and
-    frames are 0-based. So the first reference block lasts exactly ``period`` (m) steps: with m=4,
-    steps 0-3 use frame 0, steps 4-7 frame 1, and so on, wrapping around after F blocks.
-
-    The authors' public demo counts t' from 1 (its counter is incremented before each UNet call),
-    so there the first block lasts only m-1 steps and every reference is one step earlier; the
-    paper's Eq. 2 does not fix the origin, and counting from 0 gives every frame equal blocks.
+    The workshop paper defines ``r(t') = Mod(floor(t'/m), F) + 1`` with t' = 1..T' counting the
+    joint steps and frames numbered from 1; the authors' code computes the same (its step counter
+    is appended before each UNet call, so the first call sees t' = 1). Here ``step`` is the 0-based
+    index of the joint step (t' = step + 1) and frames are 0-based, so the result is
+    ``floor((step + 1) / m) mod F``: with m = 4 the first block lasts m - 1 = 3 steps (steps 0-2
+    use frame 0), every later one m (steps 3-6 frame 1, ...), wrapping around after F blocks.
 
     ``period=math.inf`` always returns frame 0: that is Text2Video-Zero's cross-frame attention.
 
@@ -56,7 +54,8 @@ def rvm_reference_frame(step: int, num_frames: int, period: float) -> int:
         return 0
     if math.isnan(period) or period < 1 or not float(period).is_integer():
         raise ValueError(f"period must be a whole number of steps >= 1 or math.inf, got {period!r}")
-    return (step // int(period)) % num_frames
+    t_prime = step + 1
+    return (t_prime // int(period)) % num_frames
 
 
 def random_reference_frame(step: int, num_frames: int, generator: torch.Generator) -> int:
@@ -82,7 +81,7 @@ def reference_schedule(
     period: float = 4,
     generator: torch.Generator | None = None,
 ) -> list[int]:
-    """The reference frame of every joint step ``t' = 0 .. num_steps-1``, one list per pass.
+    """The reference frame of every joint step (0-based ``step = 0 .. num_steps-1``), one list per pass.
 
     ``"rotational"``: :func:`rvm_reference_frame` (``period`` is m). ``"random"``: the paper's
     random-VM ablation, one :func:`random_reference_frame` draw per step in step order from

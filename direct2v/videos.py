@@ -40,7 +40,8 @@ from .rundir import VIDEOS_DIR
 log = logging.getLogger(__name__)
 
 #: Bump when the meaning of ``video_hash`` changes: every finished video is then rendered again.
-VIDEO_HASH_VERSION = 1
+#: 2: the RVM reference counts the joint steps from t' = 1, as the paper does (pixels changed).
+VIDEO_HASH_VERSION = 2
 #: The smallest render batch an out-of-memory retry goes down to (one anchor + one new frame).
 MIN_RENDER_BATCH = 2
 FINISHED_STATUSES = ("ok", "rejected")

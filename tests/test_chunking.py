@@ -93,14 +93,14 @@ def test_cached_anchor_steps_do_not_grow_with_the_video():
         assert uneven[0] == uneven[1] == uneven[2]
         assert len(uneven[0]) <= 2 * 96  # at most one anchor per step per distinct section length
     # m = 4, B = 8 (the paper's): anchors are referenced in half of the 96 steps, one anchor each
-    expected = {(t, (t // 4) % 8) for t in range(96) if (t // 4) % 8 < 4}
+    expected = {(t, ((t + 1) // 4) % 8) for t in range(96) if ((t + 1) // 4) % 8 < 4}  # t' = t + 1
     assert cached_anchor_steps(section_schedules(chunk_plan(24, 8), 96, 4), 4) == expected
     assert len(expected) == 48
     assert cached_anchor_steps(section_schedules(chunk_plan(24, 8), 96, math.inf), 4) == {(t, 0) for t in range(96)}
 
 
 def test_reference_schedule_modes():
-    assert reference_schedule(6, 3, "rotational", 2) == [0, 0, 1, 1, 2, 2]
+    assert reference_schedule(6, 3, "rotational", 2) == [0, 1, 1, 2, 2, 0]  # t' = 1..6
     draws = reference_schedule(50, 5, "random", generator=torch.Generator().manual_seed(3))
     assert draws == reference_schedule(50, 5, "random", generator=torch.Generator().manual_seed(3))
     assert set(draws) == set(range(5))

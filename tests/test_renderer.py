@@ -150,7 +150,7 @@ def test_unet_calls_see_the_right_prompts_and_reference_frames(pipe):
         assert batch == 6
         assert torch.equal(context, torch.stack([negative] * 3 + positives))
         assert index == rvm_reference_frame(step, 3, 2)
-    assert [index for _, _, index in joint] == [0, 0, 1, 1, 2, 2, 0, 0, 1]
+    assert [index for _, _, index in joint] == [0, 1, 1, 2, 2, 0, 0, 1, 1]  # t' = 1..9, m = 2
     assert progress == [(i, len(calls)) for i in range(1, len(calls) + 1)]
 
 

@@ -14,16 +14,27 @@ def schedule(steps: int, frames: int, period: float) -> list[int]:
     return [rvm_reference_frame(step, frames, period) for step in range(steps)]
 
 
+def paper_reference(t_prime: int, frames: int, period: int) -> int:
+    """The workshop paper's r(t') = Mod(floor(t'/m), F) + 1, t' = 1..T', frames numbered from 1."""
+    return (t_prime // period) % frames + 1
+
+
+def test_sequence_follows_the_paper_for_its_96_joint_steps():
+    ours = schedule(96, 8, 4)
+    assert ours == [paper_reference(t_prime, 8, 4) - 1 for t_prime in range(1, 97)]
+    # t' counts from 1: the first block is m - 1 = 3 steps long, every later one m = 4.
+    assert ours[:8] == [0, 0, 0, 1, 1, 1, 1, 2]
+    assert ours[-5:] == [7, 7, 7, 7, 0]  # t' = 92..95 -> floor(t'/4) = 23 -> frame 7; t' = 96 -> 24 mod 8 = 0
+    assert [ours.count(frame) for frame in range(8)] == [12] * 8  # 3 + 4 + 4 + 1 steps for frame 0
+
+
 def test_period_one_rotates_every_step_and_wraps():
-    assert schedule(7, 3, 1) == [0, 1, 2, 0, 1, 2, 0]
+    assert schedule(7, 3, 1) == [1, 2, 0, 1, 2, 0, 1]
 
 
-def test_period_four_counts_from_zero():
-    # Our convention: t' = 0 is the first joint step, so the first block lasts the full m = 4 steps
-    # (the authors' demo counts from 1 and its first block lasts only 3).
-    assert schedule(12, 3, 4) == [0] * 4 + [1] * 4 + [2] * 4
-    assert rvm_reference_frame(12, 3, 4) == 0  # wrap-around after F blocks
-    assert rvm_reference_frame(95, 8, 4) == 7  # last step of the paper's 96 joint steps
+def test_period_four_counts_t_prime_from_one():
+    assert schedule(12, 3, 4) == [0] * 3 + [1] * 4 + [2] * 4 + [0]
+    assert rvm_reference_frame(11, 3, 4) == 0  # wrap-around after F blocks
 
 
 def test_float_period_is_accepted_when_whole():
