@@ -105,7 +105,14 @@ class RenderSettings(_Section):
     scheduler: Literal["pndm", "ddim", "dpmsolver++", "euler", "euler-ancestral", "lcm"] = "pndm"
     lora_dir: Path | None = Field(None, description="a local LoRA directory (safetensors), fused into the UNet at load")
     lora_scale: float = Field(1.0, description="the LoRA's weight when fused")
-    batch_size: int = Field(8, ge=2, description="most frames per UNet call; longer videos use cached-attention chunking")
+    batch_size: int = Field(8, ge=2, description="most frames per UNet call (and VAE decode); longer videos use cached-attention chunking")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the UNet with the RVM/DSF processors: 'auto' = on for CUDA, off for CPU "
+        "(inductor needs minutes to compile on a CPU); a failed compile is logged and the render runs eagerly"
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="channels-last memory format for the UNet: 'auto' = on for CUDA (faster convolutions there), off for CPU"
+    )
     negative_prompt: str = ""
     motion_strength_x: float = 0.0
     motion_strength_y: float = 0.0

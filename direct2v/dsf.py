@@ -267,21 +267,27 @@ def own_attention_where(
     that count over the tokens times one full attention, never more. Reading the count is one sync
     with the device per call.
 
+    Inside a compiled graph (``torch.compile``) that count would be a data-dependent shape, so
+    there every query's own attention is computed (one full attention call, static shapes) and the
+    mask selects: the same result, at the cost of the queries the mask keeps.
+
     Args:
         mask: bool ``(..., Nq)``, True where the value mapping is kept.
         mapped: the value mapping ``(..., Nq, d)``; query: ``(..., Nq, d)``; key, value: ``(..., Nk, d)``.
     Returns:
         ``(..., Nq, d)``, a new tensor.
     """
+    lead, head_dim = query.shape[:-2], query.shape[-1]
+    keys, values = (x.reshape(-1, 1, x.shape[-2], head_dim) for x in (key, value))
+    if torch.compiler.is_compiling():
+        own = F.scaled_dot_product_attention(query.reshape(-1, 1, query.shape[-2], head_dim), keys, values)
+        return torch.where(mask[..., None], mapped, own.view_as(mapped))
     width = int((~mask).sum(dim=-1).max())
     if width == 0:
         return mapped.clone()
     order = torch.sort(mask.to(torch.uint8), dim=-1, stable=True).indices[..., :width]  # masked-out first
     index = order[..., None].expand(*order.shape, query.shape[-1])
-    lead, head_dim = query.shape[:-2], query.shape[-1]
     gathered = query.gather(-2, index).reshape(-1, 1, width, head_dim)
-    own = F.scaled_dot_product_attention(
-        gathered, key.reshape(-1, 1, key.shape[-2], head_dim), value.reshape(-1, 1, value.shape[-2], head_dim)
-    ).view(*lead, width, head_dim)
+    own = F.scaled_dot_product_attention(gathered, keys, values).view(*lead, width, head_dim)
     kept = mask.gather(-1, order)[..., None]  # True on the padding
     return mapped.scatter(-2, index, torch.where(kept, mapped.gather(-2, index), own))

@@ -46,10 +46,12 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch._inductor.exc import InductorError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .attention import AnchorKVCache, FrameReference, install_rvm
@@ -190,6 +192,43 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             scheduler=PNDMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True),
         )
         return pipeline.to(device)
+
+    #: The compiled UNet (``compile_unet``); None: every call runs eagerly.
+    compiled_unet: torch.nn.Module | None = None
+    #: Why compilation was given up (None while it works, or was never asked for).
+    compile_failure: str | None = None
+
+    def compile_unet(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """Route the renders' UNet calls through ``torch.compile(unet, fullgraph=True)``.
+
+        The RVM/DSF processors are part of the graph: they read the per-step reference from the
+        tensors of :class:`direct2v.attention.FrameReference`, so after the first render has
+        compiled each kind of call (frame 1 alone, the joint pass, a chunked render's anchor pass
+        and sections) a render compiles nothing (tests/test_compile.py). ``fullgraph`` makes a graph
+        break an error instead of a silent split; any compilation error makes this pipeline log the
+        reason once and run eagerly from then on (``compile_failure``). The UNet itself stays
+        uncompiled (``self.unet``), so hooks, processors and LoRA loading work on it as before.
+        """
+        # Every (processors, CFG, chunking) combination adds graphs; a comparison of several
+        # variants in one process must not hit dynamo's default limit of 8 and fall back silently.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.compiled_unet = torch.compile(self.unet, fullgraph=True, backend=backend, mode=mode)
+        self.compile_failure = None
+
+    def _unet(self, *args, **kwargs):
+        """One UNet evaluation: compiled when ``compile_unet`` was asked for and still works."""
+        if self.compiled_unet is not None:
+            try:
+                return self.compiled_unet(*args, **kwargs)
+            except (torch._dynamo.exc.RecompileError, torch._dynamo.exc.FailOnRecompileLimitHit):
+                raise  # asked for by the caller (torch._dynamo.config): not a reason to fall back
+            except (torch._dynamo.exc.TorchDynamoException, InductorError) as error:
+                cause = getattr(error, "inner_exception", None) or error  # a backend's own error, if it raised one
+                lines = str(cause).strip().splitlines() or [""]
+                reason = f"{type(error).__name__}: {type(cause).__name__}: {lines[0]}"
+                log.warning("torch.compile failed, the UNet runs eagerly from now on (%s)", reason)
+                self.compiled_unet, self.compile_failure = None, reason
+        return self.unet(*args, **kwargs)
 
     def fuse_local_lora(self, lora_dir: str | Path, scale: float = 1.0) -> None:
         """Fuse a LoRA from a local directory into the UNet (and text encoder, if it has one for it).
@@ -333,7 +372,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         latent_shape = (1, self.unet.config.in_channels, height // factor, width // factor)
         latents = draw_normal(latent_shape, generator, device, positive.dtype) * scheduler.init_noise_sigma
 
-        state = FrameReference(index=0, cfg_groups=2 if use_cfg else 1)
+        state = FrameReference(index=0, cfg_groups=2 if use_cfg else 1, device=device)
         original_processors = self.unet.attn_processors
         install_rvm(self.unet, rvm_blocks, state, dsf_quantile if dsf else None)
         try:
@@ -362,7 +401,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         if output_type == "latent":
             return latents
-        return self.decode(latents)
+        return self.decode(latents, batch_size)
 
     def _denoise_joint(
         self,
@@ -486,15 +525,17 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seed = run.generator.initial_seed() if run.generator is not None else None
         run.state.record_to, run.state.anchors = run.record_to, run.anchors
         try:
-            for i, t in enumerate(timesteps):
-                run.state.index, run.state.step = run.reference(i), i
+            # the timesteps' host copy, read once per pass: a stochastic sampler keys its noise on
+            # them, and reading a device tensor's value at every step would be a sync each time
+            for i, (t, t_host) in enumerate(zip(timesteps, timesteps.tolist())):
+                run.state.point_to(run.reference(i), i)
                 model_input = torch.cat([latents] * 2) if use_cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                noise = self.unet(model_input, t, encoder_hidden_states=context).sample
+                noise = self._unet(model_input, t, encoder_hidden_states=context).sample
                 if use_cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + run.guidance_scale * (cond - uncond)
-                latents = scheduler.step(noise, t, latents, **step_kwargs(scheduler, seed, run.frame_ids, t)).prev_sample
+                latents = scheduler.step(noise, t, latents, **step_kwargs(scheduler, seed, run.frame_ids, t_host)).prev_sample
                 run.tracker.step()
         finally:
             run.state.record_to = run.state.anchors = None
@@ -506,8 +547,14 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """VAE-decode latents to float32 frames ``(F, H, W, 3)`` in [0, 1]."""
-        images = self.vae.decode((1 / self.vae.config.scaling_factor) * latents, return_dict=False)[0]
-        images = (images / 2 + 0.5).clamp(0, 1)
-        return images.permute(0, 2, 3, 1).float().cpu().numpy()
+    def decode(self, latents: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
+        """VAE-decode latents to float32 frames ``(F, H, W, 3)`` in [0, 1], ``batch_size`` frames per call.
+
+        The decoder's activations at full resolution are what peaks a long video's memory, so
+        they are bounded like the UNet's (frames are decoded independently: the same pixels).
+        None decodes all frames in one call.
+        """
+        scaled = (1 / self.vae.config.scaling_factor) * latents
+        parts = scaled.split(batch_size or len(scaled))
+        frames = [self.vae.decode(part, return_dict=False)[0].div(2).add(0.5).clamp(0, 1) for part in parts]
+        return torch.cat(frames).permute(0, 2, 3, 1).float().cpu().numpy()

@@ -51,6 +51,11 @@ class Renderer:
         self.pipeline = DirecT2VPipeline.from_local_dir(settings.model_dir, torch_dtype=self.dtype, device=self.device)
         if settings.lora_dir is not None:
             self.pipeline.fuse_local_lora(settings.lora_dir, settings.lora_scale)
+        on_gpu = self.device.type == "cuda"
+        if settings.channels_last is True or (settings.channels_last == "auto" and on_gpu):
+            self.pipeline.unet.to(memory_format=torch.channels_last)
+        if settings.compile is True or (settings.compile == "auto" and on_gpu):
+            self.pipeline.compile_unet()  # compiles at the first render; a failure is logged, then eager
 
     def render(
         self, plan: FramePlan, progress: Callable[[int, int], None] | None = None, batch_size: int | None = None

@@ -68,6 +68,9 @@ def render_model_id(model_dir: Path, lora_dir: Path | None = None) -> str:
 #: period and guidance instead, so that two ways of writing the same schedule render one video, and
 #: videos made before these keys existed keep their identity), or that the render model id covers.
 _DERIVATION_KEYS = frozenset({"model_dir", "lora_dir", "t0_fraction", "t1_fraction", "rvm_period_steps"})
+#: Settings keys that say how the same computation is executed, not what it computes (compiled and
+#: eager, channels-last and contiguous renders agree within float tolerance, tests/test_compile.py).
+_EXECUTION_KEYS = frozenset({"compile", "channels_last"})
 
 
 def identity_settings(render_settings: RenderSettings) -> dict:
@@ -77,7 +80,7 @@ def identity_settings(render_settings: RenderSettings) -> dict:
         "t0": schedule.t0, "t1": schedule.t1, "rvm_period": float(schedule.period),
         "guidance_scale": render_settings.resolved_guidance_scale(),
     })
-    exclude = set(_DERIVATION_KEYS) | ({"lora_scale"} if render_settings.lora_dir is None else set())
+    exclude = _DERIVATION_KEYS | _EXECUTION_KEYS | ({"lora_scale"} if render_settings.lora_dir is None else set())
     return resolved.model_dump(mode="json", exclude=exclude)
 
 

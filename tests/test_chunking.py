@@ -115,32 +115,49 @@ def test_reference_schedule_modes():
 # --- the anchor cache ----------------------------------------------------------------------------
 
 
+def record_pass(cache: AnchorKVCache, key: torch.Tensor, value: torch.Tensor, steps: int) -> None:
+    """Record ``key + step`` / ``value - step`` at every step, as the anchor pass's layers do."""
+    state = FrameReference(cfg_groups=key.shape[0], record_to=cache)
+    for step in range(steps):
+        state.point_to(0, step)
+        cache.record("layer", key + step, value - step, state.record_slots)
+
+
 def test_cache_records_only_wanted_pairs_as_own_copies():
     cache = AnchorKVCache({(2, 0), (2, 2), (5, 1)}, num_anchors=3)
     key, value = torch.randn(2, 3, 4, 16, 8), torch.randn(2, 3, 4, 16, 8)  # (groups, anchors, heads, tokens, d)
-    for step in range(7):
-        cache.record("layer", step, key + step, value - step)
+    record_pass(cache, key, value, steps=7)
     assert len(cache) == 3
-    k, v = cache.load("layer", 2, 2)
-    assert torch.equal(k, key[:, 2] + 2) and torch.equal(v, value[:, 2] - 2)
-    assert k.is_contiguous() and k.untyped_storage().nbytes() == k.nbytes  # not a view of the whole batch
-    assert cache.nbytes == 3 * 2 * (2 * 4 * 16 * 8 * 4)
+    for step, anchor in cache.wanted:
+        k, v = cache.entry("layer", step, anchor)
+        assert torch.equal(k, key[:, anchor] + step) and torch.equal(v, value[:, anchor] - step)
+    # the cache's own buffers (not views of the batch): 3 wanted slots + 3 scratch slots, key and value
+    assert cache.nbytes == 2 * (3 + 3) * (2 * 4 * 16 * 8 * 4)
     cache.check_complete()
     with pytest.raises(RuntimeError, match="cache miss"):
-        cache.load("layer", 3, 0)
+        cache.entry("layer", 3, 0)
+    with pytest.raises(RuntimeError, match="cache miss"):
+        cache.load("another layer", torch.tensor([0]))
     with pytest.raises(ValueError, match="exactly the 3 anchors"):
-        cache.record("layer", 2, key[:, :2], value[:, :2])
+        cache.record("layer", key[:, :2], value[:, :2], torch.tensor([0, 1]))
+
+
+def test_cache_slot_rows_send_unwanted_anchors_to_scratch():
+    cache = AnchorKVCache({(2, 0), (2, 2), (5, 1)}, num_anchors=3)
+    rows = cache.slot_rows(torch.device("cpu"))
+    scratch = [3, 4, 5]
+    assert rows.tolist() == [scratch, scratch, [0, 4, 1], scratch, scratch, [3, 2, 5], scratch]
+    assert rows.dtype == torch.int64
 
 
 def test_cache_reports_an_incomplete_anchor_pass():
     cache = AnchorKVCache({(0, 0), (1, 0)}, num_anchors=1)
     with pytest.raises(RuntimeError, match="recorded nothing"):
         cache.check_complete()
-    cache.record("a", 0, torch.randn(1, 1, 2, 3, 4), torch.randn(1, 1, 2, 3, 4))
-    with pytest.raises(RuntimeError, match="unrecorded"):
-        cache.check_complete()
     with pytest.raises(ValueError, match="outside"):
         AnchorKVCache({(0, 3)}, num_anchors=2)
+    with pytest.raises(RuntimeError, match="step 4, anchor 0 was not recorded"):
+        FrameReference(cfg_groups=1, anchors=cache).point_to(0, 4)  # a section asks for an unwanted pair
 
 
 # --- the processor on a virtual batch ------------------------------------------------------------
@@ -154,16 +171,18 @@ def test_section_with_cached_anchors_equals_the_whole_virtual_batch(reference, g
     anchors, section, tokens = 2, 3, 10
     anchor_hidden = torch.randn(groups, anchors, tokens, 32)
     section_hidden = torch.randn(groups, section, tokens, 32)
-    state = FrameReference(index=0, cfg_groups=groups, step=7)
-    attn.set_processor(RotationalValueMappingProcessor(state, layer="up_blocks.3.attn1"))
     cache = AnchorKVCache({(7, reference)} if reference < anchors else set(), num_anchors=anchors)
+    state = FrameReference(cfg_groups=groups, record_to=cache)
+    attn.set_processor(RotationalValueMappingProcessor(state, layer="up_blocks.3.attn1"))
     with torch.no_grad():
-        state.record_to = cache
+        state.point_to(0, 7)
         attn(anchor_hidden.flatten(0, 1))  # the anchor pass
-        state.record_to, state.anchors, state.index = None, cache, reference
+        state.record_to, state.anchors = None, cache
+        state.point_to(reference, 7)
         ours = attn(section_hidden.flatten(0, 1)).view(groups, section, tokens, 32)
         # the same virtual batch held whole in one batch, without any cache
         state.anchors = None
+        state.point_to(reference, 7)
         whole = attn(torch.cat([anchor_hidden, section_hidden], dim=1).flatten(0, 1))
     assert torch.allclose(ours, whole.view(groups, anchors + section, tokens, 32)[:, anchors:], atol=1e-6)
 

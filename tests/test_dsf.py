@@ -338,13 +338,13 @@ def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference
     groups, anchors = 2, 2
     anchor_hidden = 3 * torch.randn(groups * anchors, 10, 32)
     section_hidden = 3 * torch.randn(groups * 3, 10, 32)
-    state = FrameReference(index=0, cfg_groups=groups, step=4)
     cache = AnchorKVCache({(4, 1)}, num_anchors=anchors)
+    state = FrameReference(cfg_groups=groups, step=4, record_to=cache)
     attn.set_processor(DualSoftmaxFilterProcessor(state, quantile=0.3, layer="layer", max_elements=13))
     with torch.no_grad():
-        state.record_to = cache
         attn(anchor_hidden)  # the anchor pass stores anchor 1's key/value for step 4
-        state.record_to, state.anchors, state.index = None, cache, 1  # virtual batch [a0, a1, s0, s1, s2], ref a1
+        state.record_to, state.anchors = None, cache
+        state.point_to(1, 4)  # virtual batch [a0, a1, s0, s1, s2], ref a1
         ours = attn(section_hidden)
         ref_hidden = anchor_hidden.view(groups, anchors, 10, 32)[:, 1]
         expected = reference_dsf(attn, section_hidden, groups, 0, 0.3, ref_hidden=ref_hidden)

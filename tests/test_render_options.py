@@ -66,12 +66,13 @@ def guided_steps(pipe, guidance_scale: float) -> list[tuple[torch.Tensor, torch.
     """(UNet output, noise given to the scheduler) of every denoising step of one render."""
     outputs, given = [], []
     handle = pipe.unet.register_forward_hook(lambda module, args, output: outputs.append(output.sample.clone()))
-    make_scheduler = pipe.make_scheduler
+    make_scheduler, spied = pipe.make_scheduler, []
 
     def spying_scheduler(name):
-        scheduler = make_scheduler(name)
+        scheduler = make_scheduler(name)  # None: the pipeline's registered scheduler itself
         step = scheduler.step
         scheduler.step = lambda noise, *args, **kwargs: (given.append(noise.clone()), step(noise, *args, **kwargs))[1]
+        spied.append(scheduler)
         return scheduler
 
     pipe.make_scheduler = spying_scheduler
@@ -80,6 +81,8 @@ def guided_steps(pipe, guidance_scale: float) -> list[tuple[torch.Tensor, torch.
     finally:
         handle.remove()
         del pipe.make_scheduler
+        for scheduler in spied:  # the spy must not outlive the test: later deep copies would share its state
+            del scheduler.step
     assert len(outputs) == len(given) > 0
     return list(zip(outputs, given))
 
@@ -224,11 +227,20 @@ def test_bad_decoded_frames_fail_the_video(tiny_sd_dir, value, message):
     renderer = Renderer(settings(tiny_sd_dir))
     decode = renderer.pipeline.decode
 
-    def broken(latents):
-        frames = decode(latents)
+    def broken(latents, batch_size=None):
+        frames = decode(latents, batch_size)
         frames[1] = value  # e.g. an fp16 VAE overflow in one frame
         return frames
 
     renderer.pipeline.decode = broken
     with pytest.raises(RenderError, match=message):
         renderer.render(plan())
+
+
+def test_decoding_in_batches_gives_the_frames_of_one_call(pipe):
+    """The VAE decodes ``batch_size`` frames per call (bounded memory for long videos): same pixels."""
+    latents = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = pipe.decode(latents)
+    assert whole.shape == (5, 64, 64, 3)
+    for batch_size in (1, 2, 8):
+        assert np.allclose(pipe.decode(latents, batch_size), whole, atol=1e-5)  # float batching only
