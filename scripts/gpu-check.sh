@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# On a CUDA machine with torch + transformers (e.g. the lent H200's image): run the renderer's GPU check.
+# Installs the wheels of .whl/ (scripts/device-wheels.sh, run where pip reaches a registry) into a
+# private directory, then runs benchmarks/gpu_render.py; the JSON report goes to $1 (default: $OUT
+# when set, else the current directory). Budget: about 8 minutes on one H200, compilation included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out_dir="${1:-${OUT:-.}}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/direct2v-site .whl/*.whl
+  export PYTHONPATH="/tmp/direct2v-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+exec python3 benchmarks/gpu_render.py --out "$out_dir/gpu_render.json"
