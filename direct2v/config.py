@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .messages import problem
 from .schedule import Schedule, resolve_schedule
 
 STATE_DIR = Path(".state")
@@ -195,7 +196,7 @@ def describe_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(settings)"
-        lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+        lines.append(f"  {key}: {problem(item)} (got {item.get('input')!r})")
     return "\n".join(lines)
 
 

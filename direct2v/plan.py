@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from .files import write_atomically
+from .messages import problem
 from .prompts import check_safe_id
 
 SafeId = Annotated[str, AfterValidator(check_safe_id)]
@@ -233,7 +234,7 @@ def read_plan(path: Path, budget: TokenBudget | None = None) -> FramePlan:
     except OSError as error:
         raise PlanFileError(f"{path}: cannot read plan ({error.strerror})") from None
     except ValidationError as error:
-        details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors())
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {problem(e)}" for e in error.errors())
         raise PlanFileError(f"{path}: invalid plan: {details}") from None
 
 

@@ -1,18 +1,24 @@
 """Prompt files -> validated prompt records (the first stage's contract).
 
-Two formats, chosen by suffix:
+Three formats, chosen by suffix:
 
 * ``.txt``: one prompt per line; blank lines and lines starting with ``#`` are skipped.
 * ``.jsonl``: one JSON object per line with ``prompt`` and optional ``id``, ``frames``, ``fps``,
   ``seed``; blank lines and ``#`` lines are skipped.
+* ``.csv``: what a spreadsheet exports: a header row naming the columns (``prompt``, required, and
+  the optional ``id``, ``frames``, ``fps``, ``seed``, in any order and case), then one row per
+  video, read with the csv module's quoting rules (a field may hold commas, quotes written twice
+  and line breaks inside double quotes); an empty cell means "the run's default"; a UTF-8
+  byte-order mark and CRLF line ends are fine; blank rows are skipped.
 
-Reading is streamed: ``read_prompt_file`` yields records and problems line by line, so a long
-list never has to fit in memory. A bad line never stops the file: it becomes a ``PromptProblem``
-naming the file and line, and every other line is still read.
+Reading is streamed: ``read_prompt_file`` yields records and problems line by line (row by row),
+so a long list never has to fit in memory. A bad line never stops the file: it becomes a
+``PromptProblem`` naming the file and line, and every other line is still read.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -20,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .messages import problem
 
 MAX_PROMPT_CHARS = 2000
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
@@ -44,9 +52,9 @@ class PromptRecord(BaseModel):
     def _clean_prompt(cls, value: str) -> str:
         value = " ".join(value.split())
         if not value:
-            raise ValueError("prompt is empty")
+            raise ValueError("is empty")
         if "\x00" in value:
-            raise ValueError("prompt contains a NUL byte")
+            raise ValueError("contains a NUL byte")
         return value
 
     @field_validator("frames", "fps", "seed", mode="before")
@@ -115,7 +123,7 @@ def _pydantic_message(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown field {field!r}; remove it (allowed fields: {_ALLOWED_FIELDS})")
             continue
-        message = item["msg"].removeprefix("Value error, ")
+        message = problem(item)
         hint = _FIELD_HINTS.get(field, "")
         if "id must be" in message:  # the id validator's message already says how to fix it
             hint = ""
@@ -174,15 +182,20 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
+
+
 def check_prompt_file(path: Path) -> Path:
     """Problems with the file as a whole, found before any work starts."""
     path = Path(path)
     if not path.exists():
         raise PromptFileError(f"prompt file not found: {path}")
     if path.is_dir():
-        raise PromptFileError(f"{path} is a directory; give a .txt or .jsonl prompt file")
-    if path.suffix.lower() not in {".txt", ".jsonl"}:
-        raise PromptFileError(f"{path}: unsupported prompt file type {path.suffix!r}; use .txt or .jsonl")
+        raise PromptFileError(f"{path} is a directory; give a .txt, .jsonl or .csv prompt file")
+    if path.suffix.lower() not in PROMPT_SUFFIXES:
+        raise PromptFileError(f"{path}: unsupported prompt file type {path.suffix!r}; use .txt, .jsonl or .csv")
+    if path.suffix.lower() == ".csv":
+        csv_columns(path)  # a bad header row is a problem of the whole file
     return path
 
 
@@ -195,7 +208,24 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
     """
     path = check_prompt_file(path)
     suffix = path.suffix.lower()
+    items = _read_csv(path) if suffix == ".csv" else _read_lines(path, jsonl=suffix == ".jsonl")
     seen: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, PromptRecord):
+            line_number = int(item.source.rsplit(":", 1)[1])
+            if item.id in seen:
+                item = PromptProblem(
+                    source=item.source,
+                    message=f"duplicate id {item.id!r} (first used on line {seen[item.id]}); ids must be unique",
+                    prompt=item.prompt,
+                )
+            else:
+                seen[item.id] = line_number
+        yield item
+
+
+def _read_lines(path: Path, jsonl: bool) -> Iterator[PromptRecord | PromptProblem]:
+    """The line formats: one record (or problem) per meaningful line."""
     with path.open("rb") as stream:
         for line_number, raw_bytes in enumerate(stream, start=1):
             source = f"{path}:{line_number}"
@@ -212,17 +242,94 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
             stripped = raw.strip()
             if not stripped or stripped.startswith("#"):
                 continue
-            item = _parse_line(stripped, line_number, source, jsonl=suffix == ".jsonl")
-            if isinstance(item, PromptRecord):
-                if item.id in seen:
-                    item = PromptProblem(
-                        source=source,
-                        message=f"duplicate id {item.id!r} (first used on line {seen[item.id]}); ids must be unique",
-                        prompt=item.prompt,
-                    )
-                else:
-                    seen[item.id] = line_number
-            yield item
+            yield _parse_line(stripped, line_number, source, jsonl=jsonl)
+
+
+#: The columns a CSV prompt list may have (the fields of a .jsonl record).
+CSV_COLUMNS = ("prompt", "id", "frames", "fps", "seed")
+
+#: csv.Error texts (CPython's reader) -> what the user wrote wrong and how to fix it.
+_CSV_ERRORS = {
+    "unexpected end of data": "a double quote opened on this row is never closed (unbalanced quote); "
+    "close it, or write a quote inside a quoted field as two quotes (\"\")",
+    "',' expected after '\"'": "text follows the closing double quote of a field; put the whole field in "
+    "quotes and write a quote inside it as two quotes (\"\")",
+}
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """The file's lines for the csv module: UTF-8 (a byte-order mark dropped), undecodable bytes kept
+    as surrogates so that the row holding them can be reported instead of stopping the file."""
+    with path.open("rb") as stream:
+        for line_number, raw in enumerate(stream, start=1):
+            text = raw.decode("utf-8", errors="surrogateescape")
+            yield text.removeprefix("\ufeff") if line_number == 1 else text
+
+
+def _header(reader, path: Path) -> list[str] | None:
+    """The header row of a CSV prompt list as column names (None for an empty file), or PromptFileError."""
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise PromptFileError(f"{path}:1: the header row is not valid CSV ({error})") from None
+    if header is None:
+        return None
+    columns = [name.strip().lower() for name in header]
+    unknown = [name for name in columns if name not in CSV_COLUMNS]
+    if unknown or "prompt" not in columns or len(set(columns)) != len(columns):
+        found = ", ".join(repr(name) for name in header)
+        what = (f"unknown column {unknown[0]!r}" if unknown else
+                "no 'prompt' column" if "prompt" not in columns else "a column is named twice")
+        raise PromptFileError(
+            f"{path}:1: {what} in the header row ({found}); the first row must name the columns: "
+            f"prompt (required), id, frames, fps, seed"
+        )
+    return columns
+
+
+def csv_columns(path: Path) -> list[str] | None:
+    """Read and check only the header row of a CSV prompt list (before any work starts)."""
+    return _header(csv.reader(_decoded_lines(path), strict=True), path)
+
+
+def _read_csv(path: Path) -> Iterator[PromptRecord | PromptProblem]:
+    """A CSV prompt list: the header row, then one record (or problem) per row."""
+    reader = csv.reader(_decoded_lines(path), strict=True)
+    columns = _header(reader, path)
+    if columns is None:
+        return
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            message = _CSV_ERRORS.get(str(error), f"not valid CSV ({error}); check the quoting of this row")
+            yield PromptProblem(source=f"{path}:{start}", message=message)
+            continue
+        if not any(cell.strip() for cell in row):
+            continue  # a blank row (spreadsheets end with some)
+        yield _parse_row(row, columns, start, f"{path}:{start}")
+
+
+def _parse_row(row: list[str], columns: list[str], line_number: int, source: str) -> PromptRecord | PromptProblem:
+    if len(row) != len(columns):
+        fix = ("put a field that contains a comma in double quotes" if len(row) > len(columns) else
+               "give every column a cell (an empty one for the run's default)")
+        return PromptProblem(source=source, message=f"the row has {len(row)} fields but the header {len(columns)}; {fix}")
+    if any("\udc80" <= char <= "\udcff" for cell in row for char in cell):
+        return PromptProblem(source=source, message="not UTF-8 text; save the file as UTF-8")
+    values = {column: cell.strip() for column, cell in zip(columns, row)}
+    data = {column: value for column, value in values.items() if value != "" or column == "prompt"}
+    if "\x00" in "".join(row):
+        return PromptProblem(source=source, message="contains a NUL byte; remove it")
+    record_id = data.get("id") or default_prompt_id(" ".join(data["prompt"].split()), line_number)
+    try:
+        return PromptRecord(**{**data, "id": record_id, "source": source})
+    except ValidationError as error:
+        return PromptProblem(source=source, message=_pydantic_message(error), id=data.get("id"),
+                             prompt=data["prompt"][:200])
 
 
 class PromptFileError(ValueError):

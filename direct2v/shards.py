@@ -56,11 +56,12 @@ def count_prompt_lines(path: Path) -> int:
     """Lines that are neither blank nor ``#`` comments (streamed): the length of a progress bar,
     and 0 for a file with no prompts at all."""
     count = 0
-    with open(check_prompt_file(path), "rb") as stream:
+    path = check_prompt_file(path)
+    with open(path, "rb") as stream:
         for raw in stream:
             stripped = raw.strip().removeprefix(b"\xef\xbb\xbf").strip()
-            count += bool(stripped) and not stripped.startswith(b"#")
-    return count
+            count += bool(stripped) and (path.suffix.lower() == ".csv" or not stripped.startswith(b"#"))
+    return max(0, count - 1) if path.suffix.lower() == ".csv" else count  # a CSV's first line is its header
 
 
 def stream_plan_files(plans_dir: Path, size: int) -> Iterator[list[Path]]:

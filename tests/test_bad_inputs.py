@@ -24,6 +24,10 @@ VALID = {
                     ("prompts.txt:10", "A cat sleeps")],
     "records.jsonl": [("records.jsonl:1", "A corgi runs"), ("records.jsonl:33", "A cat sleeps, then wakes up"),
                       ("records.jsonl:38", "Ünïcödé prompt with emoji 🎬 is fine")],
+    "records.csv": [("records.csv:2", "A corgi runs, then stops"),  # BOM, CRLF, a quoted comma
+                    ("records.csv:3", 'A fox "jumps" over a log'),  # doubled quotes
+                    ("records.csv:16", "A boat sails on two lines"),  # a line break inside quotes
+                    ("records.csv:18", "A cat sleeps")],
 }
 
 
@@ -34,9 +38,10 @@ def expected_errors(name: str) -> list[str]:
 
 def test_the_corpus_has_at_least_25_bad_records():
     assert len(expected_errors("prompts.txt")) + len(expected_errors("records.jsonl")) >= 25
+    assert len(expected_errors("records.csv")) >= 10
 
 
-@pytest.mark.parametrize("name", ["prompts.txt", "records.jsonl"])
+@pytest.mark.parametrize("name", ["prompts.txt", "records.jsonl", "records.csv"])
 def test_each_bad_record_gets_its_error_line_and_a_failed_row(tmp_path, monkeypatch, name):
     monkeypatch.chdir(CORPUS)  # sources are then "file:line", as in expected_errors.txt
     (shard,) = shards.stream_prompt_shards(Path(name), 1000)
@@ -61,7 +66,7 @@ def test_each_bad_record_gets_its_error_line_and_a_failed_row(tmp_path, monkeypa
 
 
 def test_every_error_line_says_where_what_and_how_to_fix():
-    for line in expected_errors("prompts.txt") + expected_errors("records.jsonl"):
+    for line in expected_errors("prompts.txt") + expected_errors("records.jsonl") + expected_errors("records.csv"):
         where, _, message = line.partition(": ")
         assert where.rsplit(":", 1)[1].isdigit(), line
         # how to fix: an instruction after ";", or an example of the expected form
@@ -74,8 +79,12 @@ def test_every_error_line_says_where_what_and_how_to_fix():
     [
         ("empty.txt", "empty.txt: no prompts (the file is empty, or every line is blank or a # comment)"),
         ("only-comments.jsonl", "only-comments.jsonl: no prompts"),
-        ("prompts.csv", "prompts.csv: unsupported prompt file type '.csv'; use .txt or .jsonl"),
-        ("a-directory.txt", "a-directory.txt is a directory; give a .txt or .jsonl prompt file"),
+        ("prompts.tsv", "prompts.tsv: unsupported prompt file type '.tsv'; use .txt, .jsonl or .csv"),
+        ("no-prompt-column.csv", "no-prompt-column.csv:1: no 'prompt' column in the header row ('id', 'frames'); "
+                                 "the first row must name the columns: prompt (required), id, frames, fps, seed"),
+        ("unknown-column.csv", "unknown-column.csv:1: unknown column 'colour' in the header row ('prompt', 'colour'); "
+                               "the first row must name the columns: prompt (required), id, frames, fps, seed"),
+        ("a-directory.txt", "a-directory.txt is a directory; give a .txt, .jsonl or .csv prompt file"),
         ("missing.jsonl", "prompt file not found: missing.jsonl"),
     ],
 )
@@ -90,7 +99,7 @@ def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, run_cli, nam
 @pytest.mark.parametrize(
     "args, env, message",
     [
-        (["--frames", "0"], {}, "frames: Input should be greater than or equal to 2"),
+        (["--frames", "0"], {}, "frames: must be at least 2 (got 0)"),
         (["--set", "render.t0=99"], {}, "render.t0=99 must be at least 0 and below render.t1=95"),
         (["--set", "render.num_inference_steps=2"], {}, "render.num_inference_steps=2 is too few"),
         (["--set", "render.t1=99"], {}, "render.t1=99 must be between 1 and num_inference_steps - 2 = 98"),

@@ -85,8 +85,11 @@ def test_whole_file_errors(tmp_path):
         list(read_prompt_file(tmp_path / "missing.txt"))
     with pytest.raises(PromptFileError, match="is a directory"):
         list(read_prompt_file(tmp_path))
+    (tmp_path / "p.tsv").write_text("a\tb\n")
+    with pytest.raises(PromptFileError, match="unsupported prompt file type '.tsv'; use .txt, .jsonl or .csv"):
+        list(read_prompt_file(tmp_path / "p.tsv"))
     (tmp_path / "p.csv").write_text("a,b\n")
-    with pytest.raises(PromptFileError, match="unsupported"):
+    with pytest.raises(PromptFileError, match="p.csv:1: unknown column 'a' in the header row"):
         list(read_prompt_file(tmp_path / "p.csv"))
 
 
@@ -95,6 +98,6 @@ def test_empty_file_gives_nothing(tmp_path):
 
 
 def test_example_files_parse_cleanly():
-    for name in ("prompts_in/examples.txt", "prompts_in/examples.jsonl"):
+    for name in ("prompts_in/examples.txt", "prompts_in/examples.jsonl", "prompts_in/examples.csv"):
         items = list(read_prompt_file(name))
         assert items and all(isinstance(i, PromptRecord) for i in items), name
