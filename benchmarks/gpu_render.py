@@ -41,16 +41,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the renderer modules, without installing
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch._dynamo  # noqa: E402
-from diffusers import AutoencoderKL, PNDMScheduler, TextToVideoZeroPipeline, UNet2DConditionModel  # noqa: E402
-from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+import numpy as np
+import torch
+import torch._dynamo
+from diffusers import AutoencoderKL, PNDMScheduler, TextToVideoZeroPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from direct2v.pipeline import DirecT2VPipeline  # noqa: E402
-from direct2v.schedule import resolve_schedule  # noqa: E402
-from direct2v.tiny_models import SD15_SCHEDULER, build_clip_tokenizer  # noqa: E402
+from direct2v.pipeline import DirecT2VPipeline
+from direct2v.schedule import resolve_schedule
+from direct2v.tiny_models import SD15_SCHEDULER, build_clip_tokenizer
 
 FORBIDDEN = ("prefect", "vllm", "pydantic", "pyarrow")
 
@@ -177,7 +177,6 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         components = build(architecture, device, dtype, Path(workdir))
     prompts = (PROMPTS * math.ceil(long_frames / len(PROMPTS)))[:long_frames]
-    calls_per_render = {"t2vz": None}
 
     def record(name: str, result: tuple[np.ndarray, float, float | None], video_frames: int, unet_calls: int | None,
                **extra) -> None:
@@ -219,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
 
     for name, dsf in (("rvm", False), ("rvm_dsf", True)):
         ours_render(frames, num_steps=4, dsf=dsf)  # warm-up
-        record(name, measure(device, lambda: ours_render(frames, dsf=dsf)), frames, len(unet_calls))
+        record(name, measure(device, lambda dsf=dsf: ours_render(frames, dsf=dsf)), frames, len(unet_calls))
 
     ours.compile_unet(backend=args.backend)
     started = time.perf_counter()
