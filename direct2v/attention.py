@@ -368,7 +368,8 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
     Cost, with fused kernels (CPU and CUDA): three attention-sized kernel calls where plain RVM makes
     one — the value mapping (which also yields each query's row log-sum-exp), the column
     log-sum-exp, the confidence sum (see :func:`direct2v.dsf.confidence_from_lse`) — plus the own attention of
-    the masked-out queries only (:func:`direct2v.dsf.own_attention_where`, about ``phi`` of them) and a selection
+    the masked-out queries only (:func:`direct2v.dsf.own_attention_where`, about ``phi`` of them; every
+    query inside a compiled graph, whose shapes cannot depend on the mask) and a selection
     for the quantile. Exact Eq. 3 needs the column normaliser over ALL queries before any query's
     confidence can be summed, so with kernels that reduce over keys only, two passes over the
     scores besides the value mapping's are the least there is. ``max_elements`` bounds the score

@@ -18,6 +18,10 @@ per-step noise from generators seeded by (seed, GLOBAL frame index, step), so th
 changes a frame's noise; for a variance-exploding one (Euler) step 2 converts the latents to the
 DDPM form and back with the sampler's sigmas.
 
+``compile_unet`` puts the UNet, RVM/DSF processors included, through ``torch.compile``: the
+per-step reference reaches the graph as tensors (``FrameReference``), so a render compiles once
+per kind of UNet call and never per step or per reference frame.
+
 Deliberate differences from diffusers: one prompt per frame; frame 1's first passes use frame 1's
 own (negative, positive) pair (the authors' demo used two negatives there); the pipeline's
 registered scheduler is not replaced by the copy after a call.
