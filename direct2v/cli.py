@@ -98,7 +98,7 @@ def models_build(
 
 @app.command()
 def plan(
-    prompt_file: Annotated[Path, typer.Argument(help=".txt (one prompt per line) or .jsonl")],
+    prompt_file: Annotated[Path, typer.Argument(help=".txt (one prompt per line), .jsonl or .csv (a header row with a prompt column)")],
     out: Annotated[Path, typer.Option(help="run directory to write plans/ into")],
     config: ConfigOption = None,
     sets: SetOption = None,
@@ -140,6 +140,10 @@ def _start_job(request: "JobRequest", strict: bool, flow_options: dict | None = 
         verify_videos=run.job.verify_videos, **(flow_options or {}),
     )
     typer.echo(json.dumps(summary, indent=2))
+    if summary.get("gallery"):
+        typer.echo(f"gallery: {summary['gallery']}", err=True)
+    if summary.get("export_index"):
+        typer.echo(f"export: {summary['export_index']}", err=True)
     if not summary["ok"] or (strict and summary["failed"]):
         raise typer.Exit(1)
     return summary
@@ -163,6 +167,7 @@ def render(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue the run in OUT: keep its videos finished for the same plan and settings")
     ] = False,
+    gallery: GalleryOption = True,
 ) -> None:
     """Render plan files (LLM-made or hand-written) to MP4, without the LLM; exit 1 unless every plan made a video."""
     from .rundir import is_run_dir
@@ -173,7 +178,7 @@ def render(
     overrides = parse_overrides(sets)
     _new_or_resumed(config, out if is_run_dir(out) else None, overrides)
     summary = _start_job(JobRequest(plans_dir=str(plans), run_dir=str(out), overrides=overrides, verify_videos=True),
-                         strict=True)
+                         strict=True, flow_options=_finish_options(gallery, None))
     typer.echo(f"rendered {summary['render_ok']}/{summary['rendered']} plans, kept {summary['skipped_finished']} finished "
                f"videos; {summary['ok']}/{summary['total']} ok; manifest: {summary['manifest']}", err=True)
 
@@ -184,11 +189,26 @@ ReuseOption = Annotated[
     typer.Option("--reuse-from", help="glob of earlier run directories whose finished videos are reused by hash"),
 ]
 StrictOption = Annotated[bool, typer.Option(help="exit 1 if any prompt failed (default: only if none succeeded)")]
+GalleryOption = Annotated[
+    bool, typer.Option(help="end with the run's gallery: index.html and a contact sheet per video (--no-gallery: skip)")
+]
+ExportOption = Annotated[
+    Optional[str],
+    typer.Option("--export", metavar="FORMAT", help="end with a training-ready copy into RUN/export/FORMAT: webdataset or hf"),
+]
+
+
+def _finish_options(gallery: bool, export: str | None) -> dict:
+    from .export import FORMATS
+
+    if export is not None and export not in FORMATS:
+        raise UserError(f"--export {export}: unknown format; choose one of {', '.join(FORMATS)}")
+    return {"gallery": gallery, "export": export}
 
 
 @app.command()
 def run(
-    prompt_file: Annotated[Path, typer.Argument(help=".txt (one prompt per line) or .jsonl")] = Path(
+    prompt_file: Annotated[Path, typer.Argument(help=".txt (one prompt per line), .jsonl or .csv (a header row with a prompt column)")] = Path(
         "prompts_in/examples.txt"
     ),
     config: ConfigOption = None,
@@ -205,6 +225,8 @@ def run(
         typer.Option("--resume", metavar="RUN_DIR",
                      help="finish this earlier run in place: reuse its plans, keep its finished videos, redo the rest"),
     ] = None,
+    gallery: GalleryOption = True,
+    export: ExportOption = None,
 ) -> None:
     """The whole job under Prefect: plan (vLLM, own process) -> render -> MP4 -> manifest.
 
@@ -217,7 +239,8 @@ def run(
     if resume is not None and not (resume / "settings.json").is_file():
         raise UserError(f"--resume {resume}: not a run directory (it has no settings.json)")
     _start_job(JobRequest(prompt_file=str(prompt_file), run_dir=str(resume) if resume else None, overrides=overrides,
-                          shard_size=shard_size, reuse_from=reuse_from, verify_videos=True), strict)
+                          shard_size=shard_size, reuse_from=reuse_from, verify_videos=True), strict,
+               _finish_options(gallery, export))
 
 
 @app.command()
@@ -225,19 +248,21 @@ def resume(
     run_dir: Annotated[Path, typer.Argument(help="an earlier run's directory, e.g. outputs/20260101-120000-abcdef")],
     sets: SetOption = None,
     strict: StrictOption = False,
+    gallery: GalleryOption = True,
+    export: ExportOption = None,
 ) -> None:
     """Finish an interrupted or partly failed run in place, with its own job (job.json) and settings."""
     from .stages import JobRequest
 
     if not (run_dir / "settings.json").is_file():
         raise UserError(f"{run_dir}: not a run directory (it has no settings.json)")
-    _start_job(JobRequest(run_dir=str(run_dir), overrides=parse_overrides(sets)), strict)
+    _start_job(JobRequest(run_dir=str(run_dir), overrides=parse_overrides(sets)), strict, _finish_options(gallery, export))
 
 
 @app.command()
 def dataset(
     prompt_file: Annotated[
-        Optional[Path], typer.Argument(help=".txt or .jsonl prompt list of any length (streamed in shards)")
+        Optional[Path], typer.Argument(help=".txt, .jsonl or .csv prompt list of any length (streamed in shards)")
     ] = None,
     plans: Annotated[
         Optional[Path], typer.Option("--plans", help="render these plan files instead of a prompt list (no director)")
@@ -267,6 +292,8 @@ def dataset(
     ] = None,
     progress: Annotated[bool, typer.Option(help="progress bars on stderr")] = True,
     strict: StrictOption = False,
+    gallery: GalleryOption = True,
+    export: ExportOption = None,
 ) -> None:
     """Large prompt lists under Prefect: sharded planning, rendering fanned out (optionally on Dask),
     manifest parts compacted at the end; rerun with the same --run-id to resume."""
@@ -283,7 +310,8 @@ def dataset(
                          run_id=run_id, overrides=overrides, shard_size=shard_size, reuse_from=reuse_from,
                          verify_videos=verify_videos)
     _start_job(request, strict, {"dask_address": dask_address, "dask_workers": dask_workers,
-                                 "dask_cluster": "cuda" if dask_cuda else "local", "progress": progress})
+                                 "dask_cluster": "cuda" if dask_cuda else "local", "progress": progress,
+                                 **_finish_options(gallery, export)})
 
 
 ClipOption = Annotated[
@@ -331,6 +359,25 @@ def review(
     from .review import write_review
 
     typer.echo(f"gallery: {write_review(run_dir)}")  # a ManifestError says it is not a run directory
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    format: Annotated[str, typer.Option("--format", help="webdataset (tar shards) or hf (Hugging Face datasets)")] = "webdataset",
+    out: Annotated[Optional[Path], typer.Option(help="where the dataset goes (default: RUN_DIR/export/FORMAT)")] = None,
+    max_samples: Annotated[int, typer.Option(min=1, help="most samples per shard (per Parquet file for hf)")] = 1000,
+    max_bytes: Annotated[int, typer.Option(min=1, help="most bytes per tar shard (a larger video gets one of its own)")] = 1 << 30,
+    include_rejected: Annotated[bool, typer.Option(help="also export videos QC marked rejected")] = False,
+) -> None:
+    """The run's finished videos as a training dataset: WebDataset shards or a Hugging Face datasets directory."""
+    from .export import export_run
+
+    result = export_run(run_dir, out or Path(run_dir) / "export" / format, format, max_samples, max_bytes,
+                        include_rejected, progress=sys.stderr.isatty())
+    left_out = ", ".join(f"{count} {reason}" for reason, count in result.skipped.items() if count) or "nothing"
+    typer.echo(f"exported {result.samples} videos as {result.format} into {result.out_dir} ({len(result.files)} files, "
+               f"{result.kept} kept from an earlier export; left out: {left_out}); index: {result.index}")
 
 
 @app.command()
@@ -382,6 +429,7 @@ def models_build_clip(
 def main() -> None:
     _setup_logging()
     from .evaluate import EvalError
+    from .export import ExportError
     from .manifest import ManifestError
     from .plan import PlanFileError
     from .prompts import PromptFileError
@@ -390,7 +438,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns the exit code instead of raising SystemExit
     except (UserError, ConfigError, PromptFileError, PlanFileError, RunDirError, ManifestError, EvalError,
-            FileNotFoundError) as error:  # a mistake the user can fix: one line, no traceback
+            ExportError, FileNotFoundError) as error:  # a mistake the user can fix: one line, no traceback
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except typer.Exit as exit_:

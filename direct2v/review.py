@@ -193,10 +193,25 @@ def _url(relative: str) -> str:
     return "/".join(quote(part) for part in relative.split("/"))
 
 
+def plan_warnings(run_dir: Path, row: ManifestRow) -> list[str]:
+    """The director's warnings on the row's plan (e.g. ``static_video``: accepted, but it broke a soft rule)."""
+    path = Path(run_dir) / row.plan_path if row.plan_path else None
+    if path is None or not path.is_file():
+        return []
+    try:
+        warnings = json.loads(path.read_text(encoding="utf-8")).get("warnings") or []
+    except (OSError, ValueError, AttributeError):
+        return []  # an unreadable plan is the plan stage's to report, not the gallery's
+    return [str(warning) for warning in warnings]
+
+
 def _entry(row: ManifestRow, run_dir: Path) -> str:
     parts = [f'<section class="entry" data-status="{_e(row.status)}" id="video-{_e(row.prompt_id)}">']
     parts.append(f'<h2>{_e(row.prompt_id)} <span class="status status-{_e(row.status)}">{_e(row.status)}</span></h2>')
     parts.append(f'<div class="prompt">{_e(row.prompt)}</div>')
+    warnings = plan_warnings(run_dir, row)
+    if warnings:
+        parts.append(f'<div class="reason warnings">director: {_e("; ".join(warnings))}</div>')
     if row.qc_reason:
         parts.append(f'<div class="reason">QC: {_e(row.qc_reason)}</div>')
     if row.error:

@@ -305,14 +305,18 @@ class RunSummary(BaseModel):
     plan_s: float = 0.0
     render_s: float = 0.0
     compact_s: float = 0.0
+    finish_s: float = Field(0.0, description="the gallery and the export")
     total_s: float = 0.0
     render_s_per_video: float = 0.0
     wall_s_per_video: float = 0.0
     manifest: str
+    gallery: str = Field("", description="the run's index.html (empty when skipped)")
+    export_index: str = Field("", description="index.json of the export asked for (empty without one)")
 
 
 def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderProgress,
-              compacted: manifest.CompactResult, timings: dict[str, float]) -> RunSummary:
+              compacted: manifest.CompactResult, timings: dict[str, float], gallery: str = "",
+              export_index: str = "") -> RunSummary:
     rendered = render.counts["rendered"]
     return RunSummary(
         run_id=run.id, run_dir=str(run.dir), resumed=run.resumed, task_runner=task_runner,
@@ -324,7 +328,7 @@ def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderPr
         workers_used=len(render.workers), **{key: round(value, 2) for key, value in timings.items()},
         render_s_per_video=round(render.busy_s / max(rendered, 1), 3),
         wall_s_per_video=round(timings.get("render_s", 0.0) / max(rendered, 1), 3),
-        manifest=str(compacted.path),
+        manifest=str(compacted.path), gallery=gallery, export_index=export_index,
     )
 
 

@@ -58,6 +58,21 @@ def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings,
     return {"row": row, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
+@task(name="gallery", cache_policy=NO_CACHE)
+def write_gallery(run_dir: str) -> str:
+    from direct2v.review import write_review  # contact sheets + index.html: no model needed
+
+    return str(write_review(Path(run_dir)))
+
+
+@task(name="export", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def export_dataset(run_dir: str, export_format: str, export_dir: str | None) -> str:
+    from direct2v.export import export_run  # resumable: a retry keeps the shards already complete
+
+    out = Path(export_dir) if export_dir else Path(run_dir) / "export" / export_format
+    return str(export_run(Path(run_dir), out, export_format).index)
+
+
 @flow(name="direct2v-render", log_prints=True)
 def render_stage(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
                  total: int, progress: bool, tags: list[str]) -> stages.RenderProgress:
@@ -110,10 +125,15 @@ def generate(
     dask_workers: int | None = None,
     dask_cluster: Literal["local", "cuda"] = "local",
     progress: bool = False,
+    gallery: bool = True,
+    export: Literal["webdataset", "hf"] | None = None,
+    export_dir: str | None = None,
 ) -> dict:
     """One video per prompt of ``prompt_file`` (or per plan file of ``plans_dir``) into a new run,
     or continue the run in ``run_dir`` / ``<output_root>/<run_id>``. ``settings`` overrides any
-    setting (as ``--set`` does); ``plan_settings``/``render_settings`` the director/render sections."""
+    setting (as ``--set`` does); ``plan_settings``/``render_settings`` the director/render sections.
+    Ends with the run's gallery (``gallery``: index.html and contact sheets) and, with ``export``,
+    a training-ready copy of its finished videos (into ``export_dir``, default ``RUN/export/FORMAT``)."""
     started = time.perf_counter()
     overrides = stages.request_overrides(settings, plan_settings, render_settings, output_root, fps_doublings)
     run = stages.resolve_run(stages.JobRequest(
@@ -129,9 +149,13 @@ def generate(
             runners.render_tags(run.settings.render, dask_address, dask_cluster))
         compacting = time.perf_counter()
         compacted = manifest.compact(run.dir)
-        timings = {"plan_s": planned - started, "render_s": compacting - planned,
-                   "compact_s": time.perf_counter() - compacting, "total_s": time.perf_counter() - started}
-        summary = stages.summarise(run, runner_text, plan_counts, rendered, compacted, timings)
+        finishing = time.perf_counter()
+        gallery_page = write_gallery(str(run.dir)) if gallery else ""
+        exported = export_dataset(str(run.dir), export, export_dir) if export and compacted.statuses["ok"] else ""
+        timings = {"plan_s": planned - started, "render_s": compacting - planned, "compact_s": finishing - compacting,
+                   "finish_s": time.perf_counter() - finishing, "total_s": time.perf_counter() - started}
+        summary = stages.summarise(run, runner_text, plan_counts, rendered, compacted, timings,
+                                   gallery=gallery_page, export_index=exported)
         create_markdown_artifact(key="direct2v-run-summary", markdown=stages.summary_markdown(summary, compacted.failures),
                                  description=f"DirecT2V run {run.id}")
         return summary.model_dump()

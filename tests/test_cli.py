@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +24,29 @@ def test_render_hand_written_plans(tmp_path, run_cli, tiny_render_env):
     assert [(r["prompt_id"], r["status"], r["frame_count"], r["fps"], r["failed_stage"]) for r in rows] == [
         ("invalid-plan-broken", "failed", None, None, "input"), ("hand", "ok", 3, 3, "")]
     assert "broken.json: invalid plan" in rows[0]["error"] and rows[0]["source"].endswith("broken.json")
+    # every run ends with its gallery (no model needed), and says where it is
+    gallery = tmp_path / "out" / "index.html"
+    assert summary["gallery"] == str(gallery) and f"gallery: {gallery}" in done.stderr
+    page = gallery.read_text()
+    assert 'id="video-hand"' in page and "broken.json: invalid plan" in page
+    assert (tmp_path / "out" / "review" / "hand.png").is_file()  # its contact sheet
+
+
+def test_no_gallery_skips_the_page_and_export_ends_the_run_with_a_dataset(tmp_path, run_cli, tiny_render_env):
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    plan = {"prompt_id": "hand", "prompt": "a boat", "fps": 3, "seed": 1, "frames": ["a boat at dawn", "a boat at dusk"]}
+    (plans / "hand.json").write_text(json.dumps(plan))
+    done = run_cli(["dataset", "--plans", plans, "--no-gallery", "--export", "webdataset", "--no-progress",
+                    "--set", f"output_root={tmp_path / 'outputs'}"], tiny_render_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    run_dir = Path(summary["run_dir"])
+    assert summary["gallery"] == "" and not (run_dir / "index.html").exists()
+    assert summary["export_index"] == str(run_dir / "export" / "webdataset" / "index.json")
+    assert json.loads(Path(summary["export_index"]).read_text())["samples"] == 1
+    done = run_cli(["dataset", "--plans", plans, "--export", "zip"], tiny_render_env)
+    assert done.returncode == 2 and "--export zip: unknown format; choose one of webdataset, hf" in done.stderr
 
 
 @pytest.mark.parametrize(
