@@ -22,8 +22,9 @@ pydantic or pyarrow: the GPU image has none; the report lists the direct2v modul
 
     python3 benchmarks/gpu_render.py --out "$OUT/gpu_render.json"
 
-``--tiny`` runs the same code on a CPU with tiny components, few steps and dynamo's ``eager``
-compile backend (inductor needs minutes to compile on a CPU): the test suite runs it.
+``--tiny`` runs the same code on a CPU with tiny components, 4 frames (8 chunked with batch 4),
+6 steps and dynamo's ``eager`` compile backend (inductor needs minutes to compile on a CPU): the
+test suite runs it.
 """
 
 from __future__ import annotations
@@ -286,16 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny components on the CPU (the test suite's run)")
     parser.add_argument("--steps", type=int, help="PNDM steps (default 100; 8 with --tiny)")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--long-frames", type=int, help="frames of the chunked render (default 64; 12 with --tiny)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--frames", type=int, help="frames of the video (default 8; 4 with --tiny)")
+    parser.add_argument("--long-frames", type=int, help="frames of the chunked render (default 64; 8 with --tiny)")
+    parser.add_argument("--batch-size", type=int, help="frames per UNet call (default 8; 4 with --tiny)")
     parser.add_argument("--size", type=int, help="pixels (default 512; 64 with --tiny)")
     parser.add_argument("--guidance-scale", type=float, default=12.0)
     parser.add_argument("--backend", help="torch.compile backend (default inductor; eager with --tiny)")
     parser.add_argument("--out", help="write the JSON report here too")
     args = parser.parse_args(argv)
-    args.steps = args.steps or (8 if args.tiny else 100)
-    args.long_frames = args.long_frames or (12 if args.tiny else 64)
+    args.steps = args.steps or (6 if args.tiny else 100)
+    args.frames = args.frames or (4 if args.tiny else 8)
+    args.long_frames = args.long_frames or (8 if args.tiny else 64)
+    args.batch_size = args.batch_size or (4 if args.tiny else 8)
     args.backend = args.backend or ("eager" if args.tiny else "inductor")
     if not args.tiny and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --tiny for the CPU check")

