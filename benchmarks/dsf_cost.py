@@ -123,14 +123,14 @@ def time_ms(function, repeats: int = 5) -> float:
 
 def layer_steps(shape: list[int]) -> None:
     """Time each step of one dual-softmax layer call against the step it replaced."""
-    from direct2v import attention, dsf
+    from direct2v import attention, dsf, reference
 
     groups, frames, heads, tokens, _ = shape
     device, dtype = device_and_dtype()
     generator = torch.Generator(device).manual_seed(0)
     query, key, value = (torch.randn(shape, generator=generator, device=device, dtype=dtype) for _ in range(3))
     ref_key, ref_value = key[:, 1], value[:, 1]
-    state = attention.FrameReference(index=1, cfg_groups=groups)
+    state = reference.FrameReference(index=1, cfg_groups=groups)
     plain, filtered = attention.RotationalValueMappingProcessor(state), attention.DualSoftmaxFilterProcessor(state)
     mapped, confidence = filtered.mapping_and_confidence(query, ref_key, ref_value)
     mask = dsf.confidence_mask(confidence, filtered.quantile)

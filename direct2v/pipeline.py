@@ -58,8 +58,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch._inductor.exc import InductorError
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .attention import AnchorKVCache, FrameReference, install_rvm
+from .attention import install_rvm
 from .files import LORA_WEIGHTS
+from .reference import AnchorKVCache, FrameReference
 from .rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
 from .sampling import SCHEDULERS, draw_normal, forward_diffuse_with, step_kwargs
 from .schedule import ScheduleError, resolve_schedule

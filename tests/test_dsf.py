@@ -11,12 +11,7 @@ from diffusers.models.attention_processor import Attention
 
 import direct2v.attention
 import direct2v.dsf
-from direct2v.attention import (
-    AnchorKVCache,
-    DualSoftmaxFilterProcessor,
-    FrameReference,
-    RotationalValueMappingProcessor,
-)
+from direct2v.attention import DualSoftmaxFilterProcessor, RotationalValueMappingProcessor
 from direct2v.dsf import (
     DSF_CHUNK_ELEMENTS,
     attention_with_lse,
@@ -28,6 +23,7 @@ from direct2v.dsf import (
     quantile,
     query_rows_per_block,
 )
+from direct2v.reference import AnchorKVCache, FrameReference
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]

@@ -11,8 +11,9 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file
 
-from direct2v.attention import FrameReference, RotationalValueMappingProcessor, install_rvm
+from direct2v.attention import RotationalValueMappingProcessor, install_rvm
 from direct2v.pipeline import DirecT2VPipeline
+from direct2v.reference import FrameReference
 from direct2v.rvm import rvm_reference_frame
 from direct2v.tiny_models import build_tiny_sd
 
