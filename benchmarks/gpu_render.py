@@ -49,27 +49,24 @@ from diffusers import AutoencoderKL, PNDMScheduler, TextToVideoZeroPipeline, UNe
 from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from direct2v.pipeline import DirecT2VPipeline
+from direct2v.pipeline import DirecT2VPipeline, frame_faults
 from direct2v.schedule import resolve_schedule
-from direct2v.tiny_models import SD15_SCHEDULER, build_clip_tokenizer
+from direct2v.tiny_models import (
+    SD15_SCHEDULER, SD_UNET_LAYOUT, SD_VAE_LAYOUT, TINY_UNET, TINY_VAE, build_clip_tokenizer, tiny_text_config,
+)
 
 FORBIDDEN = ("prefect", "vllm", "pydantic", "pyarrow")
 
-#: (unet, vae, text encoder) of SD 1.5, and of the tiny test model
+#: (unet, vae, text encoder) sizes of SD 1.5, and of the tiny test model (``direct2v.tiny_models``)
 ARCHITECTURES = {
     "sd15": (
-        dict(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-             attention_head_dim=8, norm_num_groups=32),
-        dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=512),
-        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-             projection_dim=768, hidden_act="quick_gelu"),
+        {"sample_size": 64, "cross_attention_dim": 768, "block_out_channels": (320, 640, 1280, 1280),
+         "layers_per_block": 2, "attention_head_dim": 8, "norm_num_groups": 32},
+        {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 512},
+        {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "projection_dim": 768, "hidden_act": "quick_gelu", "vocab_size": 49408},
     ),
-    "tiny": (
-        dict(sample_size=8, cross_attention_dim=32, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-             attention_head_dim=4, norm_num_groups=8),
-        dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=64),
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-    ),
+    "tiny": (TINY_UNET, TINY_VAE, {}),
 }
 
 PROMPTS = [
@@ -95,19 +92,10 @@ def build(architecture: str, device: torch.device, dtype: torch.dtype, workdir: 
     tokenizer = build_clip_tokenizer(workdir / "tokenizer")
     torch.manual_seed(seed)
     with torch.device(device):
-        unet = UNet2DConditionModel(
-            in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **unet_config,
-        )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, **vae_config,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=max(tokenizer.vocab_size, 49408 if architecture == "sd15" else 0), max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, **text_config,
-        ))
+        unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **unet_config)
+        vae = AutoencoderKL(**SD_VAE_LAYOUT, **vae_config)
+        # the tiny text encoder's sizes, overridden by SD 1.5's (its vocabulary is larger than our tokenizer's)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**{**tiny_text_config(tokenizer), **text_config}))
     return {
         "unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
         "tokenizer": tokenizer, "scheduler": PNDMScheduler(**SD15_SCHEDULER),
@@ -130,14 +118,6 @@ def measure(device: torch.device, render: Callable[[], np.ndarray]) -> tuple[np.
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return np.asarray(frames), seconds, peak
-
-
-def frame_health(frames: np.ndarray) -> dict:
-    """fp16 failure modes: NaN/inf values, frames that are entirely black."""
-    return {
-        "nan": bool(not np.isfinite(frames).all()),
-        "black_frames": [i + 1 for i, frame in enumerate(frames) if float(np.nan_to_num(frame).max()) <= 1 / 255],
-    }
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -182,10 +162,11 @@ def run(args: argparse.Namespace) -> dict:
     def record(name: str, result: tuple[np.ndarray, float, float | None], video_frames: int, unet_calls: int | None,
                **extra) -> None:
         images, seconds, peak = result
+        not_finite, black = frame_faults(images)
         report["variants"][name] = {
             "frames": video_frames, "s_per_video": seconds, "s_per_frame": seconds / video_frames,
             "unet_calls": unet_calls, "s_per_step": ratio(seconds, unet_calls), "peak_gib": peak,
-            **frame_health(images), **extra,
+            "nan": not_finite, "black_frames": black, **extra,
         }
         print(f"{name}: {seconds:.2f} s, peak {peak if peak is None else round(peak, 2)} GiB", flush=True)
         save()

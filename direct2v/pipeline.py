@@ -124,6 +124,13 @@ def translate_latents(
     return F.grid_sample(latents, grid, mode="nearest", padding_mode="reflection", align_corners=False)
 
 
+def frame_faults(frames: np.ndarray) -> tuple[bool, list[int]]:
+    """fp16's failure modes in decoded frames ``(F, H, W, 3)``: any NaN/inf value, and the 1-based
+    frames that are entirely black (every value at most 1/255)."""
+    black = [i + 1 for i, frame in enumerate(frames) if float(np.nan_to_num(frame).max()) <= 1.0 / 255.0]
+    return bool(not np.isfinite(frames).all()), black
+
+
 class _Progress:
     """Counts UNet evaluations and reports ``(done, total)`` to an optional callback."""
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .config import RenderSettings
-from .pipeline import DirecT2VPipeline
+from .pipeline import DirecT2VPipeline, frame_faults
 from .plan import FramePlan
 from .videos import render_model_id
 
@@ -104,9 +104,9 @@ class Renderer:
 
 def check_frames(frames: np.ndarray, prompt_id: str) -> None:
     """fp16 safety: NaN/inf or all-black frames fail the video instead of becoming an MP4."""
-    if not np.isfinite(frames).all():
+    not_finite, black = frame_faults(frames)
+    if not_finite:
         raise RenderError(f"{prompt_id}: the renderer produced NaN/inf values (try render.dtype=float32 or bfloat16)")
-    black = [i + 1 for i, frame in enumerate(frames) if float(frame.max()) <= 1.0 / 255.0]
     if black:
         raise RenderError(f"{prompt_id}: frames {black} are completely black (often an fp16 overflow)")
 

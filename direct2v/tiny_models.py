@@ -227,6 +227,22 @@ def tiny_text_config(tokenizer) -> dict:
     )
 
 
+#: What every SD-1.x UNet and VAE share; the tiny model and SD 1.5 differ only in sizes.
+SD_UNET_LAYOUT = {
+    "in_channels": 4, "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+}
+SD_VAE_LAYOUT = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+}
+#: The tiny model's sizes (``attention_head_dim`` is diffusers' legacy name for the number of heads, as in SD 1.5).
+TINY_UNET = {"sample_size": 8, "block_out_channels": (32, 32, 64, 64), "layers_per_block": 1,
+             "attention_head_dim": 4, "cross_attention_dim": 32, "norm_num_groups": 8}
+TINY_VAE = {"block_out_channels": (8, 16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}
+
+
 def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     """Build the tiny SD-1.x-shaped model into ``path`` (replacing it) and return ``path``.
 
@@ -243,29 +259,8 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     tokenizer = build_clip_tokenizer(staging / "tokenizer")  # save_pretrained adds tokenizer.json beside
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=1,
-            attention_head_dim=4,  # diffusers' legacy name: this is the number of heads, as in SD 1.5
-            cross_attention_dim=32,
-            norm_num_groups=8,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-        )
+        unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **TINY_UNET)
+        vae = AutoencoderKL(**SD_VAE_LAYOUT, **TINY_VAE)
         text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
     pipeline = StableDiffusionPipeline(
         vae=vae.eval(),
