@@ -52,7 +52,13 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from direct2v.pipeline import DirecT2VPipeline, frame_faults
 from direct2v.schedule import resolve_schedule
 from direct2v.tiny_models import (
-    SD15_SCHEDULER, SD_UNET_LAYOUT, SD_VAE_LAYOUT, TINY_UNET, TINY_VAE, build_clip_tokenizer, tiny_text_config,
+    SD15_SCHEDULER,
+    SD_UNET_LAYOUT,
+    SD_VAE_LAYOUT,
+    TINY_UNET,
+    TINY_VAE,
+    build_clip_tokenizer,
+    tiny_text_config,
 )
 
 FORBIDDEN = ("prefect", "vllm", "pydantic", "pyarrow")
