@@ -234,6 +234,8 @@ def export_run(
     if max_samples < 1 or max_bytes < 1:
         raise ExportError("max_samples and max_bytes must be at least 1")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file; give --out a directory (new or from an earlier export)")
     if out_dir.resolve() == run_dir.resolve():
         raise ExportError(f"export into a directory of its own (e.g. {run_dir / 'export'}), not the run directory")
     samples, skipped = select_samples(run_dir, include_rejected)

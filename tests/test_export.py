@@ -143,6 +143,9 @@ def test_nothing_to_export_and_bad_options_are_one_clear_error(run_dir, tmp_path
         export_run(run_dir, tmp_path / "x", format="zip")
     with pytest.raises(ExportError, match="not the run directory"):
         export_run(run_dir, run_dir)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ExportError, match="a-file is a file; give --out a directory"):
+        export_run(run_dir, tmp_path / "a-file")
     done = run_cli(["export", run_dir, "--format", "zip"])
     assert done.returncode == 2 and done.stderr.strip().endswith(
         "error: unknown export format 'zip'; choose one of webdataset, hf"), done.stderr
