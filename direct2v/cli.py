@@ -115,7 +115,9 @@ def plan(
     results, failures, report = plan_prompt_file(prompt_file, out, settings)
     if not results:
         raise UserError(f"{prompt_file}: no valid prompts to plan")
-    typer.echo(f"planned {len(results) - len(failures)}/{len(results)} prompts -> {out / 'plans'}")
+    warned = sum(bool(getattr(result, "warnings", None)) for result in results)
+    typer.echo(f"planned {len(results) - len(failures)}/{len(results)} prompts ({len(results) - len(failures) - warned} "
+               f"clean, {warned} accepted with quality warnings) -> {out / 'plans'}")
     typer.echo(
         f"first try: {report['usable_rate_first_try']:.0%} pass the hard rules, {report['valid_rate_first_try']:.0%} "
         f"break no rule; after repair: {report['accepted_rate_final']:.0%} accepted, {report['valid_rate_final']:.0%} "
@@ -128,7 +130,7 @@ def plan(
 def _start_job(request: "JobRequest", strict: bool, flow_options: dict | None = None) -> "RunSummary":
     """The one way every command runs a job: check what can be checked before any model loads,
     then run the flow (``flows.generate``) and print its summary."""
-    from .stages import check_job, resolve_run
+    from .stages import check_job, outcome_line, resolve_run
 
     run = resolve_run(request)
     check_job(run)
@@ -140,6 +142,7 @@ def _start_job(request: "JobRequest", strict: bool, flow_options: dict | None = 
         verify_videos=run.job.verify_videos, **(flow_options or {}),
     )
     typer.echo(json.dumps(summary, indent=2))
+    typer.echo(outcome_line(summary), err=True)
     if summary.get("gallery"):
         typer.echo(f"gallery: {summary['gallery']}", err=True)
     if summary.get("export_index"):
@@ -180,7 +183,7 @@ def render(
     summary = _start_job(JobRequest(plans_dir=str(plans), run_dir=str(out), overrides=overrides, verify_videos=True),
                          strict=True, flow_options=_finish_options(gallery, None))
     typer.echo(f"rendered {summary['render_ok']}/{summary['rendered']} plans, kept {summary['skipped_finished']} finished "
-               f"videos; {summary['ok']}/{summary['total']} ok; manifest: {summary['manifest']}", err=True)
+               "videos", err=True)
 
 
 ShardOption = Annotated[Optional[int], typer.Option(min=1, help="prompts per director process and per manifest part (256)")]

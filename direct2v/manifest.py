@@ -57,6 +57,8 @@ SCHEMA = pa.schema(
         pa.field("seed", pa.int64()),
         pa.field("director_model", pa.string()),
         pa.field("template_version", pa.string()),
+        pa.field("director_sampling", pa.string()),
+        pa.field("plan_warnings", pa.list_(pa.string())),
         pa.field("render_model", pa.string()),
         pa.field("video_path", pa.string()),
         pa.field("plan_path", pa.string()),
@@ -95,6 +97,9 @@ class ManifestRow(BaseModel):
     seed: int | None = None
     director_model: str = ""
     template_version: str = ""
+    director_sampling: str = Field("", description="JSON: the template and sampling settings that made the plan")
+    plan_warnings: list[str] = Field(default_factory=list, description="soft rules the plan broke and was accepted "
+                                     "with (director.quality_policy); empty = a clean plan")
     render_model: str = ""
     video_path: str = ""
     plan_path: str = ""
@@ -133,7 +138,8 @@ def plan_row(run_id: str, plan: FramePlan, source: str = "", **fields) -> Manife
     return ManifestRow(
         run_id=run_id, prompt_id=plan.prompt_id, prompt=plan.prompt, source=source, frame_prompts=plan.frames,
         fps=plan.fps, seed=plan.seed, director_model=plan.director_model, template_version=plan.template_version,
-        plan_path=f"{PLANS_DIR}/{plan.prompt_id}.json", **fields,
+        director_sampling=json.dumps(plan.director_sampling, sort_keys=True) if plan.director_sampling else "",
+        plan_warnings=plan.warnings, plan_path=f"{PLANS_DIR}/{plan.prompt_id}.json", **fields,
     )
 
 
@@ -289,6 +295,7 @@ class CompactResult:
     rows: int = 0
     statuses: Counter = field(default_factory=Counter)
     failed_stages: Counter = field(default_factory=Counter)
+    ok_with_plan_warnings: int = 0  # ok rows whose plan was accepted with quality warnings
     failures: list[dict] = field(default_factory=list)  # the first ``failure_sample`` failed rows
 
 
@@ -348,6 +355,8 @@ def _count(result: CompactResult, table: pa.Table, failure_sample: int) -> None:
     result.rows += table.num_rows
     statuses = table.column("status").to_pylist()
     result.statuses.update(statuses)
+    warnings = table.column("plan_warnings").to_pylist()
+    result.ok_with_plan_warnings += sum(status == "ok" and bool(warned) for status, warned in zip(statuses, warnings))
     failed = [i for i, status in enumerate(statuses) if status == "failed"]
     if not failed:
         return

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from . import plan_quality
 from .files import write_atomically
 from .messages import problem
 from .prompts import check_safe_id
@@ -103,6 +104,9 @@ class FramePlan(BaseModel):
     rounds: list[PlanRound] = Field(default_factory=list, description="every director round, first to last")
     director_model: str = "hand-written"
     template_version: str = "none"
+    director_sampling: dict[str, float | int | str] = Field(
+        default_factory=dict, description="the template and sampling settings that produced the plan"
+    )
     attempts: int = Field(1, ge=1)
     warnings: list[str] = Field(default_factory=list)
 
@@ -176,36 +180,53 @@ def parse_frames(text: str, expected: int, budget: TokenBudget | None = None) ->
 
 MIN_FRAME_WORDS = 3  # "The corgi**" or "," describes no scene
 
+_QUALITY_MESSAGES = {
+    "repeats_prompt": "frames {frames} only repeat the user prompt; describe what is seen in each frame",
+    "static_video": "all frames are identical; each frame must show the next small change",
+    "adjacent_identical": "frames {frames} are identical to the frame after them; make each frame differ a little",
+    "repeated_frame": "frames {frames} repeat an earlier frame; each frame must show its own moment",
+    "too_short": "frames {frames} are too short; describe the whole scene in each frame",
+    "phrase_loop": "frames {frames} repeat a phrase over and over; say each thing once",
+    "off_topic": "frames {frames} do not show the prompt's subject ({subject}); keep it in every frame",
+}
 
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().strip(" .!").split())
+
+def quality_findings(frames: list[str], user_prompt: str) -> dict[str, list[int]]:
+    """Soft rules (a plan can break them and still render): rule name -> the frames (1-based)
+    that break it. The measures are ``plan_quality``'s, the benchmark's own.
+
+    * ``repeats_prompt``: a frame merely restates the user prompt (no direction was added);
+    * ``adjacent_identical``: a frame is the same as the next one (the earlier frame is named);
+    * ``static_video``: every frame is the same (frames 2..F are named), nothing changes;
+    * ``repeated_frame``: a frame repeats an earlier, not neighbouring, frame (the later is named);
+    * ``too_short``: a frame has fewer than MIN_FRAME_WORDS words with letters;
+    * ``phrase_loop``: a run of words comes back inside one frame (degenerate decoding);
+    * ``off_topic``: a frame does not name the prompt's subject (``plan_quality.subject_terms``).
+    Small models break these often (SmolLM2-135M likes to return the prompt F times, to loop on a
+    phrase, and, pushed to vary, to drift off the subject).
+    """
+    normal = [plan_quality.normalised(frame) for frame in frames]
+    subject = plan_quality.subject_terms(user_prompt)
+    found = {
+        "repeats_prompt": [i for i, frame in enumerate(frames, 1) if plan_quality.restates_prompt(frame, user_prompt)],
+        "static_video": list(range(2, len(frames) + 1)) if len(set(normal)) == 1 else [],
+        "adjacent_identical": [] if len(set(normal)) == 1 else
+        [i + 1 for i in range(len(normal) - 1) if normal[i] == normal[i + 1]],
+        "repeated_frame": [i + 1 for i in range(2, len(normal)) if normal[i] in normal[:i - 1]
+                           and len(set(normal)) > 1],
+        "too_short": [i for i, frame in enumerate(frames, 1)
+                      if sum(any(c.isalpha() for c in w) for w in frame.split()) < MIN_FRAME_WORDS],
+        "phrase_loop": [i for i, frame in enumerate(frames, 1) if plan_quality.phrase_loop(frame)],
+        "off_topic": [i for i, frame in enumerate(frames, 1) if not plan_quality.on_topic(frame, subject)],
+    }
+    return {rule: numbers for rule, numbers in found.items() if numbers}
 
 
 def quality_problems(frames: list[str], user_prompt: str) -> dict[str, str]:
-    """Soft rules (a plan can break them and still render), keyed by rule name.
-
-    * ``repeats_prompt``: a frame merely repeats the user prompt (no direction was added);
-    * ``adjacent_identical``: two neighbouring frames are the same;
-    * ``static_video``: every frame is the same, so nothing changes across the video;
-    * ``too_short``: a frame has fewer than MIN_FRAME_WORDS words with letters.
-    Small models break these often (SmolLM2-135M likes to return the prompt F times, and sampled
-    hotter it writes fragments).
-    """
-    normal = [_normalise(frame) for frame in frames]
-    prompt = _normalise(user_prompt)
-    found = {}
-    repeats = [i + 1 for i, frame in enumerate(normal) if frame == prompt]
-    if repeats:
-        found["repeats_prompt"] = f"frames {repeats} only repeat the user prompt; describe what is seen in each frame"
-    same = [i + 1 for i in range(len(normal) - 1) if normal[i] == normal[i + 1]]
-    if len(set(normal)) == 1:
-        found["static_video"] = "all frames are identical; each frame must show the next small change"
-    elif same:
-        found["adjacent_identical"] = f"frames {same} are identical to the frame after them; make each frame differ a little"
-    short = [i + 1 for i, frame in enumerate(frames) if sum(any(c.isalpha() for c in w) for w in frame.split()) < MIN_FRAME_WORDS]
-    if short:
-        found["too_short"] = f"frames {short} are too short; describe the whole scene in each frame"
-    return found
+    """``quality_findings`` as rule name -> the sentence a repair turn quotes to the director."""
+    subject = ", ".join(sorted(plan_quality.subject_terms(user_prompt)))
+    return {rule: _QUALITY_MESSAGES[rule].format(frames=numbers, subject=subject)
+            for rule, numbers in quality_findings(frames, user_prompt).items()}
 
 
 def parent_frame(child_index: int) -> int:

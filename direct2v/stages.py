@@ -287,6 +287,8 @@ class RunSummary(BaseModel):
     task_runner: str
     total: int = Field(description="manifest rows")
     ok: int
+    ok_with_plan_warnings: int = Field(0, description="of the ok rows, those whose plan the director accepted "
+                                       "with quality warnings (manifest column plan_warnings)")
     failed: int
     rejected: int = Field(description="rendered, but turned down by QC (direct2v eval)")
     failed_by_stage: dict[str, int]
@@ -320,7 +322,8 @@ def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderPr
     rendered = render.counts["rendered"]
     return RunSummary(
         run_id=run.id, run_dir=str(run.dir), resumed=run.resumed, task_runner=task_runner,
-        total=compacted.rows, ok=compacted.statuses["ok"], failed=compacted.statuses["failed"],
+        total=compacted.rows, ok=compacted.statuses["ok"], ok_with_plan_warnings=compacted.ok_with_plan_warnings,
+        failed=compacted.statuses["failed"],
         rejected=compacted.statuses["rejected"], failed_by_stage=dict(compacted.failed_stages),
         **{key: plan_counts[key] for key in ("input_problems", "plans_reused", "planned", "plan_failed", "shards")},
         **{key: render.counts[key] for key in ("rendered", "render_ok", "render_failed", "skipped_finished",
@@ -330,6 +333,15 @@ def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderPr
         wall_s_per_video=round(timings.get("render_s", 0.0) / max(rendered, 1), 3),
         manifest=str(compacted.path), gallery=gallery, export_index=export_index,
     )
+
+
+def outcome_line(summary: dict) -> str:
+    """The run's last line: how many videos are ok, and of those how many came from plans the director
+    accepted with quality warnings -- never counted as plain successes."""
+    ok, warned = summary["ok"], summary.get("ok_with_plan_warnings", 0)
+    clean = f"{ok - warned} from clean plans, {warned} from plans accepted with warnings (manifest: plan_warnings)"
+    return (f"{ok}/{summary['total']} ok ({clean}); {summary['failed']} failed, {summary['rejected']} rejected; "
+            f"manifest: {summary['manifest']}")
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")

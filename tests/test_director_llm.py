@@ -1,6 +1,7 @@
 """The REAL vLLM engine on the bundled SmolLM2-135M-Instruct: a batch planned at F=8 and one
-FPS-doubling round to F=16; every plan valid or recorded as failed with a reason; lineage correct;
-the cache answers a repeated request without the engine."""
+FPS-doubling round to F=16 (template v2: the doubled round keeps the first round's frames); every
+plan valid or recorded as failed with a reason; lineage correct; the example prompts get clean
+plans; v1 still plans; the cache answers a repeated request without the engine."""
 
 import pytest
 
@@ -45,13 +46,48 @@ def test_batch_with_one_fps_doubling(director, tiny_sd_dir):
         assert result.frames == result.rounds[1].frames and result.fps == 2
         assert validate_frames(result.frames, 2 * first_frames, budget) == []
         assert result.seed == (5 if result.prompt_id == "short" else 11)
-        assert result.template_version == "v1" and result.director_model == "smollm2-135m-instruct"
+        assert result.template_version == "v2" and result.director_model == "smollm2-135m-instruct"
+        assert result.rounds[1].frames[0::2] == result.rounds[0].frames  # v2 keeps them, asks the ones between
+        assert result.director_sampling["template_version"] == "v2" and result.director_sampling["presence_penalty"] == 1.0
     assert any(isinstance(r, FramePlan) for r in results), [getattr(r, "reason", "") for r in results]
     report = director.report.as_dict()
     assert report["prompts"] == 4 and report["accepted_final"] + report["failed"] == 4
     assert report["valid_final"] <= report["accepted_final"] and report["valid_first_try"] <= report["usable_first_try"]
     calls = report["engine_calls"]  # first round, then the doubling round (each with any repair turns)
-    assert len(calls) >= 2 and calls[0]["answers"] == 4 and all(c["tokens"] > 0 for c in calls)
+    # v2: one answer per frame (8 + 8 + 8 + 3) in the first call; the doubling round asks the 27 between
+    assert len(calls) >= 2 and calls[0]["answers"] == 27 and all(c["tokens"] > 0 for c in calls)
+    assert 27 in [c["answers"] for c in calls[1:]]
+
+
+def test_the_example_prompts_get_clean_plans(director):
+    """What a new user sees first (prompts_in/examples.txt): every frame its own, on the subject, no
+    loop, none restating the prompt, and neighbouring frames alike but not the same."""
+    from direct2v.plan_quality import measure_plan
+
+    records = [PromptRecord(id=f"e{i}", prompt=p) for i, p in enumerate(PROMPTS)]
+    for record, result in zip(records, director.plan(records, frames=8, fps=2, seed=0), strict=True):
+        assert isinstance(result, FramePlan), result.reason
+        quality = measure_plan(result.frames, record.prompt, 8)
+        assert quality.clean and result.warnings == [], (result.frames, result.warnings)
+        assert quality.progression >= 0.5, result.frames
+
+
+def test_v1_the_papers_single_request_still_plans(director):
+    v1 = director.settings.model_copy(update={"template_version": "v1", "max_attempts": 1, "cache": False})
+    v2 = director.settings
+    director.reconfigure(v1)
+    try:
+        result = director.plan([PromptRecord(id="v1", prompt=PROMPTS[0])], frames=4, fps=2, seed=0)[0]
+        report = director.report.as_dict()
+    finally:
+        director.reconfigure(v2)
+    assert report["prompts"] == 1 and len(report["engine_calls"]) == 1 and report["engine_calls"][0]["answers"] == 1
+    if isinstance(result, FramePlan):
+        assert result.template_version == "v1" and len(result.frames) == 4 and result.attempts == 1
+    else:
+        assert result.reason and result.raw_output
+    with pytest.raises(ValueError, match="need a new engine: max_model_len"):
+        director.reconfigure(v2.model_copy(update={"max_model_len": 4096}))
 
 
 def test_cache_answers_a_repeated_request(director):

@@ -2,8 +2,26 @@
 
 import pytest
 
-from direct2v.director import SCHEMA_FRAME_CHARS, DirectorReport, PlanCache, frame_chars_limit, judge_answer
-from direct2v.plan import FramePlan, PlanRound, TokenBudget, lineage, quality_problems, validate_frames
+from direct2v.director import (
+    SCHEMA_FRAME_CHARS,
+    DirectorReport,
+    PlanCache,
+    copies_example,
+    frame_chars_limit,
+    frames_to_repair,
+    judge_answer,
+    parse_frame,
+    worked_example,
+)
+from direct2v.plan import (
+    FramePlan,
+    PlanRound,
+    TokenBudget,
+    lineage,
+    quality_findings,
+    quality_problems,
+    validate_frames,
+)
 from direct2v.prompts import PromptRecord
 
 PROMPT = "A corgi runs in a park"
@@ -17,7 +35,8 @@ def test_quality_rules():
     assert set(quality_problems(["a corgi sits", "A corgi sits.", "a corgi sits"], PROMPT)) == {"static_video"}
     assert set(quality_problems([PROMPT] * 3, PROMPT)) == {"repeats_prompt", "static_video"}
     found = quality_problems(["The corgi**", "a corgi stands up", ",", "a corgi runs off"], PROMPT)
-    assert set(found) == {"too_short"} and "frames [1, 3]" in found["too_short"]
+    assert set(found) == {"too_short", "off_topic"} and "frames [1, 3]" in found["too_short"]
+    assert "frames [3]" in found["off_topic"] and "(corgi)" in found["off_topic"]
 
 
 def test_judge_answer_separates_hard_and_quality_problems():
@@ -112,3 +131,42 @@ def test_cpu_engine_threads_get_every_core_on_small_machines(monkeypatch, tmp_pa
     configure_vllm_environment(DirectorSettings(cpu_reserved_cores=setting), tmp_path)
     assert environment.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == expected
     assert environment["VLLM_HOST_IP"] == "127.0.0.1" and environment["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_new_quality_rules_name_their_frames():
+    frames = ["a corgi sits on the grass", "the corgi is a corgi. the corgi is a corgi. the corgi is a corgi",
+              "a dog collides with a bird", "a corgi sits on the grass"]
+    found = quality_findings(frames, PROMPT)
+    assert found == {"phrase_loop": [2], "off_topic": [3], "repeated_frame": [4]}
+    assert "(corgi)" in quality_problems(frames, PROMPT)["off_topic"]
+
+
+def test_a_cut_off_answer_is_a_hard_problem():
+    frames, broken = judge_answer('["a corgi sits", "a corgi runs"]', 2, PROMPT, None, finish_reason="length")
+    assert frames is None and "cut off" in broken["hard"]
+    assert parse_frame('"a corgi sits on', "length")[1].startswith("the answer was cut off")
+    assert "error" in parse_frame("", "error")[1]
+    assert parse_frame('"a  corgi\\nsits"') == ("a corgi sits", None)
+    assert parse_frame('["a corgi sits"]')[1] == "the answer is not a non-empty JSON string"
+    assert "not a JSON string" in parse_frame("a corgi sits")[1]
+
+
+def test_frames_to_repair_asks_the_later_neighbour_and_never_a_kept_frame():
+    frames = ["a corgi sits", "a corgi stands up", "a corgi stands up", "a corgi runs off"]
+    assert frames_to_repair(frames, PROMPT, fixed=set()) == {2}
+    # in a doubled round the kept frames (0, 2) are never asked again: the other of the pair is
+    assert frames_to_repair(frames, PROMPT, fixed={0, 2}) == {1}
+    assert frames_to_repair(["a corgi sits", "a dog barks", "a corgi runs"], PROMPT, fixed=set()) == {1}
+    assert frames_to_repair(["a corgi sits", "a dog barks", "a corgi runs"], PROMPT, fixed={1}) == set()
+
+
+def test_a_copied_example_frame_is_caught():
+    example = worked_example()
+    assert copies_example(example["frames"][3]) and copies_example(example["between"][5] + " Again.")
+    assert not copies_example("A corgi runs across a sunny park toward a bench.")
+
+
+def test_report_counts_warned_plans_apart():
+    report = DirectorReport(prompts=4, accepted_final=3, valid_final=1, failed=1, answers=10, truncated=2)
+    rates = report.as_dict()
+    assert rates["accepted_with_warnings"] == 2 and rates["truncated"] == 2 and rates["answers"] == 10
