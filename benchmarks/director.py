@@ -1,6 +1,7 @@
 """Director throughput: vLLM batched (our director) vs sequential transformers ``generate``.
 
-Both use the same local model, the same paper instruction, greedy decoding and the same cap on
+Both use the same local model, the same paper instruction (template v1: one request per prompt;
+``benchmarks/plan_quality.py`` compares the templates' plans), greedy decoding and the same cap on
 answer tokens. vLLM also constrains answers to the JSON schema and sends repair turns for invalid
 ones (up to ``--max-attempts`` calls); transformers does neither, so its valid count is a
 baseline, not a like-for-like quality number. Three ratios are printed:
@@ -46,7 +47,8 @@ def run_vllm(model_dir: Path, prompts: list[str], frames: int, fps: int, budget,
 
     records = [PromptRecord(id=f"b{i:04d}", prompt=p) for i, p in enumerate(prompts)]
     started = time.perf_counter()
-    settings = DirectorSettings(model_dir=model_dir, cache=False, max_attempts=max_attempts)
+    # template v1 on both sides: one request per prompt for the whole list, the same work as the baseline's
+    settings = DirectorSettings(model_dir=model_dir, cache=False, max_attempts=max_attempts, template_version="v1")
     with Director(settings, state_dir=Path(".state"), budget=budget) as director:
         loaded = time.perf_counter()
         results = director.plan(records, frames=frames, fps=fps, seed=0)

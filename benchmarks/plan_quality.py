@@ -34,12 +34,11 @@ PROMPTS = HERE / "data" / "plan_prompts.jsonl"
 VARIANTS = {
     "v1": {"template_version": "v1"},
     "v1+presence1.0": {"template_version": "v1", "presence_penalty": 1.0},
+    "v2-first-answers": {"template_version": "v2", "max_attempts": 1},
     "v2-no-penalty": {"template_version": "v2", "presence_penalty": 0.0},
-    "v2-greedy-repairs": {"template_version": "v2", "repair_temperature": 0.0, "repair_candidates": 1},
     "v2": {"template_version": "v2"},
-    "v2+8-candidates": {"template_version": "v2", "repair_candidates": 8},
-    "v2+5-attempts": {"template_version": "v2", "max_attempts": 5},
     "v2-200-chars": {"template_version": "v2", "frame_chars": 200},
+    "v2-repair-t0.7": {"template_version": "v2", "repair_temperature": 0.7},
 }
 
 

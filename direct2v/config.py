@@ -58,7 +58,7 @@ class DirectorSettings(_Section):
     temperature: float = Field(0.0, ge=0.0)
     repair_temperature: float | None = Field(
         None, ge=0.0, description="temperature of repair turns (seeded, so still deterministic); None = the "
-        "template's (v2: 0.7, as it samples repair_candidates; v1: temperature)",
+        "template's (v2: 0.5, as it samples repair_candidates; v1: temperature)",
     )
     repair_candidates: int = Field(
         4, ge=1, le=16, description="v2: answers sampled per repaired frame; the first that breaks no rule is kept",

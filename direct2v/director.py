@@ -58,7 +58,7 @@ SCHEMA_FRAME_CHARS = TEMPLATE_FRAME_CHARS["v1"]
 TEMPLATE_PRESENCE_PENALTY = {"v1": 0.0, "v2": 1.0}
 # Asked again greedily, a small model mostly gives the same answer back; v2 samples
 # ``repair_candidates`` answers per repaired frame and keeps the first that breaks no rule.
-TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.7}
+TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.5}
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()

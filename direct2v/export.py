@@ -85,7 +85,8 @@ def sample_metadata(row: ManifestRow) -> dict:
         "prompt_id": row.prompt_id, "prompt": row.prompt, "frame_prompts": list(row.frame_prompts),
         "fps": row.fps, "frame_count": row.frame_count, "seed": row.seed,
         "director_model": row.director_model, "render_model": row.render_model,
-        "template_version": row.template_version, "video_hash": row.video_hash, "status": row.status,
+        "template_version": row.template_version, "plan_warnings": list(row.plan_warnings),
+        "video_hash": row.video_hash, "status": row.status,
     }
     metrics = {name: getattr(row, name) for name in _METRICS if getattr(row, name) is not None}
     if metrics:
@@ -166,7 +167,8 @@ HF_SCHEMA = pa.schema([
     pa.field("prompt_id", pa.string()), pa.field("frame_prompts", pa.list_(pa.string())),
     pa.field("fps", pa.int64()), pa.field("frame_count", pa.int64()), pa.field("seed", pa.int64()),
     pa.field("director_model", pa.string()), pa.field("render_model", pa.string()),
-    pa.field("template_version", pa.string()), pa.field("video_hash", pa.string()), pa.field("status", pa.string()),
+    pa.field("template_version", pa.string()), pa.field("plan_warnings", pa.list_(pa.string())),
+    pa.field("video_hash", pa.string()), pa.field("status", pa.string()),
     *(pa.field(name, pa.float64()) for name in _METRICS),
 ])
 

@@ -1,5 +1,7 @@
 """Director rules without an engine: quality rules, answer judging, lineage, token budget, cache."""
 
+import json
+
 import pytest
 
 from direct2v.director import (
@@ -170,3 +172,35 @@ def test_report_counts_warned_plans_apart():
     report = DirectorReport(prompts=4, accepted_final=3, valid_final=1, failed=1, answers=10, truncated=2)
     rates = report.as_dict()
     assert rates["accepted_with_warnings"] == 2 and rates["truncated"] == 2 and rates["answers"] == 10
+
+
+def test_a_repaired_frame_keeps_the_first_candidate_that_breaks_no_rule():
+    from direct2v.config import DirectorSettings
+    from direct2v.director import COPIED_EXAMPLE, Director, _Conversation
+
+    director = object.__new__(Director)  # the selection needs no engine
+    director.settings, director.budget = DirectorSettings(), None
+    conversation = _Conversation(record=PromptRecord(id="p", prompt=PROMPT), frames=3, fps=2, seed=0,
+                                 current=["a corgi sits on the grass", "", "a corgi runs off"])
+    copy = json.dumps(worked_example()["frames"][3])
+    good = json.dumps("the corgi stands up in the park")
+    restating = json.dumps("A corgi runs in a park.")
+    picked = director._pick_frame(conversation, 1, [(copy, "stop"), (restating, "stop"), (good, "stop")], set())
+    assert picked == (good, "the corgi stands up in the park", None)
+    # none passes the soft rules: the first usable one (it then carries a warning)
+    assert director._pick_frame(conversation, 1, [(copy, "stop"), (restating, "stop")], set())[1] == "A corgi runs in a park."
+    # none is usable: the first answer's hard problem
+    assert director._pick_frame(conversation, 1, [(copy, "stop"), ('"cut', "length")], set()) == (copy, None, COPIED_EXAMPLE)
+
+
+def test_reconfigure_keeps_the_engine_and_refuses_engine_settings():
+    from direct2v.config import DirectorSettings
+    from direct2v.director import Director
+
+    director = object.__new__(Director)
+    director.settings, director.report, director.budget = DirectorSettings(), DirectorReport(prompts=3), None
+    director.reconfigure(DirectorSettings(template_version="v1", presence_penalty=0.5))
+    assert director.template == "v1" and director.presence_penalty == 0.5 and director.report.prompts == 0
+    assert director.sampling()["template_version"] == "v1"
+    with pytest.raises(ValueError, match="need a new engine: dtype"):
+        director.reconfigure(DirectorSettings(dtype="float32"))

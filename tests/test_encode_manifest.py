@@ -1,5 +1,7 @@
 """MP4 encoding read back from the file, and the Parquet manifest's schema and journal."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -61,3 +63,47 @@ def test_run_summary_counts_qc_rejected_apart_from_failed(tmp_path):
     summary = summarise(run, "thread", Counter(), RenderProgress(), compact(tmp_path), {})
     assert (summary.total, summary.ok, summary.failed, summary.rejected) == (3, 1, 1, 1)
     assert summary.failed_by_stage == {"plan": 1}
+
+
+def test_plans_accepted_with_warnings_are_counted_apart_from_clean_ones(tmp_path):
+    """Honest acceptance: a plan that broke a soft rule reaches the manifest (plan_warnings), the
+    summary and the run's last line as such, never as a plain success."""
+    from collections import Counter
+
+    from direct2v.manifest import plan_row
+    from direct2v.plan import FramePlan
+    from direct2v.rundir import Job
+    from direct2v.stages import RenderProgress, Run, outcome_line, summarise
+
+    def plan(prompt_id, warnings):
+        return FramePlan(prompt_id=prompt_id, prompt="A corgi runs", fps=2, seed=0,
+                         frames=["a corgi sits in a park", "a corgi runs in a park"], template_version="v2",
+                         director_sampling={"template_version": "v2", "presence_penalty": 1.0}, warnings=warnings)
+
+    append_rows(tmp_path, [
+        plan_row("r", plan("clean", []), status="ok"),
+        plan_row("r", plan("warned", ["phrase_loop: frames [2] repeat a phrase over and over"]), status="ok"),
+        plan_row("r", plan("warned-failed", ["off_topic: frames [1]"]), status="failed", failed_stage="render"),
+    ])
+    result = compact(tmp_path)
+    rows = {r["prompt_id"]: r for r in read_manifest(result.path).to_pylist()}
+    assert rows["clean"]["plan_warnings"] == [] and rows["warned"]["plan_warnings"][0].startswith("phrase_loop")
+    assert json.loads(rows["warned"]["director_sampling"]) == {"presence_penalty": 1.0, "template_version": "v2"}
+    assert result.ok_with_plan_warnings == 1  # a failed row is not counted as ok either way
+    run = Run(tmp_path, Job(prompt_file="p.txt"), Settings(), resumed=False)
+    summary = summarise(run, "thread", Counter(), RenderProgress(), result, {})
+    assert (summary.ok, summary.ok_with_plan_warnings, summary.failed) == (2, 1, 1)
+    line = outcome_line(summary.model_dump())
+    assert line.startswith("2/3 ok (1 from clean plans, 1 from plans accepted with warnings")
+
+
+def test_a_manifest_written_before_plan_warnings_existed_still_reads(tmp_path):
+    import pyarrow.parquet as pq
+
+    old_schema = pa.schema([field for field in SCHEMA if field.name not in ("plan_warnings", "director_sampling")])
+    row = ManifestRow(run_id="r", prompt_id="old", status="ok").model_dump(mode="python")
+    pq.write_table(pa.Table.from_pylist([{k: row[k] for k in old_schema.names}], schema=old_schema),
+                   tmp_path / "manifest.parquet")
+    result = compact(tmp_path)
+    rows = read_manifest(result.path).to_pylist()
+    assert rows[0]["prompt_id"] == "old" and rows[0]["plan_warnings"] is None and result.ok_with_plan_warnings == 0

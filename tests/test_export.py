@@ -55,7 +55,7 @@ def test_webdataset_shards_read_back_with_every_field_of_the_manifest(run_dir):
             "prompt_id": row.prompt_id, "prompt": row.prompt, "frame_prompts": row.frame_prompts, "fps": row.fps,
             "frame_count": row.frame_count, "seed": row.seed, "director_model": row.director_model,
             "render_model": row.render_model, "template_version": row.template_version,
-            "video_hash": row.video_hash, "status": "ok",
+            "plan_warnings": row.plan_warnings, "video_hash": row.video_hash, "status": "ok",
         }
         assert sample["mp4"] == (run_dir / row.video_path).read_bytes()
     clip = result.out_dir / "check.mp4"
