@@ -111,16 +111,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from direct2v.director import check_model_dir, frame_chars_limit, max_answer_tokens
-    from direct2v.plan import TokenBudget
+    from direct2v.director import check_director_inputs, frame_chars_limit, max_answer_tokens
 
     prompts = benchmark_prompts(args.prompts)
     n = len(prompts)
     # as in a run: descriptions must fit the renderer's text encoder
     render_model_dir = args.render_model_dir if str(args.render_model_dir) not in ("", ".") else None
     try:
-        check_model_dir(args.model_dir)
-        budget = TokenBudget.from_sd_model(render_model_dir) if render_model_dir else None
+        budget = check_director_inputs(args.model_dir, render_model_dir)
     except FileNotFoundError as error:  # the default directories come from `direct2v models build`
         parser.error(str(error))
     max_new_tokens = max_answer_tokens(args.frames, frame_chars_limit(budget))  # the director's own cap

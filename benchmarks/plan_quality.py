@@ -111,14 +111,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from direct2v.config import DirectorSettings
-    from direct2v.director import Director, check_model_dir
-    from direct2v.plan import TokenBudget
+    from direct2v.director import Director, check_director_inputs
 
     prompt_set = read_prompt_set(args.prompts)[: args.limit]
     render_model_dir = args.render_model_dir if str(args.render_model_dir) not in ("", ".") else None
     try:
-        check_model_dir(args.model_dir)
-        budget = TokenBudget.from_sd_model(render_model_dir) if render_model_dir else None
+        budget = check_director_inputs(args.model_dir, render_model_dir)
     except FileNotFoundError as error:  # the default directories come from `direct2v models build`
         parser.error(str(error))
     base = DirectorSettings(model_dir=args.model_dir, cache=False)

@@ -353,6 +353,14 @@ def check_model_dir(model_dir: Path) -> None:
         raise FileNotFoundError(f"{model_dir} has no .safetensors weights (only safetensors are loaded)")
 
 
+def check_director_inputs(model_dir: Path, render_model_dir: Path | None) -> TokenBudget | None:
+    """What a benchmark checks before an engine starts, as a run does: the LLM directory
+    (``check_model_dir``), and the token budget of the render model's tokenizer that descriptions
+    must fit (None without a render model). Raises FileNotFoundError naming what is missing."""
+    check_model_dir(model_dir)
+    return TokenBudget.from_sd_model(render_model_dir) if render_model_dir else None
+
+
 # settings that decide the engine itself: ``Director.reconfigure`` cannot change them
 _ENGINE_KEYS = ("model_dir", "dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size",
                 "gpu_memory_utilization", "cpu_kvcache_gib", "cpu_reserved_cores", "enforce_eager")
