@@ -448,7 +448,9 @@ class Director:
         s = self.settings
         return {"template_version": self.template, "temperature": s.temperature, "top_p": s.top_p,
                 "repetition_penalty": s.repetition_penalty, "presence_penalty": self.presence_penalty,
-                "frequency_penalty": s.frequency_penalty, "frame_chars": self.frame_chars, "seed": s.seed}
+                "frequency_penalty": s.frequency_penalty, "frame_chars": self.frame_chars, "seed": s.seed,
+                "max_attempts": s.max_attempts, "repair_temperature": self.repair_temperature,
+                "repair_candidates": s.repair_candidates}
 
     def close(self) -> None:
         """Shut the engine down so its memory (and GPU) is free before rendering."""
@@ -748,7 +750,7 @@ class Director:
             "fps_doublings": fps_doublings,
             "camera": s.camera,
             "sampling": self.sampling(),
-            "attempts": [s.repair_temperature, s.max_attempts, s.quality_policy],
+            "quality_policy": s.quality_policy,
             "token_limit": self.budget.limit if self.budget else None,
         }
 

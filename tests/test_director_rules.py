@@ -204,3 +204,69 @@ def test_reconfigure_keeps_the_engine_and_refuses_engine_settings():
     assert director.sampling()["template_version"] == "v1"
     with pytest.raises(ValueError, match="need a new engine: dtype"):
         director.reconfigure(DirectorSettings(dtype="float32"))
+
+
+class _ScriptedEngine:
+    """Stands in for vLLM's LLM: answers every chat with ``answer(chat, seed)``, counting calls."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def chat(self, chats, params, use_tqdm=False):
+        from types import SimpleNamespace
+
+        self.calls.append(len(chats))
+        return [SimpleNamespace(outputs=[SimpleNamespace(text=self.answer(chat, p.seed), token_ids=[0] * 5,
+                                                         finish_reason="stop")])
+                for chat, p in zip(chats, params, strict=True)]
+
+
+def _scripted_director(answer, **settings):
+    from direct2v.config import DirectorSettings
+    from direct2v.director import Director
+
+    director = object.__new__(Director)
+    director.settings = DirectorSettings(cache=False, **settings)
+    director.budget, director.cache, director.model_name = None, None, "scripted"
+    director.report, director.llm = DirectorReport(), _ScriptedEngine(answer)
+    return director
+
+
+def test_v1_repairs_stop_when_the_answer_comes_back_unchanged():
+    director = _scripted_director(lambda chat, seed: json.dumps([PROMPT, PROMPT]), template_version="v1", max_attempts=3)
+    plan = director.plan([PromptRecord(id="p", prompt=PROMPT)], frames=2, fps=2, seed=0)[0]
+    assert director.llm.calls == [1, 1]  # the repair got the same answer: no third call
+    assert isinstance(plan, FramePlan) and plan.attempts == 2 and director.report.unchanged_repairs == 1
+    assert {w.split(":")[0] for w in plan.warnings} == {"repeats_prompt", "static_video"}
+    assert director.report.as_dict()["accepted_with_warnings"] == 1
+
+
+def test_v2_asks_only_the_broken_frames_again_and_keeps_a_clean_candidate():
+    def answer(chat, seed):
+        asked = chat[-1]["content"]
+        if "frame 2 of 3" in asked:
+            return json.dumps(PROMPT if seed == 0 else "the corgi stops to sniff a flower")  # greedy restates
+        return json.dumps("a corgi stands in the park" if "frame 1 of 3" in asked else "the corgi runs off")
+
+    director = _scripted_director(answer, max_attempts=3)
+    plan = director.plan([PromptRecord(id="p", prompt=PROMPT)], frames=3, fps=2, seed=0)[0]
+    # three one-frame requests, then frame 2 alone with 4 sampled candidates (seeds 4-7 on attempt 2)
+    assert director.llm.calls == [3, 4]
+    assert plan.frames == ["a corgi stands in the park", "the corgi stops to sniff a flower", "the corgi runs off"]
+    assert plan.warnings == [] and plan.template_version == "v2" and plan.director_sampling["repair_candidates"] == 4
+
+
+def test_v2_doubling_keeps_the_frames_and_asks_the_ones_between():
+    def answer(chat, seed):
+        asked = chat[-1]["content"]
+        if "halfway between them" in asked or "a moment after it" in asked:
+            number = asked.split("description of frame ")[1].split(",")[0]
+            return json.dumps(f"the corgi at moment {number} in the park")
+        return json.dumps("a corgi sits in the park" if "frame 1 of 2" in asked else "a corgi runs in the grass")
+
+    director = _scripted_director(answer)
+    plan = director.plan([PromptRecord(id="p", prompt=PROMPT)], frames=2, fps=1, seed=0, fps_doublings=1)[0]
+    assert director.llm.calls == [2, 2]
+    assert plan.frames == ["a corgi sits in the park", "the corgi at moment 2 in the park",
+                           "a corgi runs in the grass", "the corgi at moment 4 in the park"]
+    assert plan.rounds[1].parents == lineage(4) and plan.fps == 2
