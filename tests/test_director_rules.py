@@ -4,10 +4,9 @@ import json
 
 import pytest
 
-from direct2v.director import (
+from direct2v.director import DirectorReport, PlanCache
+from direct2v.instructions import (
     SCHEMA_FRAME_CHARS,
-    DirectorReport,
-    PlanCache,
     copies_example,
     frame_chars_limit,
     frames_to_repair,
@@ -176,7 +175,8 @@ def test_report_counts_warned_plans_apart():
 
 def test_a_repaired_frame_keeps_the_first_candidate_that_breaks_no_rule():
     from direct2v.config import DirectorSettings
-    from direct2v.director import COPIED_EXAMPLE, Director, _Conversation
+    from direct2v.director import Director, _Conversation
+    from direct2v.instructions import COPIED_EXAMPLE
 
     director = object.__new__(Director)  # the selection needs no engine
     director.settings, director.budget = DirectorSettings(), None

@@ -3,7 +3,7 @@
 import pytest
 
 from direct2v.config import DirectorSettings
-from direct2v.director import (
+from direct2v.instructions import (
     TEMPLATE_VERSIONS,
     between_text,
     doubling_text,
