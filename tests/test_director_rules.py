@@ -179,7 +179,8 @@ def test_a_repaired_frame_keeps_the_first_candidate_that_breaks_no_rule():
     from direct2v.instructions import COPIED_EXAMPLE
 
     director = object.__new__(Director)  # the selection needs no engine
-    director.settings, director.budget = DirectorSettings(), None
+    director.budget = None
+    director._use(DirectorSettings())
     conversation = _Conversation(record=PromptRecord(id="p", prompt=PROMPT), frames=3, fps=2, seed=0,
                                  current=["a corgi sits on the grass", "", "a corgi runs off"])
     copy = json.dumps(worked_example()["frames"][3])
@@ -198,8 +199,10 @@ def test_reconfigure_keeps_the_engine_and_refuses_engine_settings():
     from direct2v.director import Director
 
     director = object.__new__(Director)
-    director.settings, director.report, director.budget = DirectorSettings(), DirectorReport(prompts=3), None
-    director.reconfigure(DirectorSettings(template_version="v1", presence_penalty=0.5))
+    director.budget, director.cache = None, None
+    director._use(DirectorSettings(cache=False))
+    director.report = DirectorReport(prompts=3)
+    director.reconfigure(DirectorSettings(template_version="v1", presence_penalty=0.5, cache=False))
     assert director.template == "v1" and director.presence_penalty == 0.5 and director.report.prompts == 0
     assert director.sampling()["template_version"] == "v1"
     with pytest.raises(ValueError, match="need a new engine: dtype"):
@@ -226,9 +229,9 @@ def _scripted_director(answer, **settings):
     from direct2v.director import Director
 
     director = object.__new__(Director)
-    director.settings = DirectorSettings(cache=False, **settings)
     director.budget, director.cache, director.model_name = None, None, "scripted"
-    director.report, director.llm = DirectorReport(), _ScriptedEngine(answer)
+    director._use(DirectorSettings(cache=False, **settings))
+    director.llm = _ScriptedEngine(answer)
     return director
 
 
