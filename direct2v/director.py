@@ -55,6 +55,13 @@ from .prompts import PromptRecord
 
 log = logging.getLogger(__name__)
 
+def _after_example(example_question: str, example_answer: str, question: str) -> list[dict]:
+    """v2: a chat asking ``question`` after the worked example's question and answer."""
+    return [{"role": "user", "content": example_question},
+            {"role": "assistant", "content": json.dumps(example_answer)},
+            {"role": "user", "content": question}]
+
+
 @dataclass
 class _FrameRequest:
     """v2: one frame's own conversation with the engine."""
@@ -375,17 +382,16 @@ class Director:
 
     def _frame_requests(self, conversation: _Conversation, doubling: bool) -> list[_FrameRequest]:
         """v2: the round's per-frame requests (each after the worked example's matching turn); a
-        doubled round keeps the previous frames as its odd frames and asks only the ones between."""
+        doubled round keeps the previous frames as its frames 1, 3, 5, ... and asks only the ones
+        between."""
         prompt, frames, fps, camera = conversation.record.prompt, conversation.frames, conversation.fps, self.settings.camera
         example = worked_example()["prompt"]
         if not doubling:
             conversation.current = [""] * frames
             return [
-                _FrameRequest(index, [
-                    {"role": "user", "content": frame_instruction_text(example, index + 1, frames, fps, camera)},
-                    {"role": "assistant", "content": json.dumps(example_frame(index + 1, frames))},
-                    {"role": "user", "content": frame_instruction_text(prompt, index + 1, frames, fps, camera)},
-                ])
+                _FrameRequest(index, _after_example(frame_instruction_text(example, index + 1, frames, fps, camera),
+                                                    example_frame(index + 1, frames),
+                                                    frame_instruction_text(prompt, index + 1, frames, fps, camera)))
                 for index in range(frames)
             ]
         previous = conversation.rounds[-1].frames
@@ -396,11 +402,11 @@ class Director:
             number = 2 * parent + 2  # 1-based: the frame after the parent's own
             example_before = example_frame(parent + 1, len(previous))
             example_after = example_frame(parent + 2, len(previous)) if after is not None else None
-            requests.append(_FrameRequest(number - 1, [
-                {"role": "user", "content": between_text(example, number, frames, fps, example_before, example_after)},
-                {"role": "assistant", "content": json.dumps(example_frame(parent + 1, len(previous), between=True))},
-                {"role": "user", "content": between_text(prompt, number, frames, fps, before, after)},
-            ]))
+            requests.append(_FrameRequest(number - 1, _after_example(
+                between_text(example, number, frames, fps, example_before, example_after),
+                example_frame(parent + 1, len(previous), between=True),
+                between_text(prompt, number, frames, fps, before, after),
+            )))
         return requests
 
     def _check_frame(self, answer: str, finish_reason: str) -> tuple[str | None, str | None]:
