@@ -192,15 +192,16 @@ def _byte_alphabet() -> list[str]:
     return [chars[byte] for byte in range(256)]
 
 
-def build_clip_tokenizer(path: Path) -> CLIPTokenizer:
-    """Write vocab.json/merges.txt laid out like CLIP's and return the tokenizer loaded from them.
+def build_clip_tokenizer(path: Path, corpus: str = CORPUS) -> CLIPTokenizer:
+    """Write vocab.json/merges.txt laid out like CLIP's, with merges learned on ``corpus``, and
+    return the tokenizer loaded from them.
 
     CLIP's vocabulary is: the 256 byte characters, the same with the end-of-word marker ``</w>``,
     one entry per merge in merge order, then ``<|startoftext|>`` and ``<|endoftext|>``.
     """
     path.mkdir(parents=True, exist_ok=True)
     # An empty CLIP tokenizer supplies the exact normaliser and pre-tokeniser to train with.
-    merges = _train_merges(CORPUS, CLIPTokenizer())
+    merges = _train_merges(corpus, CLIPTokenizer())
     alphabet = _byte_alphabet()
     tokens = alphabet + [char + "</w>" for char in alphabet] + ["".join(merge) for merge in merges] + [BOS, EOS]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}  # a merge may recreate a token

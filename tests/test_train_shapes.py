@@ -1,0 +1,63 @@
+"""Training the shape-world model: a resumed run is the uninterrupted run, and its output is a
+Stable Diffusion directory the renderer loads unchanged."""
+
+import json
+import math
+
+import torch
+
+from direct2v.pipeline import DirecT2VPipeline
+from direct2v.train_shapes import TrainConfig, Trainer, train
+
+TINY = {"num_images": 64, "vae_steps": 2, "unet_steps": 3, "vae_batch": 4, "unet_batch": 4, "warmup": 1, "checkpoint_every": 100}
+
+
+def _weights(trainer):
+    return {**{f"vae.{k}": v for k, v in trainer.vae.state_dict().items()},
+            **{f"ema_unet.{k}": v for k, v in trainer.ema_unet.items()},
+            **{f"ema_text.{k}": v for k, v in trainer.ema_text.items()}}
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path):
+    config = TrainConfig(**TINY)
+    straight = Trainer(config, tmp_path / "straight")
+    for step in range(config.total_steps):
+        straight.step(step)
+
+    first = Trainer(config, tmp_path / "resumed")
+    for step in range(3):  # into the UNet phase: the resumed trainer must encode the data again
+        first.step(step)
+        first.next_step = step + 1
+    first.save_checkpoint()
+    resumed = Trainer(config, tmp_path / "resumed")
+    assert resumed.load_checkpoint() and resumed.next_step == 3
+    for step in range(3, config.total_steps):
+        resumed.step(step)
+
+    expected, got = _weights(straight), _weights(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert resumed.scaling_factor == straight.scaling_factor
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
+    trainer = Trainer(TrainConfig(**TINY), tmp_path)
+    trainer.save_checkpoint()
+    other = Trainer(TrainConfig(**{**TINY, "unet_steps": 4}), tmp_path)
+    try:
+        other.load_checkpoint()
+    except ValueError as error:
+        assert "other settings" in str(error)
+    else:
+        raise AssertionError("a checkpoint of other settings was accepted")
+
+
+def test_the_trained_model_is_an_sd_directory_the_renderer_loads(tmp_path):
+    out = train(TrainConfig(**TINY), tmp_path / "model", tmp_path / "work", echo=lambda line: None)
+    provenance = json.loads((out / "TRAINING.json").read_text())
+    assert provenance["config"]["unet_steps"] == 3 and provenance["latent_scaling_factor"] > 0
+    pipe = DirecT2VPipeline.from_local_dir(out)
+    assert pipe.vae.config.scaling_factor == provenance["latent_scaling_factor"]
+    frames = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
+                  rvm_period=math.inf, generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (2, 64, 64, 3)
