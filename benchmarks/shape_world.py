@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from direct2v import shape_eval
 from direct2v.config import Settings
+from direct2v.encode import to_uint8
 from direct2v.pipeline import DirecT2VPipeline
+from direct2v.render import pipeline_arguments
 
 VARIANTS = {
     "independent": "plain SD per frame",
@@ -51,17 +53,11 @@ VIDEO_KEYS = shape_eval.VIDEO_MEASURES
 
 
 def render_kwargs(settings, steps: int | None) -> dict:
+    """The run defaults' pipeline arguments (``render.pipeline_arguments``), at ``steps`` steps if given."""
     render = settings.render
     if steps is not None:
         render = render.model_copy(update={"num_inference_steps": steps})
-    schedule = render.schedule()
-    return {"num_inference_steps": render.num_inference_steps, "guidance_scale": render.resolved_guidance_scale(),
-            "t0": schedule.t0, "t1": schedule.t1, "rvm_period": schedule.period, "dsf_quantile": render.dsf_quantile,
-            "scheduler": render.scheduler, "rvm_blocks": render.rvm_blocks}
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    return pipeline_arguments(render)
 
 
 def render_variant(pipe: DirecT2VPipeline, variant: str, scenario: shape_eval.Scenario, seed: int, kwargs: dict) -> np.ndarray:

@@ -433,7 +433,7 @@ def models_train_shapes(
     """Train the shape-world model on this CPU (about 30 minutes on 2 cores with the defaults; resumable)."""
     import os
 
-    from .train_shapes import TrainConfig, train
+    from .train_shapes import CheckpointError, TrainConfig, train
 
     given = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_images": num_images}
     if weights not in ("ema", "raw"):
@@ -441,7 +441,10 @@ def models_train_shapes(
     config = TrainConfig(seed=seed, data_seed=data_seed, weights=weights,
                          threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                          **{key: value for key, value in given.items() if value is not None})
-    typer.echo(f"trained shape-world model: {train(config, out, work_dir, echo=typer.echo)}")
+    try:
+        typer.echo(f"trained shape-world model: {train(config, out, work_dir, echo=typer.echo)}")
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
 
 
 @models_app.command("build-clip")

@@ -45,6 +45,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fsync_path(path.parent)
 
 
+@contextlib.contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """Yield an empty ``<path>.partial`` directory to fill; on success it replaces ``path`` (a model
+    directory is never seen half written), on an exception it is removed."""
+    import shutil
+
+    path = Path(path)
+    staging = path.with_name(path.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    staging.replace(path)
+
+
 def write_atomically(path: Path, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

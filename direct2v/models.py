@@ -52,33 +52,25 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model = model.to(torch.bfloat16)
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    if out_dir.exists():
-        import shutil
+    from .files import staged_directory
 
-        shutil.rmtree(out_dir)
-    staging.replace(out_dir)
-    return out_dir
+    with staged_directory(out_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return Path(out_dir)
 
 
 def install_shape_world(out_dir: Path, source: Path = SHAPE_WORLD_WEIGHTS) -> Path:
     """Copy the committed shape-world model to ``out_dir`` (replacing it), through a staging directory."""
     import shutil
 
+    from .files import staged_directory
+
     if not (Path(source) / "model_index.json").is_file():
         raise FileNotFoundError(f"the committed shape-world weights are missing from {source}")
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(source, staging)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.replace(out_dir)
-    return out_dir
+    with staged_directory(out_dir) as staging:
+        shutil.copytree(source, staging)
+    return Path(out_dir)
 
 
 def build_default_models(llm_dir: Path, sd_dir: Path, force: bool = False) -> dict[str, Path]:

@@ -69,28 +69,13 @@ class Renderer:
         s = self.settings
         # batch_size overrides render.batch_size (videos.render_with_oom_retry halves it)
         batch_size = s.batch_size if batch_size is None else batch_size
-        schedule = s.schedule()
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
         reference_generator = torch.Generator(device="cpu").manual_seed(plan.seed + REFERENCE_SEED_OFFSET)
         try:
             frames = self.pipeline(
                 frame_prompts=plan.frames,
-                negative_prompt=s.negative_prompt,
-                num_inference_steps=s.num_inference_steps,
-                guidance_scale=s.resolved_guidance_scale(),
-                t0=schedule.t0,
-                t1=schedule.t1,
-                height=s.height,
-                width=s.width,
-                rvm_period=schedule.period,
-                rvm_blocks=s.rvm_blocks,
-                value_mapping=s.value_mapping,
-                dsf=s.dsf,
-                dsf_quantile=s.dsf_quantile,
-                scheduler=s.scheduler,
+                **pipeline_arguments(s),
                 batch_size=batch_size,
-                motion_strength_x=s.motion_strength_x,
-                motion_strength_y=s.motion_strength_y,
                 generator=generator,
                 reference_generator=reference_generator,
                 output_type="np",
@@ -100,6 +85,29 @@ class Renderer:
             raise RenderError(f"{plan.prompt_id}: {error}") from error
         check_frames(frames, plan.prompt_id)
         return frames
+
+
+def pipeline_arguments(settings: RenderSettings) -> dict:
+    """The ``DirecT2VPipeline.__call__`` arguments the settings decide (all but the prompts, the
+    generators, the batch size and progress): the one translation of a config into a render."""
+    schedule = settings.schedule()
+    return {
+        "negative_prompt": settings.negative_prompt,
+        "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.resolved_guidance_scale(),
+        "t0": schedule.t0,
+        "t1": schedule.t1,
+        "height": settings.height,
+        "width": settings.width,
+        "rvm_period": schedule.period,
+        "rvm_blocks": settings.rvm_blocks,
+        "value_mapping": settings.value_mapping,
+        "dsf": settings.dsf,
+        "dsf_quantile": settings.dsf_quantile,
+        "scheduler": settings.scheduler,
+        "motion_strength_x": settings.motion_strength_x,
+        "motion_strength_y": settings.motion_strength_y,
+    }
 
 
 def check_frames(frames: np.ndarray, prompt_id: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import metrics
 from . import shape_world as world
+from .encode import to_uint8
 
 _WORD = re.compile(r"[a-z]+")
 #: What ``video_scores`` returns, in table order.
@@ -106,8 +107,7 @@ def video_scores(frames: np.ndarray, frame_prompts: Sequence[str]) -> dict[str, 
       (collapse, duplication, a missing or extra object);
     * ``flicker``: the existing luminance flicker measure (``metrics.flicker``).
     """
-    if frames.dtype != np.uint8:
-        frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    frames = to_uint8(frames)
     detections = [world.detect(frame) for frame in frames]
     adherence, colour, count_errors = [], [], []
     for found, text in zip(detections, frame_prompts):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import shape_world as world
-from .files import write_atomically
+from .files import staged_directory, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,10 @@ UNET = {"sample_size": 8, "block_out_channels": (32, 64, 64, 64), "layers_per_bl
         "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 8}
 VAE = {"block_out_channels": (8, 16, 32, 64), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+class CheckpointError(ValueError):
+    """A work directory's checkpoint cannot be continued with these settings (the message says what to do)."""
 
 
 class TrainConfig(BaseModel):
@@ -183,7 +186,7 @@ class Trainer:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         saved = {key: value for key, value in state["config"].items() if key not in self.config.OUTPUT_ONLY}
         if saved != self.config.training_settings():
-            raise ValueError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
+            raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
         self.vae.load_state_dict(state["vae"])
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text"])
@@ -309,16 +312,10 @@ class Trainer:
             scheduler=PNDMScheduler(**SD15_SCHEDULER, prediction_type=self.config.prediction_type), safety_checker=None,
             feature_extractor=CLIPImageProcessorPil(), requires_safety_checker=False,
         )
-        out_dir = Path(out_dir)
-        staging = out_dir.with_name(out_dir.name + ".partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        pipeline.save_pretrained(staging, safe_serialization=True)
-        write_atomically(staging / "TRAINING.json", json.dumps(provenance, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-        return out_dir
+        with staged_directory(out_dir) as staging:
+            pipeline.save_pretrained(staging, safe_serialization=True)
+            write_atomically(staging / "TRAINING.json", json.dumps(provenance, indent=2) + "\n")
+        return Path(out_dir)
 
 
 def _git_commit() -> str | None:

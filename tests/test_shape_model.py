@@ -13,8 +13,10 @@ import torch
 
 from direct2v import shape_eval
 from direct2v.config import RenderSettings
+from direct2v.encode import to_uint8
 from direct2v.models import SHAPE_WORLD_WEIGHTS, install_shape_world
 from direct2v.pipeline import DirecT2VPipeline
+from direct2v.render import pipeline_arguments
 
 # measured at commit time on these seeds, defaults at STEPS steps (see the module docstring)
 IMAGE_COLOUR_MIN = 0.90  # measured 0.952 (20 of 21)
@@ -32,10 +34,7 @@ STEPS = 20  # the defaults' sampler, guidance and schedule fractions, at 20 step
 
 
 def _defaults():
-    render = RenderSettings(num_inference_steps=STEPS)
-    window = render.schedule()
-    return {"num_inference_steps": render.num_inference_steps, "guidance_scale": render.resolved_guidance_scale(),
-            "t0": window.t0, "t1": window.t1, "scheduler": render.scheduler, "dsf_quantile": render.dsf_quantile}
+    return pipeline_arguments(RenderSettings(num_inference_steps=STEPS))
 
 
 def test_models_build_copies_the_committed_weights(tmp_path):
@@ -47,12 +46,12 @@ def test_models_build_copies_the_committed_weights(tmp_path):
 
 def test_held_out_captions_render_with_the_asked_colour_and_cell(shape_pipe):
     captions = shape_eval.image_captions(21)
-    kwargs = {**_defaults(), "rvm_period": math.inf, "dsf": False}
+    kwargs = {**_defaults(), "rvm_period": math.inf, "dsf": False}  # one frame: plain SD
     scores = []
     for seed in (0,):
         for text in captions:
             image = shape_pipe([text], generator=torch.Generator().manual_seed(seed), **kwargs)[0]
-            scores.append(shape_eval.image_scores(np.rint(image * 255).astype(np.uint8), text))
+            scores.append(shape_eval.image_scores(to_uint8(image[None])[0], text))
     colour = np.mean([s["colour"] for s in scores])
     cell = np.mean([s["position"] for s in scores])
     print(f"images: colour {colour:.3f} cell {cell:.3f}")
@@ -60,8 +59,7 @@ def test_held_out_captions_render_with_the_asked_colour_and_cell(shape_pipe):
 
 
 def test_default_videos_follow_their_frame_prompts(shape_pipe):
-    window = RenderSettings(num_inference_steps=STEPS).schedule()
-    kwargs = {**_defaults(), "rvm_period": window.period, "dsf": True}
+    kwargs = _defaults()  # RVM + DSF, as a run renders
     scores = []
     for seed in (0, 1):
         for scenario in shape_eval.video_scenarios(seed):
