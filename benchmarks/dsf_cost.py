@@ -7,12 +7,16 @@ allocations and thread pools cannot slow the next), on the same model, size, sch
   attention layer, the key/value of frame 0 copied to every frame);
 * ``m-inf``: ours with the reference pinned to frame 0 on every layer and DSF off (the same math);
 * ``rvm``: ours, rotational value mapping with period m=4 on up_blocks.2/.3, DSF off;
-* ``rvm-dsf``: ours with the defaults (RVM + dual-softmax filtering, phi = 0.05).
+* ``rvm-dsf-stock``: the defaults with our one-pass CPU kernel off (``DIRECT2V_CPU_KERNELS=0``):
+  the same math in three fused PyTorch kernel calls, what the kernel replaced;
+* ``rvm-dsf``: ours with the defaults (RVM + dual-softmax filtering, phi = 0.05; on CPU the one-pass
+  kernel of :mod:`direct2v.cpu_kernels`).
 
 Each child renders once untimed at 2 steps (warm-up: kernels, allocator, lazy imports), then
 ``--repeats`` times timed, and reports the median seconds and its peak memory (resident set size on
 CPU, the allocator's peak on CUDA). The table gives seconds, the ratio to diffusers and the ratio to
-plain RVM; the product's goal is rvm-dsf / rvm <= 1.25 and rvm-dsf faster than t2vz.
+plain RVM; the product's goal is rvm-dsf / rvm <= 1.25 and rvm-dsf faster than t2vz. The warm-up
+render also builds the CPU kernel where it is not yet built (untimed).
 
 ``--layer`` instead times the steps of ONE dual-softmax layer call in isolation (random
 query/key/value of the given shape; default: the tiny model's up_blocks.3 at 256 px), each next to
@@ -47,7 +51,8 @@ VARIANTS = {
     "t2vz": "diffusers TextToVideoZeroPipeline",
     "m-inf": "ours, m=inf, all blocks, no DSF (same math as T2V-Z)",
     "rvm": "ours, RVM m=4 on up_blocks.2/.3",
-    "rvm-dsf": "ours, RVM + DSF (the default)",
+    "rvm-dsf-stock": "ours, RVM + DSF on stock kernels (three passes)",
+    "rvm-dsf": "ours, RVM + DSF (the default: one-pass CPU kernel)",
 }
 PROMPT = "a red fox runs across a snowy field"
 
@@ -69,6 +74,7 @@ def render_once(variant: str, pipe, args: argparse.Namespace, steps: int, t0: in
         "m-inf": {"rvm_period": math.inf, "rvm_blocks": "all", "dsf": False},
         "rvm": {"rvm_period": 4, "rvm_blocks": "up", "dsf": False},
         "rvm-dsf": {"rvm_period": 4, "rvm_blocks": "up", "dsf": True},
+        "rvm-dsf-stock": {"rvm_period": 4, "rvm_blocks": "up", "dsf": True},
     }[variant]
     pipe([PROMPT] * args.frames, **options, **common)
 
@@ -123,7 +129,7 @@ def time_ms(function, repeats: int = 5) -> float:
 
 def layer_steps(shape: list[int]) -> None:
     """Time each step of one dual-softmax layer call against the step it replaced."""
-    from direct2v import attention, dsf, reference
+    from direct2v import attention, cpu_kernels, dsf, reference
 
     groups, frames, heads, tokens, _ = shape
     device, dtype = device_and_dtype()
@@ -132,6 +138,7 @@ def layer_steps(shape: list[int]) -> None:
     ref_key, ref_value = key[:, 1], value[:, 1]
     state = reference.FrameReference(index=1, cfg_groups=groups)
     plain, filtered = attention.RotationalValueMappingProcessor(state), attention.DualSoftmaxFilterProcessor(state)
+    cpu_kernels.load()  # built before anything is timed
     mapped, confidence = filtered.mapping_and_confidence(query, ref_key, ref_value)
     mask = dsf.confidence_mask(confidence, filtered.quantile)
     frame_query = query.flatten(0, 1)
@@ -140,6 +147,15 @@ def layer_steps(shape: list[int]) -> None:
     row_lse = row_lse.view(groups, heads, frames, tokens).transpose(1, 2).flatten(0, 1)
     col_lse = dsf.column_lse(frame_query, frame_ref_key)
     flat = confidence.flatten()
+
+    def stock(function):  # the same call with the one-pass CPU kernel off
+        def call():
+            os.environ[cpu_kernels.SWITCH] = "0"
+            try:
+                return function()
+            finally:
+                os.environ.pop(cpu_kernels.SWITCH)
+        return call
 
     def full_own():
         return torch.nn.functional.scaled_dot_product_attention(
@@ -151,6 +167,8 @@ def layer_steps(shape: list[int]) -> None:
          lambda: dsf.attention_with_lse(attention.fold_frames(query), ref_key, ref_value)),
         ("column log-sum-exp (one fused call)", lambda: dsf.column_lse(frame_query, frame_ref_key)),
         ("confidence sum (one fused call)", lambda: dsf.confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)),
+        ("one-pass CPU kernel: value mapping + confidences (replaces the three calls above)",
+         lambda: cpu_kernels.dual_softmax_attention(query, ref_key, ref_value)),
         ("confidence, blockwise reference (all frames batched)",
          lambda: dsf.dual_softmax_confidence(query, ref_key[:, None])),
         ("quantile: selection (topk)", lambda: dsf.quantile(flat, filtered.quantile)),
@@ -159,7 +177,9 @@ def layer_steps(shape: list[int]) -> None:
          lambda: dsf.own_attention_where(mask, mapped, query, key, value)),
         ("own attention, every query", full_own),
         ("the whole RVM self-attention", lambda: plain.self_attention(query, key, value)),
-        ("the whole RVM + DSF self-attention", lambda: filtered.self_attention(query, key, value)),
+        ("the whole RVM + DSF self-attention, stock kernels", stock(lambda: filtered.self_attention(query, key, value))),
+        ("the whole RVM + DSF self-attention (one-pass kernel where it serves)",
+         lambda: filtered.self_attention(query, key, value)),
     ]
     print(f"one layer call, (groups, frames, heads, tokens, head_dim) = {tuple(shape)}, {device} "
           f"{str(dtype).removeprefix('torch.')}")
@@ -175,6 +195,8 @@ def run_variant(variant: str, args: argparse.Namespace, model_dir: Path) -> dict
                "--t0", str(args.t0), "--t1", str(args.t1), "--guidance", str(args.guidance),
                "--repeats", str(args.repeats)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if variant == "rvm-dsf-stock":
+        env["DIRECT2V_CPU_KERNELS"] = "0"  # the same math on PyTorch's fused kernels: what the CPU kernel replaced
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"variant {variant} failed:\n{done.stderr[-3000:]}")

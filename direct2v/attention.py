@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
+from .cpu_kernels import dual_softmax_attention
 from .dsf import (
     DSF_CHUNK_ELEMENTS,
     attention_with_lse,
@@ -197,15 +198,18 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
     A one-frame batch that is its own reference skips the filter: both branches are the same
     attention there, so the output would not change.
 
-    Cost, with fused kernels (CPU and CUDA): three attention-sized kernel calls where plain RVM makes
-    one — the value mapping (which also yields each query's row log-sum-exp), the column
-    log-sum-exp, the confidence sum (see :func:`direct2v.dsf.confidence_from_lse`) — plus the own attention of
-    the masked-out queries only (:func:`direct2v.dsf.own_attention_where`, about ``phi`` of them; every
-    query inside a compiled graph, whose shapes cannot depend on the mask) and a selection
-    for the quantile. Exact Eq. 3 needs the column normaliser over ALL queries before any query's
-    confidence can be summed, so with kernels that reduce over keys only, two passes over the
-    scores besides the value mapping's are the least there is. ``max_elements`` bounds the score
-    blocks of the blockwise path that runs on other devices.
+    Cost. On CPU (float32, eager) our one-pass kernel (:func:`direct2v.cpu_kernels.dual_softmax_attention`)
+    computes the value mapping and every confidence taking each exponential once: about 1.5x plain
+    RVM's attention call. Elsewhere, or where it cannot be built or hands a call back (scores whose
+    range could cost it precision), PyTorch's fused kernels: three attention-sized calls where plain
+    RVM makes one — the value mapping (which also yields each query's row log-sum-exp), the column
+    log-sum-exp, the confidence sum (see :func:`direct2v.dsf.confidence_from_lse`); exact Eq. 3 needs
+    the column normaliser over ALL queries before any confidence can be summed, and those kernels
+    reduce over keys only. Either way, plus the own attention of the masked-out queries only
+    (:func:`direct2v.dsf.own_attention_where`, about ``phi`` of them; every query inside a compiled
+    graph, whose shapes cannot depend on the mask) and a selection for the quantile.
+    ``max_elements`` bounds the score blocks of the blockwise path that runs on devices without
+    fused kernels.
     """
 
     def __init__(
@@ -231,13 +235,17 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The value mapping ``(groups, frames, heads, tokens, head_dim)`` and its confidences.
 
-        With fused kernels (CPU, CUDA) the value mapping's call also returns each query's row
-        log-sum-exp, from which :func:`direct2v.dsf.frame_confidence` needs two more calls;
-        elsewhere :meth:`value_mapping` and the blockwise reference.
+        Our one-pass CPU kernel where it serves; else with fused stock kernels (CPU, CUDA) the value
+        mapping's call also returns each query's row log-sum-exp, from which
+        :func:`direct2v.dsf.frame_confidence` needs two more calls; elsewhere :meth:`value_mapping`
+        and the blockwise reference.
 
         Returns:
             ``(mapped, confidence)``, confidence float32 ``(groups, frames, heads, tokens)``.
         """
+        single_pass = dual_softmax_attention(query, ref_key, ref_value)
+        if single_pass is not None:
+            return single_pass
         frames = query.shape[1]
         fused = attention_with_lse(fold_frames(query), ref_key, ref_value)
         if fused is None:

