@@ -107,9 +107,14 @@ bool run_slice(Workspace& ws, const SliceArgs& s) {
     for (int64_t j = 0; j < d; ++j) qv[j] = Vec::loadu(qt + j * nqp + q0);
   };
   auto score = [&](const float* k) {  // the scores of W queries against one key
-    Vec x = Vec(k[0]) * qv[0];
-    for (int64_t j = 1; j < d; ++j) x = at::vec::fmadd(Vec(k[j]), qv[j], x);
-    return x;
+    Vec x = Vec(k[0]) * qv[0], y(0.f);  // two chains of FMAs: half the latency per key (measured: 5% faster)
+    int64_t j = 1;
+    for (; j + 1 < d; j += 2) {
+      y = at::vec::fmadd(Vec(k[j]), qv[j], y);
+      x = at::vec::fmadd(Vec(k[j + 1]), qv[j + 1], x);
+    }
+    if (j < d) y = at::vec::fmadd(Vec(k[j]), qv[j], y);
+    return x + y;
   };
 
   const int64_t first = std::min(BK, nk);
