@@ -25,6 +25,7 @@ blockwise reference, the own attention of the masked-out queries against every q
 selection against a full sort.
 
     python benchmarks/dsf_cost.py                    # tiny SD-shaped model at 256 px, CPU: ~1 min
+    python benchmarks/dsf_cost.py --rounds 5         # round-robin, median over rounds: ~6 min
     python benchmarks/dsf_cost.py --layer            # one layer call, step by step
     python benchmarks/dsf_cost.py --model-dir DIR --size 512 --steps 100 --t0 90 --t1 95   # CUDA
 """
@@ -212,7 +213,10 @@ def main() -> None:
     parser.add_argument("--t0", type=int, default=8)
     parser.add_argument("--t1", type=int, default=9)
     parser.add_argument("--guidance", type=float, default=12.0)
-    parser.add_argument("--repeats", type=int, default=1, help="timed renders per variant (median)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed renders per variant process (median)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every variant this many times, round-robin, and report the median over rounds: "
+                             "a shared machine's drift then lands on every variant alike")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--layer", action="store_true", help="time the steps of one layer call instead")
     parser.add_argument("--shape", type=int, nargs=5, default=[2, 8, 4, 1024, 8],
@@ -236,8 +240,13 @@ def main() -> None:
             model_dir = build_tiny_sd(Path(scratch) / "tiny-sd")
         print(f"model {model_dir}, {device} {str(dtype).removeprefix('torch.')}, {args.size} px, "
               f"{args.frames} frames, {args.steps} steps (t0={args.t0}, t1={args.t1}), CFG {args.guidance}, "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, median of {args.repeats}")
-        results = {variant: run_variant(variant, args, model_dir) for variant in args.variants}
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, median of {args.repeats} "
+              f"x {args.rounds} round(s)")
+        rounds = [{variant: run_variant(variant, args, model_dir) for variant in args.variants}
+                  for _ in range(args.rounds)]
+        results = {variant: {"seconds": statistics.median(r[variant]["seconds"] for r in rounds),
+                             "peak_bytes": max(r[variant]["peak_bytes"] for r in rounds)}
+                   for variant in args.variants}
 
     baseline = results.get("t2vz", {}).get("seconds")
     rvm = results.get("rvm", {}).get("seconds")
