@@ -47,6 +47,8 @@ from pathlib import Path
 
 import torch
 
+from direct2v import cpu_kernels
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "t2vz": "diffusers TextToVideoZeroPipeline",
@@ -130,7 +132,7 @@ def time_ms(function, repeats: int = 5) -> float:
 
 def layer_steps(shape: list[int]) -> None:
     """Time each step of one dual-softmax layer call against the step it replaced."""
-    from direct2v import attention, cpu_kernels, dsf, reference
+    from direct2v import attention, dsf, reference
 
     groups, frames, heads, tokens, _ = shape
     device, dtype = device_and_dtype()
@@ -197,7 +199,7 @@ def run_variant(variant: str, args: argparse.Namespace, model_dir: Path) -> dict
                "--repeats", str(args.repeats)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if variant == "rvm-dsf-stock":
-        env["DIRECT2V_CPU_KERNELS"] = "0"  # the same math on PyTorch's fused kernels: what the CPU kernel replaced
+        env[cpu_kernels.SWITCH] = "0"  # the same math on PyTorch's fused kernels: what the CPU kernel replaced
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"variant {variant} failed:\n{done.stderr[-3000:]}")

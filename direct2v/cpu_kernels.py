@@ -39,6 +39,8 @@ ISA_FLAGS = {
 }
 SWITCH = "DIRECT2V_CPU_KERNELS"
 CACHE = "DIRECT2V_KERNEL_CACHE"
+#: Largest head size the kernel takes (``kMaxHead`` in the C++); larger heads take the stock path.
+MAX_HEAD = 256
 
 #: Calls of the kernel and those it handed back because the scores' range could cost precision.
 STATS: Counter[str] = Counter()
@@ -56,11 +58,8 @@ def cache_dir() -> Path:
     return base / "direct2v" / "kernels"
 
 
-def library_name() -> str | None:
-    """The kernel library's name for this source, PyTorch and instruction set; None without flags for the CPU."""
-    flags = ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability())
-    if flags is None:
-        return None
+def library_name(flags: list[str]) -> str:
+    """The kernel library's name for this source, PyTorch version and compiler flags."""
     key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()
     return f"direct2v_dsf_{key[:16]}"
 
@@ -68,23 +67,24 @@ def library_name() -> str | None:
 @functools.cache
 def load() -> str | None:
     """Build (first time) and load the kernel library; its operator namespace, or None (logged once)."""
-    name = library_name()
-    if name is None:
-        logger.warning("no DSF CPU kernel for this CPU (%s); the stock-kernel path serves",
-                       torch.backends.cpu.get_cpu_capability())
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ISA_FLAGS.get(capability)
+    if flags is None:
+        logger.warning("no DSF CPU kernel for this CPU (%s); the stock-kernel path serves", capability)
         return None
+    name = library_name(flags)
     build_dir = cache_dir() / name
     try:
         from torch.utils.cpp_extension import load as build_and_load
 
         build_dir.mkdir(parents=True, exist_ok=True)
-        flags = ISA_FLAGS[torch.backends.cpu.get_cpu_capability()]
         build_and_load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir), is_python_module=False,
                        extra_cflags=["-O3", *flags, f"-DDIRECT2V_NAMESPACE={name}"], verbose=False)
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as error:
         # no compiler or ninja, a failed build, an unwritable cache or unloadable library: stock kernels serve
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]  # a build log ends with its error
         logger.warning("the DSF CPU kernel could not be built in %s (%s); the stock-kernel path serves",
-                       build_dir, str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
+                       build_dir, reason)
         return None
     return name
 
@@ -113,8 +113,7 @@ def dual_softmax_attention(
         or not enabled()
         or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
         or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
-        or query.shape[-1] > 256
-        or ref_value.shape[-1] > 256
+        or max(query.shape[-1], ref_value.shape[-1]) > MAX_HEAD
     ):
         return None
     name = load()
@@ -134,7 +133,8 @@ def main() -> None:
     """``python -m direct2v.cpu_kernels``: build the kernel now (set-up does), say whether it serves."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     name = load()
-    print(f"DSF CPU kernel: {'ready (' + str(cache_dir() / name) + ')' if name else 'unavailable: the stock-kernel path serves'}")
+    status = f"ready ({cache_dir() / name})" if name else "unavailable: the stock-kernel path serves"
+    print(f"DSF CPU kernel: {status}")
 
 
 if __name__ == "__main__":

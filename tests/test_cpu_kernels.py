@@ -142,19 +142,16 @@ def test_a_failed_build_is_one_warning_and_the_stock_path(fresh_load, monkeypatc
 
 def test_a_cpu_without_avx_gets_no_kernel(fresh_load, monkeypatch, caplog):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert cpu_kernels.library_name() is None
+    assert "DEFAULT" not in cpu_kernels.ISA_FLAGS
     with caplog.at_level(logging.WARNING, logger="direct2v.cpu_kernels"):
         assert cpu_kernels.load() is None
     assert "DEFAULT" in caplog.text
 
 
 def test_the_library_name_follows_the_source_and_the_instruction_set(monkeypatch, tmp_path):
-    names = {}
-    for isa in ("AVX512", "AVX2"):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
-        names[isa] = cpu_kernels.library_name()
+    names = {isa: cpu_kernels.library_name(flags) for isa, flags in cpu_kernels.ISA_FLAGS.items()}
     edited = tmp_path / "dual_softmax.cpp"
     edited.write_bytes(cpu_kernels.SOURCE.read_bytes() + b"\n// edited\n")
     monkeypatch.setattr(cpu_kernels, "SOURCE", edited)
-    names["edited"] = cpu_kernels.library_name()
+    names["edited"] = cpu_kernels.library_name(cpu_kernels.ISA_FLAGS["AVX2"])
     assert len(set(names.values())) == 3 and all(n.startswith("direct2v_dsf_") for n in names.values())

