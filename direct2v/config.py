@@ -41,7 +41,11 @@ class DirectorSettings(_Section):
     """The LLM director (vLLM offline engine)."""
 
     model_dir: Path = DEFAULT_LLM_DIR
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
+        None, description="the engine's weights and activations; None = float32 on CPU builds (the same seed then "
+        "gives the same plan: with bfloat16 the greedy answers changed from run to run, measured), bfloat16 on "
+        "GPUs; auto = the model config's",
+    )
     max_model_len: int = Field(8192, ge=256, description="prompt + every round's answers must fit")
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)

@@ -4,6 +4,7 @@ plan valid or recorded as failed with a reason; lineage correct; the example pro
 plans; v1 still plans; the cache answers a repeated request without the engine."""
 
 import pytest
+import torch
 
 from direct2v.config import DirectorSettings
 from direct2v.plan import FramePlan, PlanFailure, TokenBudget, lineage, validate_frames
@@ -70,6 +71,25 @@ def test_the_example_prompts_get_clean_plans(director):
         quality = measure_plan(result.frames, record.prompt, 8)
         assert quality.clean and result.warnings == [], (result.frames, result.warnings)
         assert quality.progression >= 0.5, result.frames
+
+
+def test_the_same_request_gets_the_same_plans_again(director):
+    """Greedy first answers and seeded repair samples: the same request asked of the engine again,
+    after another (the plan cache bypassed, the engine's prefix cache not), gives the same frames.
+    On CPU that takes float32 (``engine_dtype``): in bfloat16 most of these plans came back
+    different the second time."""
+    prompts = [*PROMPTS, "A red ball rolls across a table"]
+    records = [PromptRecord(id=f"e{i}", prompt=p) for i, p in enumerate(prompts)]
+    cache, director.cache = director.cache, None  # every call reaches the engine
+    try:
+        first = director.plan(records, frames=8, fps=2, seed=0)
+        between = director.plan(records, frames=8, fps=2, seed=0, fps_doublings=1)
+        again = director.plan(records, frames=8, fps=2, seed=0)
+    finally:
+        director.cache = cache
+    assert director.sampling()["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
+    assert all(isinstance(result, FramePlan) for result in first + between + again)
+    assert [r.frames for r in again] == [r.frames for r in first]
 
 
 def test_v1_the_papers_single_request_still_plans(director):
