@@ -10,12 +10,12 @@ numbers near 0. Point ``eval.clip_model_dir`` at a real CLIP directory (for exam
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
+from .files import staged_directory
 from .tiny_models import build_clip_tokenizer, tiny_text_config
 
 IMAGE_SIZE = 32
@@ -24,31 +24,26 @@ IMAGE_SIZE = 32
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
     """Build the tiny CLIP into ``path`` (replacing it) and return ``path``; same seed, same files."""
     path = Path(path)
-    staging = path.with_name(path.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    tokenizer = build_clip_tokenizer(staging)
-    config = CLIPConfig(
-        text_config=tiny_text_config(tokenizer),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=IMAGE_SIZE,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(config).eval()
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    ).save_pretrained(staging)
-    if path.exists():
-        shutil.rmtree(path)
-    staging.replace(path)
+    with staged_directory(path) as staging:
+        tokenizer = build_clip_tokenizer(staging)
+        config = CLIPConfig(
+            text_config=tiny_text_config(tokenizer),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=IMAGE_SIZE,
+                patch_size=8,
+            ),
+            projection_dim=16,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CLIPModel(config).eval()
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ).save_pretrained(staging)
     return path

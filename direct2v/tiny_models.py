@@ -14,13 +14,14 @@ prompts take a realistic number of tokens (whole common words, sub-words for rar
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .files import staged_directory
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_TOKENS = 77
@@ -254,29 +255,24 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     gives the same files (weights and tokenizer); the global torch RNG is left as it was.
     """
     path = Path(path)
-    staging = path.with_name(path.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    tokenizer = build_clip_tokenizer(staging / "tokenizer")  # save_pretrained adds tokenizer.json beside
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **TINY_UNET)
-        vae = AutoencoderKL(**SD_VAE_LAYOUT, **TINY_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
-    pipeline = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=CLIPImageProcessorPil(),  # only for diffusers loaders that expect one
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(staging, safe_serialization=True)
-    if path.exists():
-        shutil.rmtree(path)
-    staging.replace(path)
+    with staged_directory(path) as staging:
+        tokenizer = build_clip_tokenizer(staging / "tokenizer")  # save_pretrained adds tokenizer.json beside
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **TINY_UNET)
+            vae = AutoencoderKL(**SD_VAE_LAYOUT, **TINY_VAE)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
+        pipeline = StableDiffusionPipeline(
+            vae=vae.eval(),
+            text_encoder=text_encoder.eval(),
+            tokenizer=tokenizer,
+            unet=unet.eval(),
+            scheduler=PNDMScheduler(**SD15_SCHEDULER),
+            safety_checker=None,
+            feature_extractor=CLIPImageProcessorPil(),  # only for diffusers loaders that expect one
+            requires_safety_checker=False,
+        )
+        pipeline.save_pretrained(staging, safe_serialization=True)
     return path
 
 
