@@ -130,18 +130,35 @@ def time_ms(function, repeats: int = 5) -> float:
     return (time.perf_counter() - started) / repeats * 1000
 
 
-def layer_steps(shape: list[int]) -> None:
+def float32_confidences(dsf, function):
+    """``function`` with both fused confidence calls on float32 copies of half-precision inputs, as
+    before 2026-12-06 (on CUDA that took memory-efficient attention in float32 instead of flash)."""
+    column_lse, confidence_from_lse = dsf.column_lse, dsf.confidence_from_lse
+
+    def call():
+        dsf.column_lse = lambda query, key: column_lse(query.float(), key.float())
+        dsf.confidence_from_lse = lambda query, key, *lse: confidence_from_lse(query.float(), key.float(), *lse)
+        try:
+            return function()
+        finally:
+            dsf.column_lse, dsf.confidence_from_lse = column_lse, confidence_from_lse
+    return call
+
+
+def layer_steps(shape: list[int], dtype: torch.dtype | None = None) -> None:
     """Time each step of one dual-softmax layer call against the step it replaced."""
     from direct2v import attention, dsf, reference
 
     groups, frames, heads, tokens, _ = shape
-    device, dtype = device_and_dtype()
+    device, default_dtype = device_and_dtype()
+    dtype = dtype or default_dtype
     generator = torch.Generator(device).manual_seed(0)
     query, key, value = (torch.randn(shape, generator=generator, device=device, dtype=dtype) for _ in range(3))
     ref_key, ref_value = key[:, 1], value[:, 1]
     state = reference.FrameReference(index=1, cfg_groups=groups)
     plain, filtered = attention.RotationalValueMappingProcessor(state), attention.DualSoftmaxFilterProcessor(state)
-    cpu_kernels.load()  # built before anything is timed
+    if device == "cpu":
+        cpu_kernels.load()  # built before anything is timed
     mapped, confidence = filtered.mapping_and_confidence(query, ref_key, ref_value)
     mask = dsf.confidence_mask(confidence, filtered.quantile)
     frame_query = query.flatten(0, 1)
@@ -170,8 +187,21 @@ def layer_steps(shape: list[int]) -> None:
          lambda: dsf.attention_with_lse(attention.fold_frames(query), ref_key, ref_value)),
         ("column log-sum-exp (one fused call)", lambda: dsf.column_lse(frame_query, frame_ref_key)),
         ("confidence sum (one fused call)", lambda: dsf.confidence_from_lse(frame_query, frame_ref_key, row_lse, col_lse)),
-        ("one-pass CPU kernel: value mapping + confidences (replaces the three calls above)",
-         lambda: cpu_kernels.dual_softmax_attention(query, ref_key, ref_value)),
+    ]
+    if dtype != torch.float32:
+        query32, key32 = frame_query.float(), frame_ref_key.float()
+        rows += [
+            ("column log-sum-exp, float32 copies (before)", lambda: dsf.column_lse(query32, key32)),
+            ("confidence sum, float32 copies (before)",
+             lambda: dsf.confidence_from_lse(query32, key32, row_lse, col_lse)),
+            ("the whole RVM + DSF self-attention, confidences on float32 copies (before)",
+             float32_confidences(dsf, lambda: filtered.self_attention(query, key, value))),
+        ]
+    one_pass = cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is not None  # CPU, float32
+    if one_pass:
+        rows.append(("one-pass CPU kernel: value mapping + confidences (replaces the three calls above)",
+                     lambda: cpu_kernels.dual_softmax_attention(query, ref_key, ref_value)))
+    rows += [
         ("confidence, blockwise reference (all frames batched)",
          lambda: dsf.dual_softmax_confidence(query, ref_key[:, None])),
         ("quantile: selection (topk)", lambda: dsf.quantile(flat, filtered.quantile)),
@@ -181,9 +211,10 @@ def layer_steps(shape: list[int]) -> None:
         ("own attention, every query", full_own),
         ("the whole RVM self-attention", lambda: plain.self_attention(query, key, value)),
         ("the whole RVM + DSF self-attention, stock kernels", stock(lambda: filtered.self_attention(query, key, value))),
-        ("the whole RVM + DSF self-attention (one-pass kernel where it serves)",
-         lambda: filtered.self_attention(query, key, value)),
     ]
+    if one_pass:
+        rows.append(("the whole RVM + DSF self-attention, one-pass kernel",
+                     lambda: filtered.self_attention(query, key, value)))
     print(f"one layer call, (groups, frames, heads, tokens, head_dim) = {tuple(shape)}, {device} "
           f"{str(dtype).removeprefix('torch.')}")
     print("| step | ms |")
@@ -223,6 +254,8 @@ def main() -> None:
     parser.add_argument("--layer", action="store_true", help="time the steps of one layer call instead")
     parser.add_argument("--shape", type=int, nargs=5, default=[2, 8, 4, 1024, 8],
                         metavar=("GROUPS", "FRAMES", "HEADS", "TOKENS", "HEAD_DIM"), help="for --layer")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="for --layer (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,7 +263,7 @@ def main() -> None:
         child(args)
         return
     if args.layer:
-        layer_steps(args.shape)
+        layer_steps(args.shape, getattr(torch, args.dtype) if args.dtype else None)
         return
 
     device, dtype = device_and_dtype()

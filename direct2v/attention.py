@@ -202,8 +202,9 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
     computes the value mapping and every confidence taking each exponential once: about 1.5x plain
     RVM's attention call. Elsewhere, or where it cannot be built or hands a call back (scores whose
     range could cost it precision), PyTorch's fused kernels: three attention-sized calls where plain
-    RVM makes one — the value mapping (which also yields each query's row log-sum-exp), the column
-    log-sum-exp, the confidence sum (see :func:`direct2v.dsf.confidence_from_lse`); exact Eq. 3 needs
+    RVM makes one, all in the model's dtype (flash attention for fp16 on a GPU) — the value mapping
+    (which also yields each query's row log-sum-exp), the column log-sum-exp, the confidence sum
+    (see :func:`direct2v.dsf.confidence_from_lse`); exact Eq. 3 needs
     the column normaliser over ALL queries before any confidence can be summed, and those kernels
     reduce over keys only. Either way, plus the own attention of the masked-out queries only
     (:func:`direct2v.dsf.own_attention_where`, about ``phi`` of them; every query inside a compiled

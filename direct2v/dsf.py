@@ -131,16 +131,23 @@ def column_lse(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
 
     That is the row log-sum-exp of ``K Q^T / sqrt(d)``, so one fused attention call with the roles
     of query and key swapped computes it (its output, attention over the queries, is discarded).
-    In float32 whatever the inputs' dtype, like the confidences it serves.
+    In the inputs' own dtype: every fused kernel accumulates the scores and their log-sum-exp in
+    float32 (fp16/bf16 products are exact in float32), so on a GPU rendering in fp16 this is one
+    flash-attention call, as precise as the value mapping's own row log-sum-exp.
 
     Args:
         query: ``(batch, heads, Nq, d)``; key: ``(batch, heads, Nk, d)``.
     Returns:
         float32 ``(batch, heads, Nk)``; None where :func:`attention_with_lse` has no kernel.
     """
-    query, key = query.float(), key.float()
     fused = attention_with_lse(key, query, query, scale=query.shape[-1] ** -0.5)
     return None if fused is None else fused[1]
+
+
+#: Channels that carry ``-c_k`` into :func:`confidence_from_lse`'s scores: a float32 value split
+#: into parts that each fit the inputs' dtype (fp16/bf16 hold 11/8 significant bits; three parts
+#: keep 24 or more, float32's precision, and the kernel adds them in float32).
+COLUMN_PARTS = 3
 
 
 def confidence_from_lse(
@@ -153,13 +160,18 @@ def confidence_from_lse(
 
         ``mean_k C_qk = exp(logsumexp_k(2 S_qk - c_k) - r_q) / Nk``,
 
-    and ``logsumexp_k(2 S_qk - c_k)`` is the log-sum-exp of one attention call whose query gains a
-    constant channel 1 and whose key is doubled and gains the channel ``-c_k sqrt(d)`` (zero-padded
-    to a multiple of 8 channels, which the kernels prefer): the scores become exactly
-    ``2 S_qk - c_k``. (An additive bias tensor does the same but costs the CPU kernel 15% more.)
-    Every exponent is at most 0 (``S_qk <= r_q, c_k``) and the last step is a difference of two
-    float32 log-sum-exps: float32 precision throughout. Run in float32 whatever the inputs' dtype
-    (the confidences are of order ``1/(Nq Nk)``).
+    and ``logsumexp_k(2 S_qk - c_k)`` is the log-sum-exp of one attention call with the scale
+    doubled, whose query gains constant channels 1 and whose key gains channels holding
+    ``-c_k sqrt(d) / 2`` (zero-padded to a multiple of 8 channels, which the kernels prefer): the
+    scores become exactly ``2 S_qk - c_k``. (An additive bias tensor does the same but costs the CPU
+    kernel 15% more, and the flash kernels take none.)
+
+    The call runs in the inputs' own dtype, so a GPU rendering in fp16 stays on flash attention
+    (float32 inputs would take a kernel several times slower there). Precision is float32's all
+    the same: the key is not rescaled (the scale carries the factor 2), ``-c_k sqrt(d) / 2`` is
+    split over :data:`COLUMN_PARTS` channels that add up to its float32 value, and the kernels
+    accumulate scores and log-sum-exps in float32. Every exponent is at most 0
+    (``S_qk <= r_q, c_k``) and the last step is a difference of two float32 log-sum-exps.
 
     Args:
         query: ``(batch, heads, Nq, d)``; key: ``(batch, heads, Nk, d)``;
@@ -168,14 +180,17 @@ def confidence_from_lse(
         float32 ``(batch, heads, Nq)``; None where :func:`attention_with_lse` has no kernel.
     """
     head_dim = query.shape[-1]
-    width = -(-(head_dim + 1) // 8) * 8
-    padded_query = query.new_zeros(*query.shape[:-1], width, dtype=torch.float32)
+    width = -(-(head_dim + COLUMN_PARTS) // 8) * 8
+    padded_query = query.new_zeros(*query.shape[:-1], width)
     padded_query[..., :head_dim] = query
-    padded_query[..., head_dim] = 1.0
-    padded_key = key.new_zeros(*key.shape[:-1], width, dtype=torch.float32)
-    padded_key[..., :head_dim] = 2 * key.float()
-    padded_key[..., head_dim] = -col_lse.float() * math.sqrt(head_dim)
-    fused = attention_with_lse(padded_query, padded_key, padded_key, scale=head_dim**-0.5)
+    padded_query[..., head_dim : head_dim + COLUMN_PARTS] = 1.0
+    padded_key = key.new_zeros(*key.shape[:-1], width)
+    padded_key[..., :head_dim] = key
+    rest = col_lse.float() * (-math.sqrt(head_dim) / 2)
+    for part in range(head_dim, head_dim + COLUMN_PARTS):
+        padded_key[..., part] = rest
+        rest = rest - padded_key[..., part].float()  # what this dtype could not hold goes to the next part
+    fused = attention_with_lse(padded_query, padded_key, padded_key, scale=2 * head_dim**-0.5)
     if fused is None:
         return None
     return torch.exp(fused[1] - row_lse.float() - math.log(key.shape[-2]))
@@ -186,9 +201,9 @@ def frame_confidence(
 ) -> torch.Tensor:
     """Every frame's per-query confidence against the reference frame, float32 ``(groups, frames, heads, tokens)``.
 
-    From the fused kernels when the value mapping's row log-sum-exp ``row_lse`` (same shape) is
-    given and the kernels take float32 inputs; else from the blockwise reference, whose score
-    blocks hold at most ``max_elements``.
+    From the fused kernels, in the inputs' dtype, when the value mapping's row log-sum-exp
+    ``row_lse`` (same shape) is given and the device has them; else from the blockwise reference,
+    whose score blocks hold at most ``max_elements``.
 
     Args:
         query: ``(groups, frames, heads, tokens, d)``; ref_key: ``(groups, heads, ref_tokens, d)``.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a CUDA machine with torch + transformers (e.g. the lent H200's image): run the renderer's GPU check.
 # Installs the wheels of .whl/ (scripts/device-wheels.sh, run where pip reaches a registry) into a
-# private directory, then runs benchmarks/gpu_render.py; the JSON report goes to $1 (default: $OUT
-# when set, else the current directory). Budget: about 8 minutes on one H200, compilation included.
+# private directory, then runs benchmarks/dsf_cost.py --layer and benchmarks/gpu_render.py; the reports
+# go to $1 (default: $OUT when set, else the current directory). Budget: about 8 minutes on one H200,
+# compilation included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${1:-${OUT:-.}}"
@@ -12,4 +13,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+# One DSF layer call at SD 1.5's up_blocks.3 shape (512 px: 4096 tokens, 8 heads of 40), fp16, step
+# by step, with the confidences on float32 copies as before 2026-12-06 beside them (~30 s).
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/dsf_cost.py --layer --shape 2 8 8 4096 40 \
+  | tee "$out_dir/dsf_layer.md" || echo "gpu-check: the DSF layer table failed; the render check runs on" >&2
 exec python3 benchmarks/gpu_render.py --out "$out_dir/gpu_render.json"

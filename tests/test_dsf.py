@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -150,14 +151,62 @@ def test_fused_confidence_equals_the_blockwise_reference(sharpness, sizes, head_
         assert torch.equal(confidence_mask(fused, q), confidence_mask(reference, q))
 
 
-def test_fused_confidence_of_half_precision_inputs_is_computed_in_float32():
+def kernel_dtypes(monkeypatch) -> list[torch.dtype]:
+    """Record the dtype of every fused-kernel call the DSF functions make."""
+    seen, real = [], direct2v.dsf.attention_with_lse
+
+    def spy(query, key, value, scale=None):
+        seen.append(query.dtype)
+        return real(query, key, value, scale=scale)
+
+    monkeypatch.setattr(direct2v.dsf, "attention_with_lse", spy)
+    return seen
+
+
+def near_threshold(reference: torch.Tensor, q: float, rtol: float) -> torch.Tensor:
+    """Queries whose reference confidence lies within ``rtol`` of the reference threshold."""
+    phi = quantile(reference, q)
+    return (reference - phi).abs() <= rtol * phi
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sharpness", [0.3, 1.0, 3.0])
+@pytest.mark.parametrize("head_dim", [8, 40])
+def test_fused_confidence_of_half_precision_inputs_stays_in_their_dtype_at_float32_precision(
+    dtype, sharpness, head_dim, monkeypatch
+):
+    """On a GPU rendering in fp16 both confidence calls stay on flash attention (no float32 copies),
+    and the confidences still match Eq. 3 in float64 on the same half-precision values."""
     torch.manual_seed(7)
-    query, key = torch.randn(4, 2, 64, 8).bfloat16(), torch.randn(4, 2, 64, 8).bfloat16()
+    query = (sharpness * torch.randn(2, 4, 96, head_dim)).to(dtype)
+    key = (sharpness * torch.randn(2, 4, 80, head_dim)).to(dtype)
     row_lse = attention_with_lse(query, key, key)[1]
+    seen = kernel_dtypes(monkeypatch)
     fused = confidence_from_lse(query, key, row_lse, column_lse(query, key))
-    # the same bf16 values, upcast: the reference in float32 agrees to float32 precision
+    assert seen == [dtype, dtype]
     assert fused.dtype == torch.float32
-    assert torch.allclose(fused, dual_softmax_confidence(query.float(), key.float()), rtol=1e-4, atol=0)
+    exact = explicit_confidence(query, key)
+    # this CPU's half-precision flash kernel keeps its log-sum-exps to about 5e-5 (float32 inputs: 1e-6)
+    assert torch.allclose(fused.double(), exact, rtol=3e-4, atol=0)
+    for q in (0.05, 0.5):
+        differ = confidence_mask(fused, q) != confidence_mask(exact, q)
+        assert not (differ & ~near_threshold(exact, q, rtol=3e-4)).any()
+
+
+def test_the_column_channels_carry_float32_precision_in_half_precision_inputs():
+    """``-c_k sqrt(d) / 2`` of order 100 needs more bits than fp16 (11) or bf16 (8) hold: split over
+    COLUMN_PARTS channels it keeps float32's, so the scores are exactly ``2 S - c`` (checked through
+    an attention call whose log-sum-exp over ONE key is that score)."""
+    torch.manual_seed(8)
+    for dtype in (torch.float16, torch.bfloat16):
+        query, key = torch.randn(1, 1, 5, 8).to(dtype), torch.randn(1, 1, 1, 8).to(dtype)
+        col_lse = torch.tensor([[[37.123456]]])  # a large normaliser: the case the parts are for
+        row_lse = torch.zeros(1, 1, 5)
+        # with one key, mean_k C_qk = exp(2 S_q0 - c_0 - r_q): exp of the score itself
+        confidence = confidence_from_lse(query, key, row_lse, col_lse)
+        score = 2 * scores_of(query, key)[..., 0] - 37.123456
+        assert torch.allclose(confidence.double().log(), score, rtol=0, atol=2e-5)
+    assert direct2v.dsf.COLUMN_PARTS * 8 >= 24  # bf16's 8 significant bits per part reach float32's 24
 
 
 def test_fused_path_is_used_where_a_kernel_exists_and_none_elsewhere():
@@ -361,10 +410,13 @@ def test_dsf_processor_with_a_cached_anchor_reference_matches_explicit_reference
 
 
 @pytest.mark.parametrize("groups, frames, ref", [(2, 4, 1), (1, 3, 0)])
-@pytest.mark.parametrize("fast_path", ["one-pass", "fused"])
-def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames, ref, fast_path, monkeypatch):
-    attn = make_attention(4)
-    hidden = 3 * torch.randn(groups * frames, 24, 32)
+@pytest.mark.parametrize("fast_path, dtype", [("one-pass", torch.float32), ("fused", torch.float32),
+                                              ("fused", torch.float16), ("fused", torch.bfloat16)])
+def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames, ref, fast_path, dtype, monkeypatch):
+    """The fused path in half precision is what a GPU rendering in fp16 runs (the one-pass CPU kernel
+    stands aside for it); the blockwise reference computes its confidences in float32."""
+    attn = make_attention(4).to(dtype)
+    hidden = (3 * torch.randn(groups * frames, 24, 32)).to(dtype)
     masks = []
 
     def recording_mask(confidence, q):
@@ -381,11 +433,11 @@ def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames,
         blockwise = attn(hidden)
     assert len(masks) == 2 and masks[0].shape == (groups, frames, 4, 24)
     assert torch.equal(masks[0], masks[1]) and not masks[0].all()
-    assert torch.allclose(fused, blockwise, atol=1e-6)
+    assert torch.allclose(fused.float(), blockwise.float(), atol=1e-6 if dtype == torch.float32 else 0)
 
 
-def test_confidence_falls_back_to_blockwise_when_only_the_float32_kernels_are_refused(monkeypatch):
-    # as on a GPU whose fp16 kernel runs but whose float32 one refuses the inputs
+def test_confidence_falls_back_to_blockwise_when_only_the_confidence_calls_are_refused(monkeypatch):
+    # as on a GPU whose kernel runs the value mapping but refuses the column call's inputs
     attn = make_attention(5)
     hidden = 3 * torch.randn(6, 10, 32)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3))
@@ -478,3 +530,22 @@ def test_fused_path_renders_the_blockwise_video(pipe, settings, fast_path, monke
     blockwise = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
     assert fused.shape[0] == 5
     assert (fused - blockwise).abs().max() < 1e-4 * blockwise.abs().max()
+
+
+def test_half_precision_render_on_the_fused_path_is_the_blockwise_video(tiny_sd_dir, monkeypatch):
+    """What a GPU rendering in fp16 runs (the fused path with the confidence calls in fp16), on this
+    CPU: chunked with cached anchors and CFG, against the blockwise path (float32 confidences)."""
+    from direct2v.pipeline import DirecT2VPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # diffusers warns that fp16 is meant for accelerators
+        half = DirecT2VPipeline.from_local_dir(tiny_sd_dir, torch_dtype=torch.float16)
+    prompts = PROMPTS + ["the fox runs away", "snow falls on the empty field"]
+    kwargs = {**FAST, "batch_size": 2, "output_type": "latent"}
+    seen = kernel_dtypes(monkeypatch)
+    fused = half(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert seen and set(seen) == {torch.float16}  # the confidence calls ran, in fp16
+    blockwise_only(monkeypatch)
+    blockwise = half(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert fused.dtype == torch.float16 and torch.isfinite(fused).all()
+    assert (fused.float() - blockwise.float()).abs().max() <= 1e-3 * blockwise.float().abs().max()
