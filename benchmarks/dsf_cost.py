@@ -28,6 +28,7 @@ selection against a full sort.
     python benchmarks/dsf_cost.py --rounds 5         # round-robin, median over rounds: ~6 min
     python benchmarks/dsf_cost.py --layer            # one layer call, step by step
     python benchmarks/dsf_cost.py --model-dir DIR --size 512 --steps 100 --t0 90 --t1 95   # CUDA
+    python benchmarks/dsf_cost.py --architecture sd15 --size 512 --steps 100 --t0 90 --t1 95   # CUDA, no weights
 """
 
 from __future__ import annotations
@@ -225,6 +226,25 @@ def layer_steps(shape: list[int], dtype: torch.dtype | None = None) -> None:
         print(f"| {name} | {time_ms(function):.1f} |")
 
 
+def build_model(architecture: str, path: Path) -> Path:
+    """A random-weight SD-1.x directory at ``path``: the tiny test model, or SD 1.5's sizes (built on
+    the GPU where there is one, as ``benchmarks/gpu_render.py`` builds them, and saved in the
+    benchmark's dtype). Random weights cost what trained ones cost."""
+    if architecture == "tiny":
+        from direct2v.tiny_models import build_tiny_sd
+
+        return build_tiny_sd(path)
+    from gpu_render import build  # beside this file
+
+    from direct2v.tiny_models import sd_pipeline
+
+    device, dtype = device_and_dtype()
+    components = build(architecture, torch.device(device), dtype, path.parent)
+    pipeline = sd_pipeline(components["unet"], components["vae"], components["text_encoder"], components["tokenizer"])
+    pipeline.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def run_variant(variant: str, args: argparse.Namespace, model_dir: Path) -> dict:
     command = [sys.executable, __file__, "--child", "--variant", variant, "--model-dir", str(model_dir),
                "--size", str(args.size), "--frames", str(args.frames), "--steps", str(args.steps),
@@ -241,7 +261,10 @@ def run_variant(variant: str, args: argparse.Namespace, model_dir: Path) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: build the tiny model in a temp dir")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="default: build a random-weight model of --architecture in a temp dir")
+    parser.add_argument("--architecture", choices=["tiny", "sd15"], default="tiny",
+                        help="without --model-dir: the tiny test model, or SD 1.5's sizes (for a GPU)")
     parser.add_argument("--size", type=int, default=256, help="pixels (square)")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
@@ -252,7 +275,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every variant this many times, round-robin, and report the median over rounds: "
                              "a shared machine's drift then lands on every variant alike")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="default: all (on CUDA without rvm-dsf-stock, the same as rvm-dsf there)")
     parser.add_argument("--layer", action="store_true", help="time the steps of one layer call instead")
     parser.add_argument("--shape", type=int, nargs=5, default=[2, 8, 4, 1024, 8],
                         metavar=("GROUPS", "FRAMES", "HEADS", "TOKENS", "HEAD_DIM"), help="for --layer")
@@ -269,12 +293,10 @@ def main() -> None:
         return
 
     device, dtype = device_and_dtype()
+    if args.variants is None:  # the switch of rvm-dsf-stock only turns off our CPU kernel
+        args.variants = [v for v in VARIANTS if not (device == "cuda" and v == "rvm-dsf-stock")]
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model_dir
-        if model_dir is None:
-            from direct2v.tiny_models import build_tiny_sd
-
-            model_dir = build_tiny_sd(Path(scratch) / "tiny-sd")
+        model_dir = args.model_dir or build_model(args.architecture, Path(scratch) / f"{args.architecture}-sd")
         print(f"model {model_dir}, {device} {str(dtype).removeprefix('torch.')}, {args.size} px, "
               f"{args.frames} frames, {args.steps} steps (t0={args.t0}, t1={args.t1}), CFG {args.guidance}, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, median of {args.repeats} "

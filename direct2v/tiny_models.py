@@ -262,18 +262,24 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
             unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **TINY_UNET)
             vae = AutoencoderKL(**SD_VAE_LAYOUT, **TINY_VAE)
             text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
-        pipeline = StableDiffusionPipeline(
-            vae=vae.eval(),
-            text_encoder=text_encoder.eval(),
-            tokenizer=tokenizer,
-            unet=unet.eval(),
-            scheduler=PNDMScheduler(**SD15_SCHEDULER),
-            safety_checker=None,
-            feature_extractor=CLIPImageProcessorPil(),  # only for diffusers loaders that expect one
-            requires_safety_checker=False,
-        )
-        pipeline.save_pretrained(staging, safe_serialization=True)
+        sd_pipeline(unet, vae, text_encoder, tokenizer).save_pretrained(staging, safe_serialization=True)
     return path
+
+
+def sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """SD-1.x components as the ``StableDiffusionPipeline`` whose ``save_pretrained`` writes SD 1.5's
+    directory layout: SD 1.5's PNDM scheduler, no safety checker, and a stock CLIP image processor as
+    feature_extractor only because diffusers' SD-family loaders require one."""
+    return StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessorPil(),
+        requires_safety_checker=False,
+    )
 
 
 def build_tiny_lora(model_dir: Path, path: Path, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:

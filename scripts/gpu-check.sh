@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On a CUDA machine with torch + transformers (e.g. the lent H200's image): run the renderer's GPU check.
 # Installs the wheels of .whl/ (scripts/device-wheels.sh, run where pip reaches a registry) into a
-# private directory, then runs benchmarks/dsf_cost.py --layer and benchmarks/gpu_render.py; the reports
-# go to $1 (default: $OUT when set, else the current directory). Budget: about 8 minutes on one H200,
-# compilation included.
+# private directory, then runs benchmarks/dsf_cost.py (one layer call, then whole renders) and
+# benchmarks/gpu_render.py; the reports go to $1 (default: $OUT when set, else the current
+# directory). Budget: about 10 minutes on one H200, compilation included; each of the three steps is
+# one command of its own, to run alone where less device time is left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${1:-${OUT:-.}}"
@@ -17,4 +18,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 # by step, with the confidences on float32 copies as before 2026-12-06 beside them (~30 s).
 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/dsf_cost.py --layer --shape 2 8 8 4096 40 \
   | tee "$out_dir/dsf_layer.md" || echo "gpu-check: the DSF layer table failed; the render check runs on" >&2
+# What DSF costs in a whole render, SD 1.5's sizes (random weights), 512 px, 100 steps: diffusers'
+# Text2Video-Zero, ours m=inf, RVM, RVM+DSF, each in its own process (~2 min).
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/dsf_cost.py --architecture sd15 --size 512 \
+  --steps 100 --t0 90 --t1 95 | tee "$out_dir/dsf_cost.md" || echo "gpu-check: the DSF cost table failed" >&2
 exec python3 benchmarks/gpu_render.py --out "$out_dir/gpu_render.json"
