@@ -13,13 +13,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="/tmp/direct2v-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"  # the renderer modules, without installing
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 # One DSF layer call at SD 1.5's up_blocks.3 shape (512 px: 4096 tokens, 8 heads of 40), fp16, step
 # by step, with the confidences on float32 copies as before 2026-12-06 beside them (~30 s).
-PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/dsf_cost.py --layer --shape 2 8 8 4096 40 \
+python3 benchmarks/dsf_cost.py --layer --shape 2 8 8 4096 40 \
   | tee "$out_dir/dsf_layer.md" || echo "gpu-check: the DSF layer table failed; the render check runs on" >&2
 # What DSF costs in a whole render, SD 1.5's sizes (random weights), 512 px, 100 steps: diffusers'
 # Text2Video-Zero, ours m=inf, RVM, RVM+DSF, each in its own process (~2 min).
-PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/dsf_cost.py --architecture sd15 --size 512 \
+python3 benchmarks/dsf_cost.py --architecture sd15 --size 512 \
   --steps 100 --t0 90 --t1 95 | tee "$out_dir/dsf_cost.md" || echo "gpu-check: the DSF cost table failed" >&2
 exec python3 benchmarks/gpu_render.py --out "$out_dir/gpu_render.json"

@@ -198,15 +198,17 @@ def test_the_column_channels_carry_float32_precision_in_half_precision_inputs():
     COLUMN_PARTS channels it keeps float32's, so the scores are exactly ``2 S - c`` (checked through
     an attention call whose log-sum-exp over ONE key is that score)."""
     torch.manual_seed(8)
+    c = 29.987654  # a large normaliser whose channel value needs three bf16 parts:
+    channel = torch.tensor(c * math.sqrt(8) / 2)
+    two_parts = channel.bfloat16().float() + (channel - channel.bfloat16().float()).bfloat16().float()
+    assert (channel - two_parts).abs() > 1e-4  # two would leave 2.3e-4 out (1.6e-4 in the score)
     for dtype in (torch.float16, torch.bfloat16):
         query, key = torch.randn(1, 1, 5, 8).to(dtype), torch.randn(1, 1, 1, 8).to(dtype)
-        col_lse = torch.tensor([[[37.123456]]])  # a large normaliser: the case the parts are for
         row_lse = torch.zeros(1, 1, 5)
         # with one key, mean_k C_qk = exp(2 S_q0 - c_0 - r_q): exp of the score itself
-        confidence = confidence_from_lse(query, key, row_lse, col_lse)
-        score = 2 * scores_of(query, key)[..., 0] - 37.123456
+        confidence = confidence_from_lse(query, key, row_lse, torch.tensor([[[c]]]))
+        score = 2 * scores_of(query, key)[..., 0] - c
         assert torch.allclose(confidence.double().log(), score, rtol=0, atol=2e-5)
-    assert direct2v.dsf.COLUMN_PARTS * 8 >= 24  # bf16's 8 significant bits per part reach float32's 24
 
 
 def test_fused_path_is_used_where_a_kernel_exists_and_none_elsewhere():
