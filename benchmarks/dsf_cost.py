@@ -132,6 +132,13 @@ def time_ms(function, repeats: int | None = None) -> float:
     return (time.perf_counter() - started) / repeats * 1000
 
 
+def three_digits(ms: float) -> str:
+    """``ms`` to three significant digits, without an exponent (a GPU call can take 0.05 ms, the blockwise
+    reference seconds): 0.0512, 26.7, 1234."""
+    decimals = max(0, 2 - math.floor(math.log10(ms))) if ms > 0 else 1
+    return f"{ms:.{decimals}f}"
+
+
 def float32_confidences(dsf, function):
     """``function`` with both fused confidence calls on float32 copies of half-precision inputs, as
     before 2026-12-06 (on CUDA that took memory-efficient attention in float32 instead of flash)."""
@@ -228,7 +235,7 @@ def layer_steps(shape: list[int], dtype: torch.dtype | None = None) -> None:
     print("|---|---|")
     for name, function in rows:
         try:
-            print(f"| {name} | {time_ms(function):.1f} |", flush=True)
+            print(f"| {name} | {three_digits(time_ms(function))} |", flush=True)
         except RuntimeError as error:  # a kernel this device refuses: the other rows still count
             print(f"| {name} | failed: {str(error).splitlines()[0]} |", flush=True)
 
