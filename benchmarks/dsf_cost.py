@@ -21,7 +21,8 @@ render also builds the CPU kernel where it is not yet built (untimed).
 ``--layer`` instead times the steps of ONE dual-softmax layer call in isolation (random
 query/key/value of the given shape; default: the tiny model's up_blocks.3 at 256 px), each next to
 what it replaced: the fused value mapping against plain RVM's, the fused confidence against the
-blockwise reference, the own attention of the masked-out queries against every query's, the
+blockwise reference, the own attention of the masked-out queries (stock SDPA padded, our CPU kernel
+unpadded) against every query's, the
 selection against a full sort.
 
     python benchmarks/dsf_cost.py                    # tiny SD-shaped model at 256 px, CPU: ~1 min
@@ -132,6 +133,12 @@ def time_ms(function, repeats: int | None = None) -> float:
     return (time.perf_counter() - started) / repeats * 1000
 
 
+def padded_width(mask: torch.Tensor) -> float:
+    """The share of the queries :func:`direct2v.dsf.own_attention_where` computes: every slice padded to
+    the largest count of masked-out queries."""
+    return float((~mask).sum(dim=-1).max()) / mask.shape[-1]
+
+
 def three_digits(ms: float) -> str:
     """``ms`` to three significant digits, without an exponent (a GPU call can take 0.05 ms, the blockwise
     reference seconds): 0.0512, 26.7, 1234."""
@@ -220,8 +227,13 @@ def layer_steps(shape: list[int], dtype: torch.dtype | None = None) -> None:
         ("quantile: selection (topk of the shorter end)",
          lambda: flat.topk(math.floor(filtered.quantile * (flat.numel() - 1)) + 2, largest=False)),
         ("quantile: full sort", lambda: flat.sort()),
-        (f"own attention, masked-out queries only ({(~mask).float().mean():.1%})",
-         lambda: dsf.own_attention_where(mask, mapped, query, key, value)),
+        (f"own attention, masked-out queries only ({(~mask).float().mean():.1%}; padded per slice to the most, "
+         f"{padded_width(mask):.1%}), stock SDPA", lambda: dsf.own_attention_where(mask, mapped, query, key, value)),
+    ]
+    if one_pass:
+        rows.append(("own attention, masked-out queries only, unpadded: our CPU kernel",
+                     lambda: cpu_kernels.masked_own_attention(mask, mapped, query, key, value)))
+    rows += [
         ("own attention, every query", full_own),
         ("the whole RVM self-attention", lambda: plain.self_attention(query, key, value)),
         ("the whole RVM + DSF self-attention, stock kernels", stock(lambda: filtered.self_attention(query, key, value))),

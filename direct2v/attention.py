@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
-from .cpu_kernels import dual_softmax_attention
+from .cpu_kernels import dual_softmax_attention, masked_own_attention
 from .dsf import (
     DSF_CHUNK_ELEMENTS,
     attention_with_lse,
@@ -206,9 +206,11 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
     (which also yields each query's row log-sum-exp), the column log-sum-exp, the confidence sum
     (see :func:`direct2v.dsf.confidence_from_lse`); exact Eq. 3 needs
     the column normaliser over ALL queries before any confidence can be summed, and those kernels
-    reduce over keys only. Either way, plus the own attention of the masked-out queries only
-    (:func:`direct2v.dsf.own_attention_where`, about ``phi`` of them; every query inside a compiled
-    graph, whose shapes cannot depend on the mask) and a selection for the quantile.
+    reduce over keys only. Either way, plus the own attention of the masked-out queries only (about
+    ``phi`` of them: on CPU our kernel's :func:`direct2v.cpu_kernels.masked_own_attention`, gathered per
+    slice without padding; else :func:`direct2v.dsf.own_attention_where`, padded to the largest slice's
+    count; every query inside a compiled graph, whose shapes cannot depend on the mask) and a selection
+    for the quantile.
     ``max_elements`` bounds the score blocks of the blockwise path that runs on devices without
     fused kernels.
     """
@@ -229,7 +231,8 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
             return self.value_mapping(query, ref_key, ref_value)  # the frame is its own reference
         mapped, confidence = self.mapping_and_confidence(query, ref_key, ref_value)
         mask = confidence_mask(confidence, self.quantile)
-        return own_attention_where(mask, mapped, query, key, value)
+        own = masked_own_attention(mask, mapped, query, key, value)  # CPU float32: unpadded, in one call
+        return own if own is not None else own_attention_where(mask, mapped, query, key, value)
 
     def mapping_and_confidence(
         self, query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor

@@ -4,15 +4,17 @@ PyTorch's fused attention kernels reduce over keys only, so exact Eq. 3 costs th
 the scores (the value mapping, the column log-sum-exp, the confidence sum: see
 :func:`direct2v.dsf.confidence_from_lse`). ``kernels/dual_softmax.cpp`` computes the value mapping and
 every confidence in one pass, each exponential taken once (the derivation is at the top of that
-file). It is compiled with ``torch.utils.cpp_extension`` for the vector instructions PyTorch itself
-uses on this CPU (AVX-512 or AVX2), once per source, PyTorch version and instruction set, into
+file), and, as a second operator, the own attention of the queries the mask sends back to their frame
+(:func:`masked_own_attention`), gathered without padding. It is compiled with
+``torch.utils.cpp_extension`` for the vector instructions PyTorch itself uses on this CPU (AVX-512 or
+AVX2), once per source, PyTorch version and instruction set, into
 ``$DIRECT2V_KERNEL_CACHE`` (default ``~/.cache/direct2v/kernels``); ``scripts/setup.sh`` builds it, so
 a render only loads it (well under a second).
 
 Optional by design: where it cannot be built (no C++ compiler, another instruction set) or does not
-apply (not CPU, not float32, inside ``torch.compile``, autograd), :func:`dual_softmax_attention`
-returns None and the caller takes the stock-kernel path, which computes the same math; a build
-failure is logged once. ``DIRECT2V_CPU_KERNELS=0`` turns the kernel off (for comparisons).
+apply (not CPU, not float32, inside ``torch.compile``, autograd), each operator's wrapper returns
+None and the caller takes the stock-kernel path, which computes the same math; a build failure is
+logged once. ``DIRECT2V_CPU_KERNELS=0`` turns both off (for comparisons).
 """
 
 from __future__ import annotations
@@ -127,6 +129,41 @@ def dual_softmax_attention(
         STATS["out_of_range"] += 1
         return None
     return mapped, confidence
+
+
+def masked_own_attention(
+    mask: torch.Tensor, mapped: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor | None:
+    """Eq. 4, ``where(mask, mapped, Attention(Q_f, K_f, V_f))``, the own attention computed for the
+    masked-out queries only and without padding; None where the kernel does not serve.
+
+    Same result as :func:`direct2v.dsf.own_attention_where` (to float32 rounding), which pads every
+    (group, frame, head) slice to the largest slice's count of masked-out queries (about 2.3x the
+    mean in a default render) and gathers, sorts and scatters in separate calls.
+
+    Args:
+        mask: bool ``(groups, frames, heads, tokens)``, True where the value mapping is kept.
+        mapped: ``(groups, frames, heads, tokens, dv)``; query: ``(groups, frames, heads, tokens, d)``;
+            key, value: the frames' own, ``(groups, frames, heads, tokens, d / dv)``; any strides, float32.
+    Returns:
+        A new ``(groups, frames, heads, tokens, dv)`` tensor, or None where the kernel is off, cannot be
+        built or does not apply to these inputs.
+    """
+    tensors = (mapped, query, key, value)
+    if (
+        torch.compiler.is_compiling()
+        or not enabled()
+        or mask.dtype != torch.bool
+        or mask.device.type != "cpu"
+        or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
+        or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
+        or max(query.shape[-1], value.shape[-1]) > MAX_HEAD
+    ):
+        return None
+    name = load()
+    if name is None:
+        return None
+    return getattr(torch.ops, name).masked_own_attention(mask, mapped, query, key, value, query.shape[-1] ** -0.5)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ itself. :func:`frame_confidence` picks between them for a video batch. Then :fun
 :func:`confidence_mask`, and :func:`own_attention_where` for the queries the mask sends back to
 their own frame. The processor that uses them is :class:`direct2v.attention.DualSoftmaxFilterProcessor`;
 on CPU it first asks :mod:`direct2v.cpu_kernels`, whose one-pass kernel computes the same value
-mapping and confidences (tested against these functions).
+mapping and confidences, and whose second operator the same own attention without padding (tested
+against these functions).
 """
 
 from __future__ import annotations

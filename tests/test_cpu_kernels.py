@@ -1,4 +1,5 @@
-"""The one-pass DSF CPU kernel (direct2v/kernels/dual_softmax.cpp) against the reference math, and its fallbacks."""
+"""The DSF CPU kernels (direct2v/kernels/dual_softmax.cpp: the one-pass value mapping and confidences, the
+unpadded own attention) against the reference math, and their fallbacks."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-from direct2v import cpu_kernels
+from direct2v import attention, cpu_kernels
 from direct2v.attention import DualSoftmaxFilterProcessor
-from direct2v.dsf import confidence_mask, dual_softmax_confidence
+from direct2v.dsf import confidence_mask, dual_softmax_confidence, own_attention_where
 from direct2v.reference import FrameReference
 
 
@@ -115,6 +116,90 @@ def test_the_kernel_stands_aside_where_it_does_not_apply(monkeypatch):
     query.requires_grad_(False)
     monkeypatch.setenv(cpu_kernels.SWITCH, "off")
     assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
+
+
+def own_inputs(groups, frames, heads, nq, d, dv=None, seed=0):
+    """query, key, value of the frames' own and a value mapping to keep, ``(groups, frames, heads, tokens, .)``."""
+    generator = torch.Generator().manual_seed(seed)
+    query, key = (2.0 * torch.randn(groups, frames, heads, nq, d, generator=generator) for _ in range(2))
+    value, mapped = (torch.randn(groups, frames, heads, nq, dv or d, generator=generator) for _ in range(2))
+    return mapped, query, key, value
+
+
+def explicit_own(mask, mapped, query, key, value):
+    """Eq. 4 in float64 with full score matrices: where(mask, mapped, softmax(Q_f K_f^T / sqrt(d)) V_f)."""
+    scores = query.double() @ key.double().transpose(-1, -2) / math.sqrt(query.shape[-1])
+    own = torch.softmax(scores, dim=-1) @ value.double()
+    return torch.where(mask[..., None], mapped.double(), own)
+
+
+def slice_masks(groups, frames, heads, nq, seed=0):
+    """Masks whose slices send back none, one, all, a whole vector's worth and a random share of their
+    queries: the counts the kernel must gather without padding."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(groups, frames, heads, nq, generator=generator) > 0.2
+    flat = keep.view(-1, nq)
+    flat[0] = True
+    flat[1 % len(flat)] = False
+    flat[2 % len(flat), :] = True
+    flat[2 % len(flat), nq // 2] = False
+    if len(flat) > 3 and nq >= 16:
+        flat[3, :] = True
+        flat[3, :16] = False
+    return keep
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 2, 37, 8, None), (1, 2, 2, 40, 5, None), (1, 2, 2, 70, 40, None),
+                                   (2, 1, 2, 33, 8, 12)])
+def test_masked_own_attention_equals_eq4_where_the_mask_sends_queries_back(shape):
+    groups, frames, heads, nq, d, dv = shape
+    mapped, query, key, value = own_inputs(groups, frames, heads, nq, d, dv)
+    mask = slice_masks(groups, frames, heads, nq)
+    got = cpu_kernels.masked_own_attention(mask, mapped, query, key, value)
+    assert got.shape == mapped.shape and got.dtype == torch.float32
+    assert torch.equal(got[mask], mapped[mask])  # kept rows: the value mapping itself, untouched
+    assert not torch.equal(got[~mask], mapped[~mask])
+    assert torch.allclose(got.double(), explicit_own(mask, mapped, query, key, value), atol=2e-6, rtol=1e-5)
+    assert mapped.data_ptr() != got.data_ptr()  # a new tensor, as own_attention_where's
+
+
+def test_masked_own_attention_takes_strided_views_and_matches_the_padded_stock_path():
+    # the processor hands over views of (batch, tokens, heads * d) projections
+    mapped, query, key, value = own_inputs(2, 3, 2, 37, 8)
+    mask = slice_masks(2, 3, 2, 37, seed=1)
+    views = [x.transpose(2, 3).contiguous().transpose(2, 3) for x in (mapped, query, key, value)]
+    assert not any(x.is_contiguous() for x in views)
+    got = cpu_kernels.masked_own_attention(mask, *views)
+    assert torch.equal(got, cpu_kernels.masked_own_attention(mask, mapped, query, key, value))
+    assert torch.allclose(got, own_attention_where(mask, mapped, query, key, value), atol=2e-6, rtol=1e-5)
+
+
+def test_the_processor_filters_through_the_unpadded_kernel_with_the_stock_result(monkeypatch):
+    mapped, query, key, value = own_inputs(2, 4, 2, 48, 8)
+    processor = DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3)
+    calls = []
+    monkeypatch.setattr(attention, "masked_own_attention",
+                        lambda *args: calls.append(args) or cpu_kernels.masked_own_attention(*args))
+    with_kernel = processor.self_attention(query, key, value)
+    assert len(calls) == 1 and not calls[0][0].all()
+    monkeypatch.setenv(cpu_kernels.SWITCH, "0")
+    stock = processor.self_attention(query, key, value)
+    assert len(calls) == 2  # asked, and stood aside
+    assert torch.allclose(with_kernel, stock, atol=2e-6, rtol=1e-5)
+
+
+def test_masked_own_attention_stands_aside_where_it_does_not_apply(monkeypatch):
+    mapped, query, key, value = own_inputs(1, 2, 1, 16, 8)
+    mask = slice_masks(1, 2, 1, 16)
+    assert cpu_kernels.masked_own_attention(mask, mapped, query, key, value) is not None
+    assert cpu_kernels.masked_own_attention(mask.float(), mapped, query, key, value) is None
+    halves = (x.bfloat16() for x in (mapped, query, key, value))
+    assert cpu_kernels.masked_own_attention(mask, *halves) is None
+    with torch.enable_grad():
+        assert cpu_kernels.masked_own_attention(mask, mapped, query.requires_grad_(), key, value) is None
+    query.requires_grad_(False)
+    monkeypatch.setenv(cpu_kernels.SWITCH, "off")
+    assert cpu_kernels.masked_own_attention(mask, mapped, query, key, value) is None
 
 
 @pytest.fixture

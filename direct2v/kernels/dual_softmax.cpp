@@ -20,6 +20,10 @@
 // caller then takes the exact multi-pass path) wherever that range could cost precision: a query whose
 // shift is more than 60 below M, a column sum below exp(-60), or an overflow (a row maximum more than
 // ~44 above its first-block maximum).
+//
+// A second operator, masked_own_attention, computes Eq. 4's other branch, each frame's own attention
+// softmax(scale Q_f K_f^T) V_f, for the queries the mask sends back to their frame only (about phi of
+// them): gathered per slice into whole vectors, with no padding to the largest slice's count.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -50,21 +54,37 @@ inline float hsum(const Vec& x) {
   return r;
 }
 
+template <typename T>
 struct Buffer {
-  std::unique_ptr<float[]> data;
+  std::unique_ptr<T[]> data;
   int64_t size = 0;
-  float* get(int64_t n) {
+  T* get(int64_t n) {
     if (n > size) {
-      data.reset(new float[n]);
+      data.reset(new T[n]);
       size = n;
     }
     return data.get();
   }
 };
 
+// The scores of W queries (qv: d vectors, one per channel, queries in lanes) against one key.
+template <int64_t D>
+inline Vec score_against(const Vec* qv, const float* key, int64_t d) {
+  if (D) d = D;
+  Vec x = Vec(key[0]) * qv[0], y(0.f);  // two chains of FMAs: half the latency per key (measured: 5% faster)
+  int64_t j = 1;
+  for (; j + 1 < d; j += 2) {
+    y = at::vec::fmadd(Vec(key[j]), qv[j], y);
+    x = at::vec::fmadd(Vec(key[j + 1]), qv[j + 1], x);
+  }
+  if (j < d) y = at::vec::fmadd(Vec(key[j]), qv[j], y);
+  return x + y;
+}
+
 // One thread's work buffers, reused from slice to slice.
 struct Workspace {
-  Buffer qt, et, acc, shift, weight, rowsum, confsum, colsum;
+  Buffer<float> qt, et, acc, shift, weight, rowsum, confsum, colsum;
+  Buffer<int64_t> rows;
 };
 
 struct SliceArgs {
@@ -107,16 +127,7 @@ bool run_slice(Workspace& ws, const SliceArgs& s) {
   auto load_queries = [&](int64_t q0) {
     for (int64_t j = 0; j < d; ++j) qv[j] = Vec::loadu(qt + j * nqp + q0);
   };
-  auto score = [&](const float* k) {  // the scores of W queries against one key
-    Vec x = Vec(k[0]) * qv[0], y(0.f);  // two chains of FMAs: half the latency per key (measured: 5% faster)
-    int64_t j = 1;
-    for (; j + 1 < d; j += 2) {
-      y = at::vec::fmadd(Vec(k[j]), qv[j], y);
-      x = at::vec::fmadd(Vec(k[j + 1]), qv[j + 1], x);
-    }
-    if (j < d) y = at::vec::fmadd(Vec(k[j]), qv[j], y);
-    return x + y;
-  };
+  auto score = [&](const float* k) { return score_against<D>(qv, k, d); };
 
   const int64_t first = std::min(BK, nk);
   for (int64_t q0 = 0; q0 < nqp; q0 += W) {
@@ -183,21 +194,90 @@ bool run_slice(Workspace& ws, const SliceArgs& s) {
   return true;
 }
 
-using SliceFn = bool (*)(Workspace&, const SliceArgs&);
+struct OwnArgs {
+  const bool* keep;    // nq: true where the value mapping is kept
+  const float* query;  // as in SliceArgs, the frame's own key and value
+  int64_t query_stride;
+  const float* key;
+  int64_t key_stride;
+  const float* value;
+  int64_t value_stride;
+  int64_t nq, nk, d, dv;
+  float scale;
+  float* out;          // nq x dv, contiguous, holding the value mapping: the masked-out rows are overwritten
+};
 
-SliceFn pick(int64_t d, int64_t dv) {
+// The own attention of one slice's masked-out queries, W at a time (the last vector part padding): their
+// scores against every key, kept (nk x W floats), give the exact row maxima; then each exponential once.
+template <int64_t D, int64_t DV>
+void run_own_slice(Workspace& ws, const OwnArgs& s) {
+  const int64_t d = D ? D : s.d, dv = DV ? DV : s.dv, nk = s.nk;
+  const float* const key = s.key;
+  const float* const value = s.value;
+  const int64_t key_stride = s.key_stride, value_stride = s.value_stride;
+  int64_t* rows = ws.rows.get(s.nq);  // the masked-out queries, in order
+  int64_t count = 0;
+  for (int64_t i = 0; i < s.nq; ++i)
+    if (!s.keep[i]) rows[count++] = i;
+  if (count == 0) return;
+  const int64_t ncp = (count + W - 1) / W * W;
+  float* qt = ws.qt.get(d * ncp);
+  float* scores = ws.et.get(nk * W);  // one vector of queries' scores, kept for the exponentials
+  for (int64_t j = 0; j < d; ++j)
+    for (int64_t i = 0; i < ncp; ++i)
+      qt[j * ncp + i] = i < count ? s.query[rows[i] * s.query_stride + j] * s.scale : 0.f;
+
+  Vec qv[D ? D : kMaxHead];
+  Vec ov[DV ? DV : kMaxHead];
+  auto score = [&](const float* k) { return score_against<D>(qv, k, d); };
+  alignas(64) float lanes[W];
+  for (int64_t q0 = 0; q0 < ncp; q0 += W) {
+    for (int64_t j = 0; j < d; ++j) qv[j] = Vec::loadu(qt + j * ncp + q0);
+    Vec top(kNegInf);
+    for (int64_t c = 0; c < nk; ++c) {
+      const Vec x = score(key + c * key_stride);
+      x.store(scores + c * W);
+      top = at::vec::maximum(top, x);
+    }
+    Vec sum(0.f);
+    for (int64_t j = 0; j < dv; ++j) ov[j] = Vec(0.f);
+    for (int64_t c = 0; c < nk; ++c) {
+      const Vec e = (Vec::loadu(scores + c * W) - top).exp_u20();
+      sum = sum + e;
+      const float* v = value + c * value_stride;
+      for (int64_t j = 0; j < dv; ++j) ov[j] = at::vec::fmadd(Vec(v[j]), e, ov[j]);
+    }
+    const Vec inverse = Vec(1.f) / sum;  // sum >= 1: the maximum's own term
+    const int64_t used = std::min(W, count - q0);
+    for (int64_t j = 0; j < dv; ++j) {
+      (ov[j] * inverse).store(lanes);
+      for (int64_t l = 0; l < used; ++l) s.out[rows[q0 + l] * dv + j] = lanes[l];
+    }
+  }
+}
+
+struct SliceKernels {
+  bool (*dual_softmax)(Workspace&, const SliceArgs&);
+  void (*own)(Workspace&, const OwnArgs&);
+};
+
+template <int64_t D, int64_t DV>
+constexpr SliceKernels kernels_for{run_slice<D, DV>, run_own_slice<D, DV>};
+
+// Compile-time head sizes for the tiny model's and SD's heads; any other size takes the runtime ones.
+SliceKernels pick(int64_t d, int64_t dv) {
   if (d == dv) {
     switch (d) {
-      case 8: return run_slice<8, 8>;
-      case 16: return run_slice<16, 16>;
-      case 32: return run_slice<32, 32>;
-      case 40: return run_slice<40, 40>;
-      case 64: return run_slice<64, 64>;
-      case 80: return run_slice<80, 80>;
+      case 8: return kernels_for<8, 8>;
+      case 16: return kernels_for<16, 16>;
+      case 32: return kernels_for<32, 32>;
+      case 40: return kernels_for<40, 40>;
+      case 64: return kernels_for<64, 64>;
+      case 80: return kernels_for<80, 80>;
       default: break;
     }
   }
-  return run_slice<0, 0>;
+  return kernels_for<0, 0>;
 }
 
 // query (groups, frames, heads, nq, d), any strides but a contiguous last dimension;
@@ -223,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, bool> dual_softmax_attention(const at::Tensor
   auto conf = at::empty({groups, frames, heads, nq}, q.options());
   const int64_t slices = groups * frames * heads;
   std::vector<char> ok(slices, 1);
-  const SliceFn run = pick(d, dv);
+  const auto run = pick(d, dv).dual_softmax;
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
@@ -244,10 +324,59 @@ std::tuple<at::Tensor, at::Tensor, bool> dual_softmax_attention(const at::Tensor
   return {out, conf, all};
 }
 
+// keep (groups, frames, heads, nq) bool; mapped (groups, frames, heads, nq, dv); query (groups, frames, heads,
+// nq, d), key (..., nk, d), value (..., nk, dv), the frames' own, any strides but a contiguous last dimension.
+// Returns where(keep, mapped, softmax(scale Q K^T) V), a new contiguous tensor.
+at::Tensor masked_own_attention(const at::Tensor& keep, const at::Tensor& mapped, const at::Tensor& query,
+                                const at::Tensor& key, const at::Tensor& value, double scale) {
+  TORCH_CHECK(keep.dim() == 4 && mapped.dim() == 5 && query.dim() == 5 && key.dim() == 5 && value.dim() == 5,
+              "masked_own_attention: the mask must be 4-d, the tensors 5-d");
+  TORCH_CHECK(keep.scalar_type() == at::kBool, "masked_own_attention: the mask must be bool");
+  for (const at::Tensor* x : {&mapped, &query, &key, &value})
+    TORCH_CHECK(x->scalar_type() == at::kFloat, "masked_own_attention: float32 only");
+  const int64_t groups = query.size(0), frames = query.size(1), heads = query.size(2), nq = query.size(3);
+  const int64_t d = query.size(4), nk = key.size(3), dv = value.size(4);
+  TORCH_CHECK(keep.sizes() == query.sizes().slice(0, 4) && key.sizes().slice(0, 3) == query.sizes().slice(0, 3) &&
+                  key.size(4) == d && value.sizes().slice(0, 4) == key.sizes().slice(0, 4) &&
+                  mapped.sizes().slice(0, 4) == query.sizes().slice(0, 4) && mapped.size(4) == dv,
+              "masked_own_attention: mask, mapped, query, key and value shapes disagree");
+  TORCH_CHECK(d <= kMaxHead && dv <= kMaxHead && nq > 0 && nk > 0, "masked_own_attention: unsupported sizes");
+  const at::Tensor m = keep.contiguous();
+  const at::Tensor q = query.stride(4) == 1 ? query : query.contiguous();
+  const at::Tensor k = key.stride(4) == 1 ? key : key.contiguous();
+  const at::Tensor v = value.stride(4) == 1 ? value : value.contiguous();
+  at::Tensor out = mapped.contiguous().clone();
+  const int64_t slices = groups * frames * heads;
+  const auto run = pick(d, dv).own;
+  const bool* mp = m.data_ptr<bool>();
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    Workspace ws;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i / (frames * heads), f = (i / heads) % frames, h = i % heads;
+      const OwnArgs args{mp + i * nq,
+                         qp + g * q.stride(0) + f * q.stride(1) + h * q.stride(2), q.stride(3),
+                         kp + g * k.stride(0) + f * k.stride(1) + h * k.stride(2), k.stride(3),
+                         vp + g * v.stride(0) + f * v.stride(1) + h * v.stride(2), v.stride(3),
+                         nq, nk, d, dv, static_cast<float>(scale), op + i * nq * dv};
+      run(ws, args);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(DIRECT2V_NAMESPACE, m) {
   m.def("dual_softmax_attention(Tensor query, Tensor key, Tensor value, float scale) -> (Tensor, Tensor, bool)");
+  m.def("masked_own_attention(Tensor keep, Tensor mapped, Tensor query, Tensor key, Tensor value, float scale) "
+        "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(DIRECT2V_NAMESPACE, CPU, m) { m.impl("dual_softmax_attention", dual_softmax_attention); }
+TORCH_LIBRARY_IMPL(DIRECT2V_NAMESPACE, CPU, m) {
+  m.impl("dual_softmax_attention", dual_softmax_attention);
+  m.impl("masked_own_attention", masked_own_attention);
+}
