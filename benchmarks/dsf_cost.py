@@ -22,8 +22,7 @@ render also builds the CPU kernel where it is not yet built (untimed).
 query/key/value of the given shape; default: the tiny model's up_blocks.3 at 256 px), each next to
 what it replaced: the fused value mapping against plain RVM's, the fused confidence against the
 blockwise reference, the own attention of the masked-out queries (stock SDPA padded, our CPU kernel
-unpadded) against every query's, the
-selection against a full sort.
+unpadded) against every query's, the selection against a full sort.
 
     python benchmarks/dsf_cost.py                    # tiny SD-shaped model at 256 px, CPU: ~1 min
     python benchmarks/dsf_cost.py --rounds 5         # round-robin, median over rounds: ~6 min
