@@ -91,6 +91,21 @@ def load() -> str | None:
     return name
 
 
+def serving_library(tensors: tuple[torch.Tensor, ...], *head_sizes: int) -> str | None:
+    """The kernel library's operator namespace where its operators take these inputs: eager, the
+    kernels on, float32 CPU tensors outside autograd, head sizes up to :data:`MAX_HEAD`, the library
+    built; else None."""
+    if (
+        torch.compiler.is_compiling()  # first: inside a graph nothing else is looked at
+        or not enabled()
+        or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
+        or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
+        or max(head_sizes) > MAX_HEAD
+    ):
+        return None
+    return load()
+
+
 def dual_softmax_attention(
     query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -109,16 +124,7 @@ def dual_softmax_attention(
         apply to these inputs, or reports that the scores' range could cost precision (then the
         caller's exact multi-pass path serves; counted in :data:`STATS`).
     """
-    tensors = (query, ref_key, ref_value)
-    if (
-        torch.compiler.is_compiling()  # first: inside a graph nothing else is looked at
-        or not enabled()
-        or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
-        or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
-        or max(query.shape[-1], ref_value.shape[-1]) > MAX_HEAD
-    ):
-        return None
-    name = load()
+    name = serving_library((query, ref_key, ref_value), query.shape[-1], ref_value.shape[-1])
     if name is None:
         return None
     mapped, confidence, in_range = getattr(torch.ops, name).dual_softmax_attention(
@@ -149,19 +155,8 @@ def masked_own_attention(
         A new ``(groups, frames, heads, tokens, dv)`` tensor, or None where the kernel is off, cannot be
         built or does not apply to these inputs.
     """
-    tensors = (mapped, query, key, value)
-    if (
-        torch.compiler.is_compiling()
-        or not enabled()
-        or mask.dtype != torch.bool
-        or mask.device.type != "cpu"
-        or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
-        or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
-        or max(query.shape[-1], value.shape[-1]) > MAX_HEAD
-    ):
-        return None
-    name = load()
-    if name is None:
+    name = serving_library((mapped, query, key, value), query.shape[-1], value.shape[-1])
+    if name is None or mask.dtype != torch.bool or mask.device.type != "cpu":
         return None
     return getattr(torch.ops, name).masked_own_attention(mask, mapped, query, key, value, query.shape[-1] ** -0.5)
 
