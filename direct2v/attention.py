@@ -198,19 +198,22 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
     A one-frame batch that is its own reference skips the filter: both branches are the same
     attention there, so the output would not change.
 
-    Cost. On CPU (float32, eager) our one-pass kernel (:func:`direct2v.cpu_kernels.dual_softmax_attention`)
-    computes the value mapping and every confidence taking each exponential once: about 1.5x plain
-    RVM's attention call. Elsewhere, or where it cannot be built or hands a call back (scores whose
-    range could cost it precision), PyTorch's fused kernels: three attention-sized calls where plain
-    RVM makes one, all in the model's dtype (flash attention for fp16 on a GPU) — the value mapping
-    (which also yields each query's row log-sum-exp), the column log-sum-exp, the confidence sum
-    (see :func:`direct2v.dsf.confidence_from_lse`); exact Eq. 3 needs
-    the column normaliser over ALL queries before any confidence can be summed, and those kernels
-    reduce over keys only. Either way, plus the own attention of the masked-out queries only (about
-    ``phi`` of them: on CPU our kernel's :func:`direct2v.cpu_kernels.masked_own_attention`, gathered per
-    slice without padding; else :func:`direct2v.dsf.own_attention_where`, padded to the largest slice's
-    count; every query inside a compiled graph, whose shapes cannot depend on the mask) and a selection
-    for the quantile.
+    Cost. On CPU (float32, eager or compiled) our one-pass kernel
+    (:func:`direct2v.cpu_kernels.dual_softmax_attention`) computes the value mapping and every
+    confidence taking each exponential once: about 1.5x plain RVM's attention call. Elsewhere, or
+    where it cannot be built or hands a call back (scores whose range could cost it precision),
+    PyTorch's fused kernels: three attention-sized calls where plain RVM makes one, all in the
+    model's dtype (flash attention for fp16 on a GPU) — the value mapping (which also yields each
+    query's row log-sum-exp), the column log-sum-exp, the confidence sum (see
+    :func:`direct2v.dsf.confidence_from_lse`); exact Eq. 3 needs the column normaliser over ALL
+    queries before any confidence can be summed, and those kernels reduce over keys only. Either
+    way, plus the own attention of the masked-out queries only (about ``phi`` of them: on CPU our
+    kernel's :func:`direct2v.cpu_kernels.masked_own_attention`, gathered per slice without padding;
+    else :func:`direct2v.dsf.own_attention_where`, padded to the largest slice's count; every query
+    inside a graph compiled for another device, whose shapes cannot depend on the mask) and a
+    selection for the quantile. On CPU both steps are custom operators
+    (:func:`cpu_mapping_and_confidence`, :func:`cpu_own_attention_where`), so ``torch.compile``
+    keeps them as they run eagerly.
     ``max_elements`` bounds the score blocks of the blockwise path that runs on devices without
     fused kernels.
     """
@@ -231,8 +234,9 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
             return self.value_mapping(query, ref_key, ref_value)  # the frame is its own reference
         mapped, confidence = self.mapping_and_confidence(query, ref_key, ref_value)
         mask = confidence_mask(confidence, self.quantile)
-        own = masked_own_attention(mask, mapped, query, key, value)  # CPU float32: unpadded, in one call
-        return own if own is not None else own_attention_where(mask, mapped, query, key, value)
+        if takes_cpu_ops(query, key, value):
+            return cpu_own_attention_where(mask, mapped, query, key, value)
+        return own_attention_where(mask, mapped, query, key, value)
 
     def mapping_and_confidence(
         self, query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor
@@ -247,15 +251,73 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
         Returns:
             ``(mapped, confidence)``, confidence float32 ``(groups, frames, heads, tokens)``.
         """
-        single_pass = dual_softmax_attention(query, ref_key, ref_value)
-        if single_pass is not None:
-            return single_pass
-        frames = query.shape[1]
-        fused = attention_with_lse(fold_frames(query), ref_key, ref_value)
-        if fused is None:
-            return self.value_mapping(query, ref_key, ref_value), frame_confidence(query, ref_key, None, self.max_elements)
-        mapped, row_lse = (unfold_frames(x, frames) for x in (fused[0], fused[1][..., None]))
-        return mapped, frame_confidence(query, ref_key, row_lse[..., 0], self.max_elements)
+        if takes_cpu_ops(query, ref_key, ref_value):
+            return cpu_mapping_and_confidence(query, ref_key, ref_value, self.max_elements)
+        return stock_mapping_and_confidence(query, ref_key, ref_value, self.max_elements)
+
+
+def stock_mapping_and_confidence(
+    query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor, max_elements: int = DSF_CHUNK_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`DualSoftmaxFilterProcessor.mapping_and_confidence` on PyTorch's kernels alone: the fused
+    value mapping with its row log-sum-exp and two more fused calls for the confidences
+    (:func:`direct2v.dsf.frame_confidence`), or, on devices without fused kernels, the plain value
+    mapping and the blockwise reference, whose score blocks hold at most ``max_elements``."""
+    frames = query.shape[1]
+    fused = attention_with_lse(fold_frames(query), ref_key, ref_value)
+    if fused is None:
+        mapped = RotationalValueMappingProcessor.value_mapping(query, ref_key, ref_value)
+        return mapped, frame_confidence(query, ref_key, None, max_elements)
+    mapped, row_lse = (unfold_frames(x, frames) for x in (fused[0], fused[1][..., None]))
+    return mapped, frame_confidence(query, ref_key, row_lse[..., 0], max_elements)
+
+
+# --- dual-softmax filtering's CPU operators ----------------------------------------------------------
+# Each is one custom operator, so that torch.compile takes it as one opaque call: the compiled graph
+# then runs our kernels too, and the own attention stays gathered (its width is data-dependent, a
+# shape a graph cannot have; traced, it would cost every query's). Eager renders call the same ops.
+
+
+def takes_cpu_ops(*tensors: torch.Tensor) -> bool:
+    """Whether the CPU operators below serve these inputs: on the CPU and outside autograd (they
+    have no backward). Which kernel runs inside them is decided when they run."""
+    return all(x.device.type == "cpu" for x in tensors) and not (
+        torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+    )
+
+
+@torch.library.custom_op("direct2v::cpu_mapping_and_confidence", mutates_args=(), device_types="cpu")
+def cpu_mapping_and_confidence(
+    query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor, max_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value mapping and its confidences on the CPU: our one-pass kernel
+    (:func:`direct2v.cpu_kernels.dual_softmax_attention`) where it serves, else
+    :func:`stock_mapping_and_confidence`. Contiguous outputs, as the fake implementation promises."""
+    single_pass = dual_softmax_attention(query, ref_key, ref_value)
+    if single_pass is None:
+        single_pass = stock_mapping_and_confidence(query, ref_key, ref_value, max_elements)
+    return tuple(x.contiguous() for x in single_pass)
+
+
+@cpu_mapping_and_confidence.register_fake
+def _(query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor, max_elements: int):
+    return query.new_empty(*query.shape[:-1], ref_value.shape[-1]), query.new_empty(query.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("direct2v::cpu_own_attention_where", mutates_args=(), device_types="cpu")
+def cpu_own_attention_where(
+    mask: torch.Tensor, mapped: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 4 on the CPU, the own attention of the masked-out queries only: our kernel
+    (:func:`direct2v.cpu_kernels.masked_own_attention`, unpadded) where it serves, else
+    :func:`direct2v.dsf.own_attention_where` (padded to the largest slice's count). Contiguous."""
+    own = masked_own_attention(mask, mapped, query, key, value)
+    return (own if own is not None else own_attention_where(mask, mapped, query, key, value)).contiguous()
+
+
+@cpu_own_attention_where.register_fake
+def _(mask: torch.Tensor, mapped: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    return torch.empty_like(mapped, memory_format=torch.contiguous_format)
 
 
 def install_rvm(

@@ -12,9 +12,12 @@ AVX2), once per source, PyTorch version and instruction set, into
 a render only loads it (well under a second).
 
 Optional by design: where it cannot be built (no C++ compiler, another instruction set) or does not
-apply (not CPU, not float32, inside ``torch.compile``, autograd), each operator's wrapper returns
-None and the caller takes the stock-kernel path, which computes the same math; a build failure is
-logged once. ``DIRECT2V_CPU_KERNELS=0`` turns both off (for comparisons).
+apply (not CPU, not float32, while ``torch.compile`` traces, autograd), each operator's wrapper
+returns None and the caller takes the stock-kernel path, which computes the same math; a build
+failure is logged once. ``DIRECT2V_CPU_KERNELS=0`` turns both off (for comparisons). The DSF
+processor calls the wrappers from inside custom operators of its own
+(:func:`direct2v.attention.cpu_mapping_and_confidence`, :func:`direct2v.attention.cpu_own_attention_where`),
+which a compiled graph runs as they are: compiled renders use the kernels too.
 """
 
 from __future__ import annotations

@@ -287,7 +287,9 @@ def own_attention_where(
 
     Inside a compiled graph (``torch.compile``) that count would be a data-dependent shape, so
     there every query's own attention is computed (one full attention call, static shapes) and the
-    mask selects: the same result, at the cost of the queries the mask keeps.
+    mask selects: the same result, at the cost of the queries the mask keeps. (On CPU the processor
+    calls this inside a custom operator, :func:`direct2v.attention.cpu_own_attention_where`, which
+    compiled graphs run eagerly: gathered there too.)
 
     Args:
         mask: bool ``(..., Nq)``, True where the value mapping is kept.

@@ -1,8 +1,8 @@
 """The compiled UNet: one graph per kind of call, zero recompiles after warm-up, eager's output.
 
 Dynamo's guards decide recompilation, whatever the backend, so these tests compile with dynamo's
-``eager`` backend: the captured graphs (processors, anchor cache writes, the dense own attention of
-compiled DSF) run as traced, without inductor's code generation, which takes ~7 minutes for the tiny
+``eager`` backend: the captured graphs (processors, anchor cache writes, DSF's CPU operators as one
+call each) run as traced, without inductor's code generation, which takes ~7 minutes for the tiny
 UNet's graphs on 2 CPU cores (measured: 244 s + 175 s; its output then matched eager within 1.7e-6
 relative). The same graphs run through inductor on a GPU in ``benchmarks/gpu_render.py``.
 """
@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch._dynamo
 
+from direct2v import cpu_kernels
 from direct2v.config import RenderSettings
 from direct2v.pipeline import DirecT2VPipeline
 from direct2v.render import Renderer
@@ -65,6 +66,21 @@ def test_a_second_render_of_every_kind_compiles_nothing(compiled):
             render(pipe, seed=5, prompts=[f"{p}, again" for p in PROMPTS], **kwargs)  # new data, same graphs
     assert graphs_compiled() == before
     assert pipe.compile_failure is None
+
+
+def test_compiled_dsf_runs_the_cpu_kernels_as_often_as_eager(compiled):
+    # each DSF layer call is one opaque operator in the graph, so compiled renders keep the one-pass
+    # kernel and the unpadded own attention instead of tracing the stock path
+    pipe = compiled[0]
+    before = cpu_kernels.STATS["calls"]
+    render(pipe, seed=7)
+    compiled_calls = cpu_kernels.STATS["calls"] - before
+    compiled_unet, pipe.compiled_unet = pipe.compiled_unet, None
+    try:
+        render(pipe, seed=7)
+    finally:
+        pipe.compiled_unet = compiled_unet
+    assert compiled_calls > 0 and compiled_calls == cpu_kernels.STATS["calls"] - before - compiled_calls
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -240,3 +240,55 @@ def test_the_library_name_follows_the_source_and_the_instruction_set(monkeypatch
     monkeypatch.setattr(cpu_kernels, "SOURCE", edited)
     names["edited"] = cpu_kernels.library_name(cpu_kernels.ISA_FLAGS["AVX2"])
     assert len(set(names.values())) == 3 and all(n.startswith("direct2v_dsf_") for n in names.values())
+
+
+# --- the processor's CPU operators: one opaque call each, eager and inside torch.compile ---------------
+
+
+def operator_cases():
+    """(name, mapping inputs, own-attention inputs, kernel switch): the kernels serving, the processor's
+    strided views, the kernels off (the stock math inside the same operators), out-of-range scores."""
+    query, ref_key, ref_value = inputs(2, 3, 2, 37, 40, 8)
+    mapped, _, key, value = own_inputs(2, 3, 2, 37, 8)
+    mask = slice_masks(2, 3, 2, 37)
+    views = [x.transpose(-2, -3).contiguous().transpose(-2, -3) for x in (query, key, value)]
+    yield "kernels", (query, ref_key, ref_value), (mask, mapped, query, key, value), "1"
+    yield "strided views", (views[0], ref_key, ref_value), (mask, mapped, *views), "1"
+    yield "kernels off", (query, ref_key, ref_value), (mask, mapped, query, key, value), "0"
+    extreme = extreme_scores("late maximum")  # (1, 2, 1, 20, 8) queries: the kernel hands the call back
+    mapped, _, key, value = own_inputs(1, 2, 1, 20, 8)
+    yield "out of range", extreme, (slice_masks(1, 2, 1, 20), mapped, extreme[0], key, value), "1"
+
+
+@pytest.mark.parametrize("case", list(operator_cases()), ids=lambda case: case[0])
+def test_the_cpu_operators_outputs_match_their_fake_shapes_and_the_stock_math(case, monkeypatch):
+    _, mapping_args, own_args, switch = case
+    monkeypatch.setenv(cpu_kernels.SWITCH, switch)
+    # schema, fake (meta) implementation against the real outputs' shapes, strides and dtypes, AOT dispatch
+    for operator, args in ((attention.cpu_mapping_and_confidence, (*mapping_args, 2**24)),
+                           (attention.cpu_own_attention_where, own_args)):
+        assert all(result == "SUCCESS" for result in torch.library.opcheck(operator, args).values())
+    mapped, confidence = attention.cpu_mapping_and_confidence(*mapping_args, 2**24)
+    expected_mapped, expected_confidence = explicit(*mapping_args)
+    assert torch.allclose(mapped.double(), expected_mapped, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(confidence.double(), expected_confidence, rtol=1e-4, atol=1e-30)
+    own = attention.cpu_own_attention_where(*own_args)
+    assert torch.allclose(own.double(), explicit_own(*own_args), atol=2e-6, rtol=1e-5)
+
+
+def test_an_inductor_compiled_dsf_layer_runs_both_kernels_with_eager_results(monkeypatch):
+    # Inside torch.compile each operator is one opaque call, so the compiled graph runs our kernels too
+    # and the own attention stays gathered; traced, it would be every query's, in stock kernels.
+    query, key, value = (x.reshape(2, 4, 2, 48, 8) for x in own_inputs(2, 4, 2, 48, 8)[1:])
+    processor = DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3)
+    own_calls = []
+    monkeypatch.setattr(attention, "masked_own_attention",
+                        lambda *args: own_calls.append(args) or cpu_kernels.masked_own_attention(*args))
+    eager = processor.self_attention(query, key, value)
+    torch._dynamo.reset()
+    compiled = torch.compile(processor.self_attention, fullgraph=True, backend="inductor")
+    compiled(query, key, value)  # compiles
+    before = cpu_kernels.STATS["calls"], len(own_calls)
+    result = compiled(query, key, value)
+    assert (cpu_kernels.STATS["calls"], len(own_calls)) == (before[0] + 1, before[1] + 1)
+    assert torch.allclose(result, eager, atol=1e-6, rtol=1e-5)
