@@ -10,13 +10,18 @@ allocations and thread pools cannot slow the next), on the same model, size, sch
 * ``rvm-dsf-stock``: the defaults with our one-pass CPU kernel off (``DIRECT2V_CPU_KERNELS=0``):
   the same math in three fused PyTorch kernel calls, what the kernel replaced;
 * ``rvm-dsf``: ours with the defaults (RVM + dual-softmax filtering, phi = 0.05; on CPU the one-pass
-  kernel of :mod:`direct2v.cpu_kernels`).
+  kernel of :mod:`direct2v.cpu_kernels`);
+* only when named in ``--variants``: ``t2vz-compiled``, ``rvm-compiled``, ``rvm-dsf-compiled``, the same
+  with the UNet through ``torch.compile`` (inductor; the warm-up render compiles, its seconds are in
+  the table). Compiled RVM+DSF is compared with compiled RVM, and diffusers' pipeline compiled too,
+  so that what compiling buys is not credited to DSF.
 
 Each child renders once untimed at 2 steps (warm-up: kernels, allocator, lazy imports), then
 ``--repeats`` times timed, and reports the median seconds and its peak memory (resident set size on
-CPU, the allocator's peak on CUDA). The table gives seconds, the ratio to diffusers and the ratio to
-plain RVM; the product's goal is rvm-dsf / rvm <= 1.25 and rvm-dsf faster than t2vz. The warm-up
-render also builds the CPU kernel where it is not yet built (untimed).
+CPU, the allocator's peak on CUDA). The table gives seconds, the ratio to diffusers, the ratio to
+plain RVM (compiled, for the compiled variants) and the warm-up's seconds; the product's goal is
+rvm-dsf / rvm <= 1.25 and rvm-dsf faster than t2vz. The warm-up render also builds the CPU kernel
+where it is not yet built (untimed).
 
 ``--layer`` instead times the steps of ONE dual-softmax layer call in isolation (random
 query/key/value of the given shape; default: the tiny model's up_blocks.3 at 256 px), each next to
@@ -26,6 +31,7 @@ unpadded) against every query's, the selection against a full sort.
 
     python benchmarks/dsf_cost.py                    # tiny SD-shaped model at 256 px, CPU: ~1 min
     python benchmarks/dsf_cost.py --rounds 5         # round-robin, median over rounds: ~6 min
+    python benchmarks/dsf_cost.py --variants t2vz t2vz-compiled rvm-compiled rvm-dsf-compiled   # ~4 min
     python benchmarks/dsf_cost.py --layer            # one layer call, step by step
     python benchmarks/dsf_cost.py --model-dir DIR --size 512 --steps 100 --t0 90 --t1 95   # CUDA
     python benchmarks/dsf_cost.py --architecture sd15 --size 512 --steps 100 --t0 90 --t1 95   # CUDA, no weights
@@ -57,7 +63,12 @@ VARIANTS = {
     "rvm": "ours, RVM m=4 on up_blocks.2/.3",
     "rvm-dsf-stock": "ours, RVM + DSF on stock kernels (three passes)",
     "rvm-dsf": "ours, RVM + DSF (the default: one-pass CPU kernel)",
+    # opt-in (--variants): the UNet through torch.compile (inductor), each compiled by its untimed warm-up
+    "t2vz-compiled": "diffusers TextToVideoZeroPipeline, UNet compiled",
+    "rvm-compiled": "ours, RVM m=4 on up_blocks.2/.3, compiled",
+    "rvm-dsf-compiled": "ours, RVM + DSF, compiled (on CPU: our kernels as custom operators)",
 }
+COMPILED = "-compiled"
 PROMPT = "a red fox runs across a snowy field"
 
 
@@ -66,6 +77,7 @@ def device_and_dtype() -> tuple[str, torch.dtype]:
 
 
 def render_once(variant: str, pipe, args: argparse.Namespace, steps: int, t0: int, t1: int) -> None:
+    variant = variant.removesuffix(COMPILED)  # compiled or not, the same render
     common = {"num_inference_steps": steps, "t0": t0, "t1": t1, "guidance_scale": args.guidance,
               "height": args.size, "width": args.size, "output_type": "latent",
               "generator": torch.Generator().manual_seed(0)}
@@ -86,7 +98,7 @@ def render_once(variant: str, pipe, args: argparse.Namespace, steps: int, t0: in
 def child(args: argparse.Namespace) -> None:
     """One variant in this process: load, warm up, time ``--repeats`` renders, print one JSON line."""
     device, dtype = device_and_dtype()
-    if args.variant == "t2vz":
+    if args.variant.startswith("t2vz"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
@@ -101,7 +113,16 @@ def child(args: argparse.Namespace) -> None:
         from direct2v.pipeline import DirecT2VPipeline
 
         pipe = DirecT2VPipeline.from_local_dir(args.model_dir, torch_dtype=dtype, device=device)
+    if args.variant.endswith(COMPILED):
+        if args.variant.startswith("t2vz"):
+            pipe.unet = torch.compile(pipe.unet)
+        else:
+            pipe.compile_unet()
+    started = time.perf_counter()
     render_once(args.variant, pipe, args, steps=2, t0=0, t1=1)
+    warm_up = time.perf_counter() - started  # compiled variants: the compilation
+    if getattr(pipe, "compile_failure", None):
+        raise SystemExit(f"{args.variant}: torch.compile failed, the render ran eagerly: {pipe.compile_failure}")
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -116,7 +137,7 @@ def child(args: argparse.Namespace) -> None:
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"seconds": statistics.median(seconds), "peak_bytes": peak}))
+    print(json.dumps({"seconds": statistics.median(seconds), "peak_bytes": peak, "warm_up_seconds": warm_up}))
 
 
 def time_ms(function, repeats: int | None = None) -> float:
@@ -311,7 +332,8 @@ def main() -> None:
                         help="run every variant this many times, round-robin, and report the median over rounds: "
                              "a shared machine's drift then lands on every variant alike")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        help="default: all (on CUDA without rvm-dsf-stock, the same as rvm-dsf there)")
+                        help="default: all eager ones (on CUDA without rvm-dsf-stock, the same as rvm-dsf there); "
+                             "the compiled ones only when named (each compiles first: minutes on a CPU)")
     parser.add_argument("--layer", action="store_true", help="time the steps of one layer call instead")
     parser.add_argument("--shape", type=int, nargs=5, default=[2, 8, 4, 1024, 8],
                         metavar=("GROUPS", "FRAMES", "HEADS", "TOKENS", "HEAD_DIM"), help="for --layer")
@@ -329,7 +351,8 @@ def main() -> None:
 
     device, dtype = device_and_dtype()
     if args.variants is None:  # the switch of rvm-dsf-stock only turns off our CPU kernel
-        args.variants = [v for v in VARIANTS if not (device == "cuda" and v == "rvm-dsf-stock")]
+        args.variants = [v for v in VARIANTS
+                         if not v.endswith(COMPILED) and not (device == "cuda" and v == "rvm-dsf-stock")]
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir or build_model(args.architecture, Path(scratch) / f"{args.architecture}-sd")
         print(f"model {model_dir}, {device} {str(dtype).removeprefix('torch.')}, {args.size} px, "
@@ -339,18 +362,22 @@ def main() -> None:
         rounds = [{variant: run_variant(variant, args, model_dir) for variant in args.variants}
                   for _ in range(args.rounds)]
         results = {variant: {"seconds": statistics.median(r[variant]["seconds"] for r in rounds),
-                             "peak_bytes": max(r[variant]["peak_bytes"] for r in rounds)}
+                             "peak_bytes": max(r[variant]["peak_bytes"] for r in rounds),
+                             "warm_up_seconds": statistics.median(r[variant]["warm_up_seconds"] for r in rounds)}
                    for variant in args.variants}
 
-    baseline = results.get("t2vz", {}).get("seconds")
-    rvm = results.get("rvm", {}).get("seconds")
-    print("| variant | seconds | x diffusers T2V-Z | x RVM | peak memory |")
-    print("|---|---|---|---|---|")
+    def seconds_of(variant: str) -> float | None:
+        return results.get(variant, {}).get("seconds")
+
+    print("| variant | seconds | x diffusers T2V-Z | x RVM (same mode) | peak memory | warm-up (s) |")
+    print("|---|---|---|---|---|---|")
     for variant, row in results.items():
+        # eager against eager RVM, compiled against compiled RVM: what DSF itself costs in each mode
+        baseline, rvm = seconds_of("t2vz"), seconds_of("rvm-compiled" if variant.endswith(COMPILED) else "rvm")
         versus_t2vz = f"{row['seconds'] / baseline:.2f}" if baseline else "-"
         versus_rvm = f"{row['seconds'] / rvm:.2f}" if rvm else "-"
         print(f"| {VARIANTS[variant]} | {row['seconds']:.2f} | {versus_t2vz} | {versus_rvm} | "
-              f"{row['peak_bytes'] / 2**30:.2f} GiB |")
+              f"{row['peak_bytes'] / 2**30:.2f} GiB | {row['warm_up_seconds']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def test_the_render_table_gives_each_variant_and_ratios_from_its_own_seconds():
     for variant, row in zip(variants, rows):
         assert float(row[2]) == ratio(variant, "t2vz") and float(row[3]) == ratio(variant, "rvm")
         assert row[4].endswith(" GiB") and float(row[4].split()[0]) > 0  # the child's resident set
+        assert float(row[5]) > 0  # the warm-up render's seconds
     assert rows[0][2] == "1.00" and rows[1][3] == "1.00"
 
 
