@@ -98,7 +98,8 @@ def render_once(variant: str, pipe, args: argparse.Namespace, steps: int, t0: in
 def child(args: argparse.Namespace) -> None:
     """One variant in this process: load, warm up, time ``--repeats`` renders, print one JSON line."""
     device, dtype = device_and_dtype()
-    if args.variant.startswith("t2vz"):
+    base, compiled = args.variant.removesuffix(COMPILED), args.variant.endswith(COMPILED)
+    if base == "t2vz":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
@@ -109,14 +110,13 @@ def child(args: argparse.Namespace) -> None:
                 args.model_dir, safety_checker=None, local_files_only=True, torch_dtype=dtype
             ).to(device)
         pipe.set_progress_bar_config(disable=True)
+        if compiled:
+            pipe.unet = torch.compile(pipe.unet)
     else:
         from direct2v.pipeline import DirecT2VPipeline
 
         pipe = DirecT2VPipeline.from_local_dir(args.model_dir, torch_dtype=dtype, device=device)
-    if args.variant.endswith(COMPILED):
-        if args.variant.startswith("t2vz"):
-            pipe.unet = torch.compile(pipe.unet)
-        else:
+        if compiled:
             pipe.compile_unet()
     started = time.perf_counter()
     render_once(args.variant, pipe, args, steps=2, t0=0, t1=1)

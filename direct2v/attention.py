@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
-from .cpu_kernels import dual_softmax_attention, masked_own_attention
+from .cpu_kernels import dual_softmax_attention, masked_own_attention, on_cpu_outside_autograd
 from .dsf import (
     DSF_CHUNK_ELEMENTS,
     attention_with_lse,
@@ -234,7 +234,7 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
             return self.value_mapping(query, ref_key, ref_value)  # the frame is its own reference
         mapped, confidence = self.mapping_and_confidence(query, ref_key, ref_value)
         mask = confidence_mask(confidence, self.quantile)
-        if takes_cpu_ops(query, key, value):
+        if on_cpu_outside_autograd(query, key, value):
             return cpu_own_attention_where(mask, mapped, query, key, value)
         return own_attention_where(mask, mapped, query, key, value)
 
@@ -251,7 +251,7 @@ class DualSoftmaxFilterProcessor(RotationalValueMappingProcessor):
         Returns:
             ``(mapped, confidence)``, confidence float32 ``(groups, frames, heads, tokens)``.
         """
-        if takes_cpu_ops(query, ref_key, ref_value):
+        if on_cpu_outside_autograd(query, ref_key, ref_value):
             return cpu_mapping_and_confidence(query, ref_key, ref_value, self.max_elements)
         return stock_mapping_and_confidence(query, ref_key, ref_value, self.max_elements)
 
@@ -276,14 +276,8 @@ def stock_mapping_and_confidence(
 # Each is one custom operator, so that torch.compile takes it as one opaque call: the compiled graph
 # then runs our kernels too, and the own attention stays gathered (its width is data-dependent, a
 # shape a graph cannot have; traced, it would cost every query's). Eager renders call the same ops.
-
-
-def takes_cpu_ops(*tensors: torch.Tensor) -> bool:
-    """Whether the CPU operators below serve these inputs: on the CPU and outside autograd (they
-    have no backward). Which kernel runs inside them is decided when they run."""
-    return all(x.device.type == "cpu" for x in tensors) and not (
-        torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
-    )
+# They take CPU tensors outside autograd (cpu_kernels.on_cpu_outside_autograd); which kernel runs
+# inside them is decided when they run.
 
 
 @torch.library.custom_op("direct2v::cpu_mapping_and_confidence", mutates_args=(), device_types="cpu")

@@ -94,6 +94,14 @@ def load() -> str | None:
     return name
 
 
+def on_cpu_outside_autograd(*tensors: torch.Tensor) -> bool:
+    """All on the CPU and none needing a gradient: what every operator here requires (none has a
+    backward), the kernels' and the DSF processor's custom operators alike."""
+    return all(x.device.type == "cpu" for x in tensors) and not (
+        torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+    )
+
+
 def serving_library(tensors: tuple[torch.Tensor, ...], *head_sizes: int) -> str | None:
     """The kernel library's operator namespace where its operators take these inputs: eager, the
     kernels on, float32 CPU tensors outside autograd, head sizes up to :data:`MAX_HEAD`, the library
@@ -101,8 +109,8 @@ def serving_library(tensors: tuple[torch.Tensor, ...], *head_sizes: int) -> str 
     if (
         torch.compiler.is_compiling()  # first: inside a graph nothing else is looked at
         or not enabled()
-        or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors)
-        or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
+        or not on_cpu_outside_autograd(*tensors)
+        or any(x.dtype != torch.float32 for x in tensors)
         or max(head_sizes) > MAX_HEAD
     ):
         return None
