@@ -244,8 +244,7 @@ def layer_steps(shape: list[int], dtype: torch.dtype | None = None) -> None:
         ("confidence, blockwise reference (all frames batched)",
          lambda: dsf.dual_softmax_confidence(query, ref_key[:, None])),
         ("quantile as shipped (dsf.quantile: topk on CPU, a sort elsewhere)", lambda: dsf.quantile(flat, filtered.quantile)),
-        ("quantile: selection (topk of the shorter end)",
-         lambda: flat.topk(math.floor(filtered.quantile * (flat.numel() - 1)) + 2, largest=False)),
+        ("quantile: selection (topk of the shorter end)", lambda: dsf.quantile(flat, filtered.quantile, selection=True)),
         ("quantile: full sort", lambda: flat.sort()),
         (f"own attention, masked-out queries only ({(~mask).float().mean():.1%}; padded per slice to the most, "
          f"{padded_width(mask):.1%}), stock SDPA", lambda: dsf.own_attention_where(mask, mapped, query, key, value)),
@@ -349,6 +348,8 @@ def main() -> None:
         layer_steps(args.shape, getattr(torch, args.dtype) if args.dtype else None)
         return
 
+    if args.model_dir is not None and not (args.model_dir / "model_index.json").is_file():
+        parser.error(f"--model-dir {args.model_dir}: not a diffusers model directory (no model_index.json)")
     device, dtype = device_and_dtype()
     if args.variants is None:  # the switch of rvm-dsf-stock only turns off our CPU kernel
         args.variants = [v for v in VARIANTS
@@ -371,9 +372,10 @@ def main() -> None:
 
     print("| variant | seconds | x diffusers T2V-Z | x RVM (same mode) | peak memory | warm-up (s) |")
     print("|---|---|---|---|---|---|")
+    baseline = seconds_of("t2vz")
     for variant, row in results.items():
         # eager against eager RVM, compiled against compiled RVM: what DSF itself costs in each mode
-        baseline, rvm = seconds_of("t2vz"), seconds_of("rvm-compiled" if variant.endswith(COMPILED) else "rvm")
+        rvm = seconds_of("rvm-compiled" if variant.endswith(COMPILED) else "rvm")
         versus_t2vz = f"{row['seconds'] / baseline:.2f}" if baseline else "-"
         versus_rvm = f"{row['seconds'] / rvm:.2f}" if rvm else "-"
         print(f"| {VARIANTS[variant]} | {row['seconds']:.2f} | {versus_t2vz} | {versus_rvm} | "

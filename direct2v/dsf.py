@@ -222,7 +222,7 @@ def frame_confidence(
     return dual_softmax_confidence(query, ref_key[:, None], max_elements)
 
 
-def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+def quantile(values: torch.Tensor, q: float, selection: bool | None = None) -> torch.Tensor:
     """The ``q``-quantile of all elements of ``values``, for any number of elements.
 
     Same definition as ``torch.quantile(values.flatten(), q)`` with its default ``"linear"``
@@ -235,7 +235,8 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     the shorter end (a selection: 9.8 ms for 2**19 random float32 values on this project's CPU,
     against 58 ms for a full sort, and no slow input order), not ``torch.kthvalue``, whose selection
     degrades quadratically on reverse-ordered input (17 s for 2**19 values, measured). Elsewhere one
-    ``torch.sort`` (until a selection is measured to be faster there).
+    ``torch.sort`` (until a selection is measured to be faster there). ``selection`` overrides that
+    choice (True: ``topk``, False: the sort), for benchmarks that time both on one device.
 
     Raises:
         ValueError: for an empty tensor or ``q`` outside [0, 1].
@@ -250,7 +251,9 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     below = math.floor(position)
     above = min(below + 1, count - 1)
     weight = position - below
-    if flat.device.type != "cpu":
+    if selection is None:
+        selection = flat.device.type == "cpu"
+    if not selection:
         ordered = flat.sort().values
         low, high = ordered[below], ordered[above]
     elif above + 1 <= count - below:  # the two lie among the smallest above + 1 values

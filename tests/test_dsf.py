@@ -253,12 +253,14 @@ def test_own_attention_where_touches_only_the_masked_out_queries():
 
 @pytest.mark.parametrize("size", [1, 2, 3, 10, 101, 1000])
 @pytest.mark.parametrize("q", [0.0, 0.01, 0.05, 0.3, 0.5, 0.999, 1.0])
-def test_quantile_is_torch_quantile_linear(size, q):
+@pytest.mark.parametrize("selection", [True, False], ids=["topk (CPU)", "sort (GPUs)"])
+def test_quantile_is_torch_quantile_linear(size, q, selection):
     values = torch.randn(size, generator=torch.Generator().manual_seed(size))
     # torch.quantile computes the position q (n - 1) in the input's float32 (a ~1e-7 relative error
     # in the interpolation weight); ours computes it in double, so compare with float32 tolerance.
-    assert torch.allclose(quantile(values, q), torch.quantile(values, q), rtol=1e-5, atol=1e-6)
-    assert torch.allclose(quantile(values, q).double(), torch.quantile(values.double(), q), rtol=1e-6, atol=1e-7)
+    ours = quantile(values, q, selection=selection)
+    assert torch.allclose(ours, torch.quantile(values, q), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ours.double(), torch.quantile(values.double(), q), rtol=1e-6, atol=1e-7)
 
 
 def test_quantile_flattens_and_hits_the_extremes():

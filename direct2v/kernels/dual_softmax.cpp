@@ -345,7 +345,7 @@ at::Tensor masked_own_attention(const at::Tensor& keep, const at::Tensor& mapped
   const at::Tensor q = query.stride(4) == 1 ? query : query.contiguous();
   const at::Tensor k = key.stride(4) == 1 ? key : key.contiguous();
   const at::Tensor v = value.stride(4) == 1 ? value : value.contiguous();
-  at::Tensor out = mapped.contiguous().clone();
+  at::Tensor out = mapped.clone(at::MemoryFormat::Contiguous);  // one copy, whatever mapped's strides
   const int64_t slices = groups * frames * heads;
   const auto run = pick(d, dv).own;
   const bool* mp = m.data_ptr<bool>();
