@@ -40,10 +40,10 @@ def benchmark_prompts(count: int) -> list[str]:
 
 
 def run_vllm(model_dir: Path, prompts: list[str], frames: int, fps: int, budget, max_attempts: int) -> dict:
-    from direct2v.config import DirectorSettings
-    from direct2v.director import Director
-    from direct2v.plan import PlanFailure
-    from direct2v.prompts import PromptRecord
+    from direct2v.core.config import DirectorSettings
+    from direct2v.director.director import Director
+    from direct2v.director.plan import PlanFailure
+    from direct2v.director.prompts import PromptRecord
 
     records = [PromptRecord(id=f"b{i:04d}", prompt=p) for i, p in enumerate(prompts)]
     started = time.perf_counter()
@@ -72,7 +72,7 @@ def run_transformers(model_dir: Path, prompts: list[str], frames: int, fps: int,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from direct2v.instructions import instruction_text, judge_answer
+    from direct2v.director.instructions import instruction_text, judge_answer
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -111,8 +111,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from direct2v.director import check_director_inputs
-    from direct2v.instructions import frame_chars_limit, max_answer_tokens
+    from direct2v.director.director import check_director_inputs
+    from direct2v.director.instructions import frame_chars_limit, max_answer_tokens
 
     prompts = benchmark_prompts(args.prompts)
     n = len(prompts)

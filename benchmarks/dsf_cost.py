@@ -10,7 +10,7 @@ allocations and thread pools cannot slow the next), on the same model, size, sch
 * ``rvm-dsf-stock``: the defaults with our one-pass CPU kernel off (``DIRECT2V_CPU_KERNELS=0``):
   the same math in three fused PyTorch kernel calls, what the kernel replaced;
 * ``rvm-dsf``: ours with the defaults (RVM + dual-softmax filtering, phi = 0.05; on CPU the one-pass
-  kernel of :mod:`direct2v.cpu_kernels`);
+  kernel of :mod:`direct2v.render.cpu_kernels`);
 * only when named in ``--variants``: ``t2vz-compiled``, ``rvm-compiled``, ``rvm-dsf-compiled``, the same
   with the UNet through ``torch.compile`` (inductor; the warm-up render compiles, its seconds are in
   the table). Compiled RVM+DSF is compared with compiled RVM, and diffusers' pipeline compiled too,
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-from direct2v import cpu_kernels
+from direct2v.render import cpu_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -113,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
         if compiled:
             pipe.unet = torch.compile(pipe.unet)
     else:
-        from direct2v.pipeline import DirecT2VPipeline
+        from direct2v.render.pipeline import DirecT2VPipeline
 
         pipe = DirecT2VPipeline.from_local_dir(args.model_dir, torch_dtype=dtype, device=device)
         if compiled:
@@ -154,7 +154,7 @@ def time_ms(function, repeats: int | None = None) -> float:
 
 
 def padded_width(mask: torch.Tensor) -> float:
-    """The share of the queries :func:`direct2v.dsf.own_attention_where` computes: every slice padded to
+    """The share of the queries :func:`direct2v.render.dsf.own_attention_where` computes: every slice padded to
     the largest count of masked-out queries."""
     return float((~mask).sum(dim=-1).max()) / mask.shape[-1]
 
@@ -183,7 +183,7 @@ def float32_confidences(dsf, function):
 
 def layer_steps(shape: list[int], dtype: torch.dtype | None = None) -> None:
     """Time each step of one dual-softmax layer call against the step it replaced."""
-    from direct2v import attention, dsf, reference
+    from direct2v.render import attention, dsf, reference
 
     groups, frames, heads, tokens, _ = shape
     device, default_dtype = device_and_dtype()
@@ -286,12 +286,12 @@ def build_model(architecture: str, path: Path) -> Path:
     the GPU where there is one, as ``benchmarks/gpu_render.py`` builds them, and saved in the
     benchmark's dtype). Random weights cost what trained ones cost."""
     if architecture == "tiny":
-        from direct2v.tiny_models import build_tiny_sd
+        from direct2v.bundled.tiny_models import build_tiny_sd
 
         return build_tiny_sd(path)
     from gpu_render import build  # beside this file
 
-    from direct2v.tiny_models import sd_pipeline
+    from direct2v.bundled.tiny_models import sd_pipeline
 
     device, dtype = device_and_dtype()
     components = build(architecture, torch.device(device), dtype, path.parent)

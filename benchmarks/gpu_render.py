@@ -49,9 +49,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, TextToVideoZeroPipeline, UNe
 from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from direct2v.pipeline import DirecT2VPipeline, frame_faults
-from direct2v.schedule import resolve_schedule
-from direct2v.tiny_models import (
+from direct2v.bundled.tiny_models import (
     SD15_SCHEDULER,
     SD_UNET_LAYOUT,
     SD_VAE_LAYOUT,
@@ -60,10 +58,12 @@ from direct2v.tiny_models import (
     build_clip_tokenizer,
     tiny_text_config,
 )
+from direct2v.core.schedule import resolve_schedule
+from direct2v.render.pipeline import DirecT2VPipeline, frame_faults
 
 FORBIDDEN = ("prefect", "vllm", "pydantic", "pyarrow")
 
-#: (unet, vae, text encoder) sizes of SD 1.5, and of the tiny test model (``direct2v.tiny_models``)
+#: (unet, vae, text encoder) sizes of SD 1.5, and of the tiny test model (``direct2v.bundled.tiny_models``)
 ARCHITECTURES = {
     "sd15": (
         {"sample_size": 64, "cross_attention_dim": 768, "block_out_channels": (320, 640, 1280, 1280),

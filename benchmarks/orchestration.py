@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_plans(directory: Path, count: int, frames: int) -> Path:
-    from direct2v.plan import FramePlan, write_plan
+    from direct2v.director.plan import FramePlan, write_plan
 
     subjects = ["a paper boat", "a red fox", "a hot air balloon", "a cyclist"]
     for i in range(count):
@@ -51,10 +51,10 @@ def steady_s_per_video(manifest: Path) -> float:
 
 
 def run_direct(plans_dir: Path, run_dir: Path, settings) -> dict:
-    from direct2v.manifest import append_rows, compact
-    from direct2v.plan import read_plan
-    from direct2v.render import Renderer
-    from direct2v.videos import render_plan
+    from direct2v.director.plan import read_plan
+    from direct2v.job.manifest import append_rows, compact
+    from direct2v.job.videos import render_plan
+    from direct2v.render.renderer import Renderer
 
     started = time.perf_counter()
     renderer = Renderer(settings.render)
@@ -95,12 +95,12 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     sys.path.insert(0, str(REPO))
-    from direct2v.config import Settings
+    from direct2v.core.config import Settings
 
     work = Path(tempfile.mkdtemp(prefix="direct2v-orchestration-"))
     model_dir = args.model_dir
     if model_dir is None:
-        from direct2v.tiny_models import build_tiny_sd
+        from direct2v.bundled.tiny_models import build_tiny_sd
 
         model_dir = build_tiny_sd(work / "tiny-sd", seed=0)
     steps = max(args.steps, 2)

@@ -3,7 +3,7 @@
 Every variant plans the same prompt set (``benchmarks/data/plan_prompts.jsonl``: everyday
 prompts, each with the words that name its subject) on ONE loaded engine, as a run would (the
 quality policy's repair turns included), and every final plan is measured with
-``direct2v.plan_quality`` (a failed prompt counts as an invalid plan):
+``direct2v.director.quality`` (a failed prompt counts as an invalid plan):
 
     valid      parses, exactly F non-empty descriptions (after the repair turns)
     distinct   distinct frames / F                 adj=     neighbouring frames identical
@@ -64,9 +64,9 @@ def read_prompt_set(path: Path) -> list[dict]:
 
 
 def run_variant(director, base_settings, overrides: dict, prompt_set: list[dict], frames: int, fps: int) -> dict:
-    from direct2v.plan import FramePlan
-    from direct2v.plan_quality import measure_plan, summarise_plans
-    from direct2v.prompts import PromptRecord
+    from direct2v.director.plan import FramePlan
+    from direct2v.director.prompts import PromptRecord
+    from direct2v.director.quality import measure_plan, summarise_plans
 
     director.reconfigure(base_settings.model_copy(update=overrides))
     records = [PromptRecord(id=f"q{i:03d}", prompt=item["prompt"]) for i, item in enumerate(prompt_set)]
@@ -127,8 +127,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every plan and its measures here")
     args = parser.parse_args()
 
-    from direct2v.config import DirectorSettings
-    from direct2v.director import Director, check_director_inputs
+    from direct2v.core.config import DirectorSettings
+    from direct2v.director.director import Director, check_director_inputs
 
     render_model_dir = args.render_model_dir if str(args.render_model_dir) not in ("", ".") else None
     try:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from direct2v.attention import RotationalValueMappingProcessor
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.rvm import cached_anchor_steps, chunk_plan, reference_schedule
+from direct2v.render.attention import RotationalValueMappingProcessor
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.rvm import cached_anchor_steps, chunk_plan, reference_schedule
 
 
 def measure(pipe: DirecT2VPipeline, frames: int, args: argparse.Namespace) -> dict:
@@ -89,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir
         if model_dir is None:
-            from direct2v.tiny_models import build_tiny_sd
+            from direct2v.bundled.tiny_models import build_tiny_sd
 
             model_dir = build_tiny_sd(Path(scratch) / "tiny-sd")
         pipe = DirecT2VPipeline.from_local_dir(model_dir, torch_dtype=dtype, device=device)

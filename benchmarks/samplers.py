@@ -1,7 +1,7 @@
 """Render seconds per video by sampler and step count: the paper's 100 PNDM steps against few-step sampling.
 
 Renders the same 8-frame plan on the same model with each (sampler, steps) pair, RVM + DSF on (the
-defaults), the schedule scaled to each step count (``direct2v/schedule.py``) and each sampler's
+defaults), the schedule scaled to each step count (``direct2v/core/schedule.py``) and each sampler's
 usual guidance (12 for PNDM and DPM-Solver++, 1 = no classifier-free guidance for LCM); VAE decode
 included. One untimed warm-up render, then the median of ``--repeats``; the table gives the ratio
 to 100 PNDM steps measured in the same run. On random weights this measures cost only: whether
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from direct2v.config import RenderSettings
-from direct2v.plan import FramePlan
-from direct2v.render import Renderer
+from direct2v.core.config import RenderSettings
+from direct2v.director.plan import FramePlan
+from direct2v.render.renderer import Renderer
 
 VARIANTS = [("pndm", 100), ("dpmsolver++", 25), ("lcm", 8)]
 
@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir
         if model_dir is None:
-            from direct2v.tiny_models import build_tiny_sd
+            from direct2v.bundled.tiny_models import build_tiny_sd
 
             model_dir = build_tiny_sd(Path(scratch) / "tiny-sd")
         plan = FramePlan(prompt_id="fox", prompt="a red fox in the snow", fps=2, seed=0,

@@ -1,6 +1,6 @@
 """The paper's claims, measured in the shape world (README "Shape world").
 
-Two tables, from the trained shape-world model and the exact detectors (``direct2v/shape_world.py``):
+Two tables, from the trained shape-world model and the exact detectors (``direct2v/shape_world/world.py``):
 
 1. **Images**: single images from held-out captions (a colour, shape and grid cell never drawn
    together in training), one per caption and seed: how often the detectors find the asked colour,
@@ -16,7 +16,7 @@ Two tables, from the trained shape-world model and the exact detectors (``direct
 
    Per variant, mean +- standard deviation over the videos of: per-frame adherence (asked colour
    in the asked cell), colour found, identity consistency of the tracked object, object-count
-   errors, flicker (``direct2v/shape_eval.py`` says exactly how each is computed).
+   errors, flicker (``direct2v/evaluation/shapes.py`` says exactly how each is computed).
 
     python benchmarks/shape_world.py                      # 20 seeds, the run defaults' schedule
     python benchmarks/shape_world.py --seeds 5 --steps 20 # a quick look
@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from direct2v import shape_eval
-from direct2v.config import Settings
-from direct2v.encode import to_uint8
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.render import pipeline_arguments
+from direct2v.core.config import Settings
+from direct2v.evaluation import shapes
+from direct2v.render.encode import to_uint8
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.renderer import pipeline_arguments
 
 VARIANTS = {
     "independent": "plain SD per frame",
@@ -49,7 +49,7 @@ VARIANTS = {
     "rvm": "RVM",
     "rvm-dsf": "RVM + DSF (default)",
 }
-VIDEO_KEYS = shape_eval.VIDEO_MEASURES
+VIDEO_KEYS = shapes.VIDEO_MEASURES
 
 
 def render_kwargs(settings, steps: int | None) -> dict:
@@ -60,7 +60,7 @@ def render_kwargs(settings, steps: int | None) -> dict:
     return pipeline_arguments(render)
 
 
-def render_variant(pipe: DirecT2VPipeline, variant: str, scenario: shape_eval.Scenario, seed: int, kwargs: dict) -> np.ndarray:
+def render_variant(pipe: DirecT2VPipeline, variant: str, scenario: shapes.Scenario, seed: int, kwargs: dict) -> np.ndarray:
     """One scenario rendered as ``variant`` with ``seed``: uint8 frames (F, H, W, 3)."""
     common = dict(kwargs)
     if variant == "independent":
@@ -80,13 +80,13 @@ def render_variant(pipe: DirecT2VPipeline, variant: str, scenario: shape_eval.Sc
 
 
 def image_table(pipe, kwargs: dict, count: int, seeds: int) -> tuple[str, dict]:
-    captions = shape_eval.image_captions(count)
+    captions = shapes.image_captions(count)
     rows = []
     single = {**kwargs, "rvm_period": math.inf, "dsf": False}
     for seed in range(seeds):
         for text in captions:
             image = to_uint8(pipe([text], generator=torch.Generator().manual_seed(seed), **single))[0]
-            rows.append(shape_eval.image_scores(image, text))
+            rows.append(shapes.image_scores(image, text))
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     lines = ["| images | colour | colour+cell | colour+shape | one object |", "|---|---|---|---|---|",
              (f"| {len(rows)} (held-out captions x seeds) | {summary['colour']:.1%} | {summary['position']:.1%} | "
@@ -98,14 +98,14 @@ def video_table(pipe, kwargs: dict, seeds: int, variants: list[str], echo=print)
     scores: dict[str, list[dict]] = {name: [] for name in variants}
     seconds = dict.fromkeys(variants, 0.0)
     for seed in range(seeds):
-        for scenario in shape_eval.video_scenarios(seed):
+        for scenario in shapes.video_scenarios(seed):
             for name in variants:
                 started = time.perf_counter()
                 frames = render_variant(pipe, name, scenario, seed, kwargs)
                 seconds[name] += time.perf_counter() - started
-                scores[name].append(shape_eval.video_scores(frames, scenario.frames))
+                scores[name].append(shapes.video_scores(frames, scenario.frames))
         echo(f"seed {seed + 1}/{seeds} done")
-    summary = {name: shape_eval.summarise(values) for name, values in scores.items()}
+    summary = {name: shapes.summarise(values) for name, values in scores.items()}
     header = "| variant | " + " | ".join(VIDEO_KEYS) + " | s/video |"
     lines = [header, "|---" * (len(VIDEO_KEYS) + 2) + "|"]
     for name in variants:
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the run default render.model_dir")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=None, help="default: render.num_inference_steps of the run defaults")
-    parser.add_argument("--images", type=int, default=len(shape_eval.world.held_out_triples()),
+    parser.add_argument("--images", type=int, default=len(shapes.world.held_out_triples()),
                         help="held-out captions for the image table (default: one per held-out triple)")
     parser.add_argument("--image-seeds", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))

@@ -1,6 +1,6 @@
 """Prefect flow: evaluate a finished run (metrics, QC, Table-1 summary) and publish its review page.
 
-Orchestration only; the work is ``direct2v.evaluate.evaluate_run`` and ``direct2v.review.write_review``.
+Orchestration only; the work is ``direct2v.evaluation.evaluate.evaluate_run`` and ``direct2v.publish.gallery.write_review``.
 
     python -m flows.evaluate outputs/<run-id>          # or: direct2v eval outputs/<run-id>
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from direct2v.environment import configure_prefect_environment
+from direct2v.core.environment import configure_prefect_environment
 
 configure_prefect_environment()
 
 from prefect import flow, get_run_logger  # noqa: E402  (environment first)
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact  # noqa: E402
 
-from direct2v.config import Settings  # noqa: E402
-from direct2v.evaluate import evaluate_run as evaluate_run_dir  # noqa: E402
-from direct2v.review import REVIEW_DIR, write_review  # noqa: E402
+from direct2v.core.config import Settings  # noqa: E402
+from direct2v.evaluation.evaluate import evaluate_run as evaluate_run_dir  # noqa: E402
+from direct2v.publish.gallery import REVIEW_DIR, write_review  # noqa: E402
 
 
 def _artifact_key(run_dir: Path) -> str:

@@ -1,6 +1,6 @@
 """The one DirecT2V flow: prompt file (or plan files) -> plans -> videos -> manifest.
 
-Wiring only; every step is a function of ``direct2v.stages``. ``direct2v run``, ``dataset``,
+Wiring only; every step is a function of ``direct2v.job.stages``. ``direct2v run``, ``dataset``,
 ``resume``, ``render --plans`` and every deployment in prefect.yaml run this flow
 (``flows/dataset.py`` is the same flow under its deployment name).
 
@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Literal
 
-from direct2v.environment import configure_prefect_environment
+from direct2v.core.environment import configure_prefect_environment
 
 configure_prefect_environment()
 
@@ -33,11 +33,15 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from direct2v import manifest, stages, videos  # noqa: E402
-from direct2v.config import RenderSettings  # noqa: E402
-from direct2v.plan import FramePlan  # noqa: E402
-from direct2v.rundir import run_dir_lock, run_log  # noqa: E402
-from direct2v.shards import read_shard_file, shard_files  # noqa: E402
+from direct2v.core.config import RenderSettings  # noqa: E402
+from direct2v.director.plan import FramePlan  # noqa: E402
+from direct2v.job import (
+    manifest,  # noqa: E402
+    stages,  # noqa: E402
+    videos,  # noqa: E402
+)
+from direct2v.job.rundir import run_dir_lock, run_log  # noqa: E402
+from direct2v.job.shards import read_shard_file, shard_files  # noqa: E402
 from flows import runners  # noqa: E402
 
 
@@ -48,7 +52,7 @@ def plan_shard(shard, run: stages.Run):
 
 @task(name="render-video", task_run_name="render-{plan.prompt_id}", cache_policy=NO_CACHE)
 def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings, source: str) -> dict:
-    from direct2v.render import cached_renderer  # loaded once per worker process, reused by later tasks
+    from direct2v.render.renderer import cached_renderer  # loaded once per worker process, reused by later tasks
 
     try:
         row = videos.render_plan(plan, Path(run_dir), cached_renderer(render_settings), source)
@@ -60,14 +64,14 @@ def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings,
 
 @task(name="gallery", cache_policy=NO_CACHE)
 def write_gallery(run_dir: str) -> str:
-    from direct2v.review import write_review  # contact sheets + index.html: no model needed
+    from direct2v.publish.gallery import write_review  # contact sheets + index.html: no model needed
 
     return str(write_review(Path(run_dir)))
 
 
 @task(name="export", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def export_dataset(run_dir: str, export_format: str, export_dir: str | None) -> str:
-    from direct2v.export import export_run  # resumable: a retry keeps the shards already complete
+    from direct2v.publish.export import export_run  # resumable: a retry keeps the shards already complete
 
     out = Path(export_dir) if export_dir else Path(run_dir) / "export" / export_format
     return str(export_run(Path(run_dir), out, export_format).index)

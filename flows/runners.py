@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 
-from direct2v.environment import configure_prefect_environment
+from direct2v.core.environment import configure_prefect_environment
 
 configure_prefect_environment()
 
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402  (environment first)
 
-from direct2v.config import ConfigError  # noqa: E402
+from direct2v.core.config import ConfigError  # noqa: E402
 
 
 def task_runner(dask_address: str | None, dask_workers: int | None, dask_cluster: str = "local"):

@@ -42,5 +42,5 @@ fi
 "${pip[@]}" install --no-deps --no-build-isolation -e .
 # Our dual-softmax CPU kernel (C++, ~15 s to compile), built here so that no render waits for the
 # compiler. Optional: where it cannot be built, renders take the stock-kernel path (same math, slower).
-.venv/bin/python -m direct2v.cpu_kernels || true
+.venv/bin/python -m direct2v.render.cpu_kernels || true
 echo "$wanted" > "$stamp"

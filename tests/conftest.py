@@ -20,8 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    from direct2v.config import DEFAULT_LLM_DIR
-    from direct2v.models import bundled_smollm2_gguf, convert_gguf_to_hf
+    from direct2v.bundled.models import bundled_smollm2_gguf, convert_gguf_to_hf
+    from direct2v.core.config import DEFAULT_LLM_DIR
 
     path = REPO / DEFAULT_LLM_DIR
     if not (path / "config.json").is_file():
@@ -31,14 +31,14 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
-    from direct2v.tiny_models import build_tiny_sd
+    from direct2v.bundled.tiny_models import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
-    from direct2v.tiny_clip import build_tiny_clip
+    from direct2v.bundled.tiny_clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", seed=0)
 
@@ -146,7 +146,7 @@ def tiny_render_env(tiny_sd_dir) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def pipe(tiny_sd_dir):
     """The tiny SD loaded once as our pipeline (fp32, CPU)."""
-    from direct2v.pipeline import DirecT2VPipeline
+    from direct2v.render.pipeline import DirecT2VPipeline
 
     return DirecT2VPipeline.from_local_dir(tiny_sd_dir)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from direct2v import planning, shards
-from direct2v.manifest import SCHEMA, append_shard_rows, compact, read_manifest
+from direct2v.job import planning, shards
+from direct2v.job.manifest import SCHEMA, append_shard_rows, compact, read_manifest
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_a_bad_config_names_the_key_before_any_model_loads(tmp_path, run_cli, sm
 
 def test_a_csv_header_with_an_unknown_column_is_a_whole_file_error(monkeypatch):
     """The CLI path of a whole-file CSV problem is the one above (no-prompt-column.csv); this is its other kind."""
-    from direct2v.prompts import PromptFileError, check_prompt_file
+    from direct2v.director.prompts import PromptFileError, check_prompt_file
 
     monkeypatch.chdir(CORPUS)
     with pytest.raises(PromptFileError) as error:

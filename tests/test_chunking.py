@@ -10,9 +10,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from direct2v.attention import RotationalValueMappingProcessor
-from direct2v.reference import AnchorKVCache, FrameReference
-from direct2v.rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
+from direct2v.render.attention import RotationalValueMappingProcessor
+from direct2v.render.reference import AnchorKVCache, FrameReference
+from direct2v.render.rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 JOINT_STEPS = FAST["t1"] + 1

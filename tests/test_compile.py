@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch._dynamo
 
-from direct2v import cpu_kernels
-from direct2v.config import RenderSettings
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.render import Renderer
+from direct2v.core.config import RenderSettings
+from direct2v.render import cpu_kernels
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.renderer import Renderer
 
 # m = 1: the reference frame changes at every joint step (each would be a new Python int to guard on).
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5, "rvm_period": 1}
@@ -99,7 +99,7 @@ def test_a_failing_compiler_is_logged_once_and_the_render_runs_eagerly(tiny_sd_d
 
     torch._dynamo.reset()
     pipe.compile_unet(backend=broken_backend)
-    with caplog.at_level(logging.WARNING, logger="direct2v.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="direct2v.render.pipeline"):
         out = render(pipe, **KINDS["chunked"])
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1 and "BackendCompilerFailed" in warnings[0] and "no compiler here" in warnings[0]

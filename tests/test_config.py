@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from direct2v.cli import UserError, parse_overrides
-from direct2v.config import ConfigError, load_settings
+from direct2v.cli.app import UserError, parse_overrides
+from direct2v.core.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The DSF CPU kernels (direct2v/kernels/dual_softmax.cpp: the one-pass value mapping and confidences, the
+"""The DSF CPU kernels (direct2v/render/kernels/dual_softmax.cpp: the one-pass value mapping and confidences, the
 unpadded own attention) against the reference math, and their fallbacks."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import shutil
 import pytest
 import torch
 
-from direct2v import attention, cpu_kernels
-from direct2v.attention import DualSoftmaxFilterProcessor
-from direct2v.dsf import confidence_mask, dual_softmax_confidence, own_attention_where
-from direct2v.reference import FrameReference
+from direct2v.render import attention, cpu_kernels
+from direct2v.render.attention import DualSoftmaxFilterProcessor
+from direct2v.render.dsf import confidence_mask, dual_softmax_confidence, own_attention_where
+from direct2v.render.reference import FrameReference
 
 
 def explicit(query: torch.Tensor, ref_key: torch.Tensor, ref_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,7 +218,7 @@ def test_a_failed_build_is_one_warning_and_the_stock_path(fresh_load, monkeypatc
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     monkeypatch.setenv(cpu_kernels.CACHE, str(tmp_path))
     query, ref_key, ref_value = inputs(1, 2, 1, 16, 20, 8)
-    with caplog.at_level(logging.WARNING, logger="direct2v.cpu_kernels"):
+    with caplog.at_level(logging.WARNING, logger="direct2v.render.cpu_kernels"):
         assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
         assert cpu_kernels.dual_softmax_attention(query, ref_key, ref_value) is None
     warnings = [r.getMessage() for r in caplog.records]
@@ -228,7 +228,7 @@ def test_a_failed_build_is_one_warning_and_the_stock_path(fresh_load, monkeypatc
 def test_a_cpu_without_avx_gets_no_kernel(fresh_load, monkeypatch, caplog):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert "DEFAULT" not in cpu_kernels.ISA_FLAGS
-    with caplog.at_level(logging.WARNING, logger="direct2v.cpu_kernels"):
+    with caplog.at_level(logging.WARNING, logger="direct2v.render.cpu_kernels"):
         assert cpu_kernels.load() is None
     assert "DEFAULT" in caplog.text
 

@@ -13,11 +13,10 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import summary_of
 
-from direct2v.manifest import SCHEMA
-from direct2v.plan import FramePlan, write_plan
+from direct2v.director.plan import FramePlan, write_plan
+from direct2v.job.manifest import SCHEMA
 
 pytestmark = [pytest.mark.flow]
 

@@ -45,7 +45,7 @@ def test_prefect_yaml_validates_with_prefects_own_models():
     for deployment in model.deployments:
         flow = load_flow_from_entrypoint(str(REPO / deployment.entrypoint))
         flow.validate_parameters(deployment.parameters)
-    from direct2v.config import Settings
+    from direct2v.core.config import Settings
 
     Settings(director=nightly.parameters["plan_settings"], render=nightly.parameters["render_settings"])
 

@@ -6,9 +6,9 @@ plans; v1 still plans; the cache answers a repeated request without the engine."
 import pytest
 import torch
 
-from direct2v.config import DirectorSettings
-from direct2v.plan import FramePlan, PlanFailure, TokenBudget, lineage, validate_frames
-from direct2v.prompts import PromptRecord
+from direct2v.core.config import DirectorSettings
+from direct2v.director.plan import FramePlan, PlanFailure, TokenBudget, lineage, validate_frames
+from direct2v.director.prompts import PromptRecord
 
 pytestmark = pytest.mark.llm
 
@@ -21,7 +21,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def director(smollm2_dir, tiny_sd_dir, tmp_path_factory):
-    from direct2v.director import Director
+    from direct2v.director.director import Director
 
     settings = DirectorSettings(model_dir=smollm2_dir, max_attempts=2)
     state = tmp_path_factory.mktemp("state")
@@ -63,7 +63,7 @@ def test_batch_with_one_fps_doubling(director, tiny_sd_dir):
 def test_the_example_prompts_get_clean_plans(director):
     """What a new user sees first (prompts_in/examples.txt): every frame its own, on the subject, no
     loop, none restating the prompt, and neighbouring frames alike but not the same."""
-    from direct2v.plan_quality import measure_plan
+    from direct2v.director.quality import measure_plan
 
     records = [PromptRecord(id=f"e{i}", prompt=p) for i, p in enumerate(PROMPTS)]
     for record, result in zip(records, director.plan(records, frames=8, fps=2, seed=0), strict=True):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from direct2v.director import DirectorReport, PlanCache
-from direct2v.instructions import (
+from direct2v.director.director import DirectorReport, PlanCache
+from direct2v.director.instructions import (
     SCHEMA_FRAME_CHARS,
     copies_example,
     frame_chars_limit,
@@ -14,7 +14,7 @@ from direct2v.instructions import (
     parse_frame,
     worked_example,
 )
-from direct2v.plan import (
+from direct2v.director.plan import (
     FramePlan,
     PlanRound,
     TokenBudget,
@@ -23,7 +23,7 @@ from direct2v.plan import (
     quality_problems,
     validate_frames,
 )
-from direct2v.prompts import PromptRecord
+from direct2v.director.prompts import PromptRecord
 
 PROMPT = "A corgi runs in a park"
 
@@ -123,8 +123,8 @@ def test_report_rates():
 def test_cpu_engine_threads_get_every_core_on_small_machines(monkeypatch, tmp_path, cores, setting, expected):
     import os
 
-    from direct2v.config import DirectorSettings
-    from direct2v.director import configure_vllm_environment
+    from direct2v.core.config import DirectorSettings
+    from direct2v.director.director import configure_vllm_environment
 
     environment = {}
     monkeypatch.setattr(os, "environ", environment)  # nothing leaks into this process
@@ -174,9 +174,9 @@ def test_report_counts_warned_plans_apart():
 
 
 def test_a_repaired_frame_keeps_the_first_candidate_that_breaks_no_rule():
-    from direct2v.config import DirectorSettings
-    from direct2v.director import Director, _Conversation
-    from direct2v.instructions import COPIED_EXAMPLE
+    from direct2v.core.config import DirectorSettings
+    from direct2v.director.director import Director, _Conversation
+    from direct2v.director.instructions import COPIED_EXAMPLE
 
     director = object.__new__(Director)  # the selection needs no engine
     director.budget = None
@@ -195,8 +195,8 @@ def test_a_repaired_frame_keeps_the_first_candidate_that_breaks_no_rule():
 
 
 def test_reconfigure_keeps_the_engine_and_refuses_engine_settings():
-    from direct2v.config import DirectorSettings
-    from direct2v.director import Director
+    from direct2v.core.config import DirectorSettings
+    from direct2v.director.director import Director
 
     director = object.__new__(Director)
     director.budget, director.cache = None, None
@@ -225,8 +225,8 @@ class _ScriptedEngine:
 
 
 def _scripted_director(answer, **settings):
-    from direct2v.config import DirectorSettings
-    from direct2v.director import Director
+    from direct2v.core.config import DirectorSettings
+    from direct2v.director.director import Director
 
     director = object.__new__(Director)
     director.budget, director.cache, director.model_name = None, None, "scripted"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from direct2v.config import DirectorSettings
-from direct2v.instructions import (
+from direct2v.core.config import DirectorSettings
+from direct2v.director.instructions import (
     TEMPLATE_VERSIONS,
     between_text,
     doubling_text,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-import direct2v.attention
-import direct2v.cpu_kernels
-import direct2v.dsf
-from direct2v.attention import DualSoftmaxFilterProcessor, RotationalValueMappingProcessor
-from direct2v.dsf import (
+import direct2v.render.attention
+import direct2v.render.cpu_kernels
+import direct2v.render.dsf
+from direct2v.render.attention import DualSoftmaxFilterProcessor, RotationalValueMappingProcessor
+from direct2v.render.dsf import (
     DSF_CHUNK_ELEMENTS,
     attention_with_lse,
     column_lse,
@@ -25,7 +25,7 @@ from direct2v.dsf import (
     quantile,
     query_rows_per_block,
 )
-from direct2v.reference import AnchorKVCache, FrameReference
+from direct2v.render.reference import AnchorKVCache, FrameReference
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]
@@ -153,13 +153,13 @@ def test_fused_confidence_equals_the_blockwise_reference(sharpness, sizes, head_
 
 def kernel_dtypes(monkeypatch) -> list[torch.dtype]:
     """Record the dtype of every fused-kernel call the DSF functions make."""
-    seen, real = [], direct2v.dsf.attention_with_lse
+    seen, real = [], direct2v.render.dsf.attention_with_lse
 
     def spy(query, key, value, scale=None):
         seen.append(query.dtype)
         return real(query, key, value, scale=scale)
 
-    monkeypatch.setattr(direct2v.dsf, "attention_with_lse", spy)
+    monkeypatch.setattr(direct2v.render.dsf, "attention_with_lse", spy)
     return seen
 
 
@@ -360,13 +360,13 @@ def make_attention(seed: int = 0) -> Attention:
 
 def stock_kernels_only(monkeypatch) -> None:
     """Without our one-pass CPU kernel: the processor takes the three fused stock-kernel calls."""
-    monkeypatch.setenv(direct2v.cpu_kernels.SWITCH, "0")
+    monkeypatch.setenv(direct2v.render.cpu_kernels.SWITCH, "0")
 
 
 def blockwise_only(monkeypatch) -> None:
     """As on a device without fused kernels: the processor takes the blockwise reference path."""
     stock_kernels_only(monkeypatch)
-    monkeypatch.setattr(direct2v.attention, "attention_with_lse", lambda *args, **kwargs: None)
+    monkeypatch.setattr(direct2v.render.attention, "attention_with_lse", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(params=["one-pass", "fused", "blockwise"])
@@ -376,9 +376,9 @@ def dsf_path(request, monkeypatch):
         stock_kernels_only(monkeypatch)
     elif request.param == "blockwise":
         blockwise_only(monkeypatch)
-    calls_before = direct2v.cpu_kernels.STATS["calls"]
+    calls_before = direct2v.render.cpu_kernels.STATS["calls"]
     yield request.param
-    served = direct2v.cpu_kernels.STATS["calls"] > calls_before
+    served = direct2v.render.cpu_kernels.STATS["calls"] > calls_before
     assert served == (request.param == "one-pass")
 
 
@@ -427,7 +427,7 @@ def test_fused_and_blockwise_paths_give_the_same_mask_and_output(groups, frames,
         masks.append(confidence_mask(confidence, q))
         return masks[-1]
 
-    monkeypatch.setattr(direct2v.attention, "confidence_mask", recording_mask)
+    monkeypatch.setattr(direct2v.render.attention, "confidence_mask", recording_mask)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(ref, groups), quantile=0.05))
     if fast_path == "fused":
         stock_kernels_only(monkeypatch)
@@ -446,7 +446,7 @@ def test_confidence_falls_back_to_blockwise_when_only_the_confidence_calls_are_r
     hidden = 3 * torch.randn(6, 10, 32)
     attn.set_processor(DualSoftmaxFilterProcessor(FrameReference(1, 2), quantile=0.3))
     stock_kernels_only(monkeypatch)
-    monkeypatch.setattr(direct2v.dsf, "column_lse", lambda query, key: None)
+    monkeypatch.setattr(direct2v.render.dsf, "column_lse", lambda query, key: None)
     with torch.no_grad():
         assert torch.allclose(attn(hidden), reference_dsf(attn, hidden, 2, 1, 0.3), atol=1e-5, rtol=1e-5)
 
@@ -527,9 +527,9 @@ def test_fused_path_renders_the_blockwise_video(pipe, settings, fast_path, monke
     kwargs = {**FAST, **settings, "output_type": "latent"}
     if fast_path == "fused":
         stock_kernels_only(monkeypatch)
-    calls_before = direct2v.cpu_kernels.STATS["calls"]
+    calls_before = direct2v.render.cpu_kernels.STATS["calls"]
     fused = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
-    assert (direct2v.cpu_kernels.STATS["calls"] > calls_before) == (fast_path == "one-pass")
+    assert (direct2v.render.cpu_kernels.STATS["calls"] > calls_before) == (fast_path == "one-pass")
     blockwise_only(monkeypatch)
     blockwise = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
     assert fused.shape[0] == 5
@@ -539,7 +539,7 @@ def test_fused_path_renders_the_blockwise_video(pipe, settings, fast_path, monke
 def test_half_precision_render_on_the_fused_path_is_the_blockwise_video(tiny_sd_dir, monkeypatch):
     """What a GPU rendering in fp16 runs (the fused path with the confidence calls in fp16), on this
     CPU: chunked with cached anchors and CFG, against the blockwise path (float32 confidences)."""
-    from direct2v.pipeline import DirecT2VPipeline
+    from direct2v.render.pipeline import DirecT2VPipeline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # diffusers warns that fp16 is meant for accelerators

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from direct2v.encode import encode_mp4, probe_video
-from direct2v.config import Settings
-from direct2v.manifest import SCHEMA, ManifestRow, append_rows, compact, read_manifest
+from direct2v.core.config import Settings
+from direct2v.job.manifest import SCHEMA, ManifestRow, append_rows, compact, read_manifest
+from direct2v.render.encode import encode_mp4, probe_video
 
 
 @pytest.mark.parametrize("count, fps", [(8, 2), (5, 1), (16, 8)])
@@ -51,8 +51,8 @@ def test_manifest_schema_and_last_row_wins(tmp_path):
 def test_run_summary_counts_qc_rejected_apart_from_failed(tmp_path):
     from collections import Counter
 
-    from direct2v.rundir import Job
-    from direct2v.stages import RenderProgress, Run, summarise
+    from direct2v.job.rundir import Job
+    from direct2v.job.stages import RenderProgress, Run, summarise
 
     append_rows(tmp_path, [
         ManifestRow(run_id="r", prompt_id="ok1", status="ok"),
@@ -70,10 +70,10 @@ def test_plans_accepted_with_warnings_are_counted_apart_from_clean_ones(tmp_path
     summary and the run's last line as such, never as a plain success."""
     from collections import Counter
 
-    from direct2v.manifest import plan_row
-    from direct2v.plan import FramePlan
-    from direct2v.rundir import Job
-    from direct2v.stages import RenderProgress, Run, outcome_line, summarise
+    from direct2v.director.plan import FramePlan
+    from direct2v.job.manifest import plan_row
+    from direct2v.job.rundir import Job
+    from direct2v.job.stages import RenderProgress, Run, outcome_line, summarise
 
     def plan(prompt_id, warnings):
         return FramePlan(prompt_id=prompt_id, prompt="A corgi runs", fps=2, seed=0,

@@ -7,14 +7,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from direct2v import metrics
-from direct2v.config import EvalSettings, RenderSettings, Settings
-from direct2v.manifest import SCHEMA
+from direct2v.core.config import EvalSettings, RenderSettings, Settings
+from direct2v.evaluation import metrics
+from direct2v.job.manifest import SCHEMA
 
 
 @pytest.fixture(scope="module")
 def clip(tiny_clip_dir):
-    from direct2v.evaluate import ClipModel
+    from direct2v.evaluation.evaluate import ClipModel
 
     return ClipModel(tiny_clip_dir, device="cpu")
 
@@ -52,7 +52,7 @@ def test_clip_score_matches_clipmodel_forward(clip, tiny_clip_dir):
 
 
 def test_video_metrics_known_answers_with_the_tiny_clip(clip):
-    from direct2v.evaluate import video_metrics
+    from direct2v.evaluation.evaluate import video_metrics
 
     rng = np.random.default_rng(5)
     still = np.stack([rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)] * 4)
@@ -74,7 +74,7 @@ def test_video_metrics_known_answers_with_the_tiny_clip(clip):
 
 
 def test_clip_dir_without_safetensors_is_refused(tmp_path, tiny_clip_dir):
-    from direct2v.evaluate import ClipModel, EvalError
+    from direct2v.evaluation.evaluate import ClipModel, EvalError
 
     broken = tmp_path / "clip"
     shutil.copytree(tiny_clip_dir, broken)
@@ -84,7 +84,7 @@ def test_clip_dir_without_safetensors_is_refused(tmp_path, tiny_clip_dir):
 
 
 def test_evaluate_run_writes_manifest_columns_and_summary(run_copy, clip):
-    from direct2v.evaluate import evaluate_run, read_video
+    from direct2v.evaluation.evaluate import evaluate_run, read_video
 
     result = evaluate_run(run_copy, EvalSettings(), clip=clip)
     table = pq.read_table(run_copy / "manifest.parquet")
@@ -111,7 +111,7 @@ def test_evaluate_run_writes_manifest_columns_and_summary(run_copy, clip):
 
 
 def test_qc_rejects_then_re_decides_without_recomputing(run_copy, clip, monkeypatch):
-    from direct2v import evaluate
+    from direct2v.evaluation import evaluate
 
     evaluate.evaluate_run(run_copy, EvalSettings(max_flicker=0.0, min_consistency=-1.0), clip=clip)
     rows = {r["prompt_id"]: r for r in pq.read_table(run_copy / "manifest.parquet").to_pylist()}
@@ -130,7 +130,7 @@ def test_qc_rejects_then_re_decides_without_recomputing(run_copy, clip, monkeypa
 
 
 def test_a_missing_video_is_rejected_with_the_reason(run_copy, clip):
-    from direct2v.evaluate import evaluate_run
+    from direct2v.evaluation.evaluate import evaluate_run
 
     (run_copy / "videos" / "fox.mp4").unlink()
     evaluate_run(run_copy, EvalSettings(), clip=clip)
@@ -159,9 +159,9 @@ def test_eval_cli_needs_a_clip_model_for_clip_thresholds(run_copy, run_cli):
 def test_compare_renders_the_variants_and_tabulates_them(tmp_path, tiny_sd_dir, clip):
     from conftest import EVAL_PLANS
 
-    from direct2v.compare import compare
-    from direct2v.evaluate import read_video
-    from direct2v.plan import FramePlan
+    from direct2v.director.plan import FramePlan
+    from direct2v.evaluation.compare import compare
+    from direct2v.evaluation.evaluate import read_video
 
     plan = FramePlan(**EVAL_PLANS[1])
     # as few steps as the schedule allows; period 1 so that RVM's reference moves within 2 joint steps
@@ -187,8 +187,8 @@ def test_compare_renders_the_variants_and_tabulates_them(tmp_path, tiny_sd_dir, 
 
 def test_a_run_with_only_manifest_parquet_keeps_every_row(run_copy, clip):
     """A compacted dataset run has no journal: evaluation must not drop the rows it does not touch."""
-    from direct2v.evaluate import evaluate_run
-    from direct2v.manifest import ManifestRow, append_rows, compact
+    from direct2v.evaluation.evaluate import evaluate_run
+    from direct2v.job.manifest import ManifestRow, append_rows, compact
 
     append_rows(run_copy, [ManifestRow(run_id="run", prompt_id="late", status="failed", failed_stage="plan", error="x")])
     compact(run_copy)

@@ -10,11 +10,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from direct2v.encode import read_video
-from direct2v.export import ExportError, export_run, sample_key
-from direct2v.manifest import append_rows, read_rows
+
+from direct2v.job.manifest import append_rows, read_rows
+from direct2v.publish.export import ExportError, export_run, sample_key
+from direct2v.render.encode import read_video
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_readme_snippets_run_as_written(run_dir, monkeypatch, capsys, fmt, name)
 
 
 def test_the_gallery_shows_the_directors_warnings_beside_the_status(run_dir):
-    from direct2v.review import write_review
+    from direct2v.publish.gallery import write_review
 
     plan_file = run_dir / manifest_rows(run_dir)["boat"].plan_path
     plan = json.loads(plan_file.read_text())

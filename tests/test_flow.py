@@ -12,12 +12,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import summary_of
 
-from direct2v.encode import read_video
-from direct2v.manifest import SCHEMA
-from direct2v.plan import read_plan
+from direct2v.director.plan import read_plan
+from direct2v.job.manifest import SCHEMA
+from direct2v.render.encode import read_video
 
 pytestmark = [pytest.mark.llm, pytest.mark.flow]
 

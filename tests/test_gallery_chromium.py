@@ -155,10 +155,10 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def gallery(chromium, tmp_path_factory, rendered_run, tiny_clip_dir):
     """An evaluated copy of the tiny run, with a hostile prompt and a failed row, and its index.html."""
-    from direct2v.config import EvalSettings
-    from direct2v.evaluate import evaluate_run
-    from direct2v.manifest import ManifestRow, append_rows, compact
-    from direct2v.review import write_review
+    from direct2v.core.config import EvalSettings
+    from direct2v.evaluation.evaluate import evaluate_run
+    from direct2v.job.manifest import ManifestRow, append_rows, compact
+    from direct2v.publish.gallery import write_review
 
     run_dir = tmp_path_factory.mktemp("gallery") / "run with space"
     shutil.copytree(rendered_run, run_dir)
@@ -170,7 +170,7 @@ def gallery(chromium, tmp_path_factory, rendered_run, tiny_clip_dir):
 
 
 def test_gallery_in_headless_chromium(chromium, gallery, tmp_path):
-    from direct2v.manifest import read_rows as run_rows
+    from direct2v.job.manifest import read_rows as run_rows
 
     rows = run_rows(gallery.parent)
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path))

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 VARIANTS = ["t2vz", "rvm", "rvm_dsf", "rvm_dsf_compiled", "long"]
@@ -54,7 +53,7 @@ def test_every_ratio_and_target_comes_from_the_measured_numbers(report):
 
 def test_the_check_needs_none_of_the_packages_the_gpu_image_lacks(report):
     """Every direct2v module the check imported imports no prefect, vllm, pydantic or pyarrow."""
-    assert "direct2v.pipeline" in report["direct2v_modules"]
+    assert "direct2v.render.pipeline" in report["direct2v_modules"]
     for name in report["direct2v_modules"]:
         source = importlib.util.find_spec(name).origin
         tree = ast.parse(open(source, encoding="utf-8").read())

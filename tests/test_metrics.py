@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from direct2v import metrics
+from direct2v.evaluation import metrics
 
 # The paper's Table 1 (frame 1..8 per method), as printed.
 PAPER_TABLE_1 = {

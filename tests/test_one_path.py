@@ -7,11 +7,10 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import summary_of
 
-from direct2v.manifest import SCHEMA
-from direct2v.plan import FramePlan, write_plan
+from direct2v.director.plan import FramePlan, write_plan
+from direct2v.job.manifest import SCHEMA
 
 pytestmark = [pytest.mark.flow]
 
@@ -74,7 +73,7 @@ def test_a_rerun_keeps_rejected_videos_and_adopts_orphan_mp4s(tmp_path, run_cli,
 
 
 def first_hash(run_dir, prompt_id):
-    from direct2v.encode import read_comment
+    from direct2v.render.encode import read_comment
 
     return read_comment(run_dir / "videos" / f"{prompt_id}.mp4").removeprefix("direct2v video_hash=")
 
@@ -106,7 +105,7 @@ def test_render_tasks_are_tagged_gpu_only_where_they_use_a_gpu():
     """The ``gpu`` tag (for a tag concurrency limit) costs a server call per task; CPU renders skip it."""
     import torch
 
-    from direct2v.config import RenderSettings
+    from direct2v.core.config import RenderSettings
     from flows.runners import render_tags
 
     assert render_tags(RenderSettings(device="cpu"), None, "local") == []

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from direct2v.pipeline import DirecT2VPipeline, translate_latents
-from direct2v.schedule import resolve_schedule
-from direct2v.tiny_models import build_tiny_sd
+from direct2v.bundled.tiny_models import build_tiny_sd
+from direct2v.core.schedule import resolve_schedule
+from direct2v.render.pipeline import DirecT2VPipeline, translate_latents
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from direct2v.plan import FramePlan, PlanFileError, parent_frame, parse_frames, read_plan, validate_frames, write_plan
+from direct2v.director.plan import (
+    FramePlan,
+    PlanFileError,
+    parent_frame,
+    parse_frames,
+    read_plan,
+    validate_frames,
+    write_plan,
+)
 
 
 def make_plan(**overrides):

@@ -1,9 +1,9 @@
-"""Plan-quality measures (direct2v.plan_quality) on hand-made plans: clean, looping, restating,
+"""Plan-quality measures (direct2v.director.quality) on hand-made plans: clean, looping, restating,
 off-topic, static, truncated, invalid."""
 
 import pytest
 
-from direct2v.plan_quality import (
+from direct2v.director.quality import (
     measure_plan,
     on_topic,
     phrase_loop,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from direct2v.prompts import PromptFileError, PromptProblem, PromptRecord, read_prompt_file
+from direct2v.director.prompts import PromptFileError, PromptProblem, PromptRecord, read_prompt_file
 
 
 def parse(tmp_path, name, content):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-from direct2v.attention import RotationalValueMappingProcessor
-from direct2v.config import RenderSettings
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.plan import FramePlan
-from direct2v.render import REFERENCE_SEED_OFFSET, Renderer, RenderError
-from direct2v.rvm import reference_schedule
+from direct2v.core.config import RenderSettings
+from direct2v.director.plan import FramePlan
+from direct2v.render.attention import RotationalValueMappingProcessor
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.renderer import REFERENCE_SEED_OFFSET, Renderer, RenderError
+from direct2v.render.rvm import reference_schedule
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]

@@ -11,11 +11,11 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file
 
-from direct2v.attention import RotationalValueMappingProcessor, install_rvm
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.reference import FrameReference
-from direct2v.rvm import rvm_reference_frame
-from direct2v.tiny_models import build_tiny_sd
+from direct2v.bundled.tiny_models import build_tiny_sd
+from direct2v.render.attention import RotationalValueMappingProcessor, install_rvm
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.reference import FrameReference
+from direct2v.render.rvm import rvm_reference_frame
 
 FAST = {"num_inference_steps": 10, "t0": 6, "t1": 8, "guidance_scale": 7.5}
 PROMPTS = ["a red fox runs across a snowy field", "the fox stops and looks up", "the fox jumps into the snow"]
@@ -58,7 +58,7 @@ def test_tokenizer_counts_ordinary_english_realistically(pipe):
 
 def test_overlong_prompts_are_reported(pipe, caplog):
     long_prompt = " ".join(["a red fox runs across a snowy field"] * 12)
-    with caplog.at_level("WARNING", logger="direct2v.pipeline"):
+    with caplog.at_level("WARNING", logger="direct2v.render.pipeline"):
         embeddings = pipe.encode_prompts(["a cat", long_prompt])
     assert embeddings.shape == (2, 77, 32)
     assert "truncated to 77 of its" in caplog.text

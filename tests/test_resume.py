@@ -18,14 +18,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from direct2v import planning, rundir, stages, videos
-from direct2v.config import RenderSettings, Settings
-from direct2v.encode import EncodeError, encode_mp4, partial_name, read_video
-from direct2v.manifest import (JOURNAL_NAME, ManifestRow, append_rows, compact, journal_rows, read_manifest,
-                               read_rows)
-from direct2v.plan import FramePlan, write_plan
-from direct2v.prompts import PromptRecord
-from direct2v.shards import ShardWork
+from direct2v.core.config import RenderSettings, Settings
+from direct2v.core.files import render_model_id
+from direct2v.director.plan import FramePlan, write_plan
+from direct2v.director.prompts import PromptRecord
+from direct2v.job import planning, rundir, stages, videos
+from direct2v.job.manifest import (
+    JOURNAL_NAME,
+    ManifestRow,
+    append_rows,
+    compact,
+    journal_rows,
+    read_manifest,
+    read_rows,
+)
+from direct2v.job.shards import ShardWork
+from direct2v.render.encode import EncodeError, encode_mp4, partial_name, read_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +48,7 @@ class FakeRenderer:
 
     def __init__(self, settings: RenderSettings, errors=()):
         self.settings = settings
-        self.model_id = videos.render_model_id(settings.model_dir)
+        self.model_id = render_model_id(settings.model_dir)
         self.errors = list(errors)
         self.calls: list[int | None] = []
 
@@ -62,7 +70,7 @@ def render_settings(tmp_path):
 
 
 def test_failed_read_back_leaves_neither_partial_nor_final_file(tmp_path, monkeypatch):
-    import direct2v.encode as encode
+    import direct2v.render.encode as encode
 
     target = tmp_path / "videos" / "v.mp4"
     encode_mp4(np.zeros((2, 8, 8, 3)), target, fps=1)
@@ -83,7 +91,7 @@ def test_video_killed_while_encoding_never_appears_under_its_name(tmp_path):
     """A real process SIGKILLed mid-encode leaves at most a hidden partial file, which a resume removes."""
     target = tmp_path / "run" / "videos" / "big.mp4"
     script = (
-        "import numpy as np, sys; from direct2v.encode import encode_mp4; "
+        "import numpy as np, sys; from direct2v.render.encode import encode_mp4; "
         "encode_mp4(np.random.default_rng(0).integers(0, 256, (400, 256, 256, 3), dtype=np.uint8), sys.argv[1], fps=8)"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(target)], start_new_session=True)
@@ -107,7 +115,7 @@ def test_torn_journal_line_does_not_swallow_the_next_row(tmp_path):
 
 
 def test_compaction_failure_keeps_the_previous_manifest(tmp_path, monkeypatch):
-    import direct2v.manifest as manifest
+    import direct2v.job.manifest as manifest
 
     append_rows(tmp_path, [ManifestRow(run_id="r", prompt_id="a", status="ok")])
     first = compact(tmp_path).path
@@ -205,7 +213,7 @@ def test_other_render_errors_fail_the_video_without_retry(tmp_path, render_setti
 def test_real_renderer_falls_back_to_the_chunked_path(tmp_path, tiny_sd_dir):
     """The injected OOM hits the real pipeline call; the retry reaches it with a smaller batch_size,
     and the video is exactly the one that batch size makes when asked for."""
-    from direct2v.render import Renderer
+    from direct2v.render.renderer import Renderer
 
     settings = RenderSettings(model_dir=tiny_sd_dir, num_inference_steps=6, t0=3, t1=4, batch_size=4)
     renderer = Renderer(settings)

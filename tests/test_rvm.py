@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from direct2v.rvm import random_reference_frame, rvm_reference_frame
+from direct2v.render.rvm import random_reference_frame, rvm_reference_frame
 
 
 def schedule(steps: int, frames: int, period: float) -> list[int]:

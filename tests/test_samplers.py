@@ -12,14 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from direct2v.config import RenderSettings
-from direct2v.files import LORA_WEIGHTS
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.plan import FramePlan
-from direct2v.render import Renderer
-from direct2v.sampling import EulerDiscreteScheduler, forward_diffuse_with, step_noise_generators
-from direct2v.tiny_models import build_tiny_lora
-from direct2v.videos import render_model_id
+from direct2v.bundled.tiny_models import build_tiny_lora
+from direct2v.core.config import RenderSettings
+from direct2v.core.files import LORA_WEIGHTS, render_model_id
+from direct2v.director.plan import FramePlan
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.renderer import Renderer
+from direct2v.render.sampling import EulerDiscreteScheduler, forward_diffuse_with, step_noise_generators
 
 PROMPTS = ["a red fox runs", "the fox stops", "the fox looks up", "the fox jumps", "snow falls"]
 

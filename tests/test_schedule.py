@@ -1,4 +1,4 @@
-"""The schedule relative to the step count (direct2v/schedule.py) and what README's table says of it."""
+"""The schedule relative to the step count (direct2v/core/schedule.py) and what README's table says of it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-
 from pydantic import ValidationError
 
-from direct2v.config import RenderSettings
-from direct2v.plan import FramePlan
-from direct2v.schedule import ScheduleError, resolve_schedule, schedule_table
-from direct2v.videos import identity_settings, video_hash
+from direct2v.core.config import RenderSettings
+from direct2v.core.schedule import ScheduleError, resolve_schedule, schedule_table
+from direct2v.director.plan import FramePlan
+from direct2v.job.videos import identity_settings, video_hash
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from direct2v import shape_eval
-from direct2v.config import RenderSettings
-from direct2v.encode import to_uint8
-from direct2v.models import SHAPE_WORLD_WEIGHTS, install_shape_world
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.render import pipeline_arguments
+from direct2v.bundled.models import SHAPE_WORLD_WEIGHTS, install_shape_world
+from direct2v.core.config import RenderSettings
+from direct2v.evaluation import shapes
+from direct2v.render.encode import to_uint8
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.render.renderer import pipeline_arguments
 
 # measured at commit time on these seeds, defaults at STEPS steps (see the module docstring)
 IMAGE_COLOUR_MIN = 0.90  # measured 0.952 (20 of 21)
@@ -45,13 +45,13 @@ def test_models_build_copies_the_committed_weights(tmp_path):
 
 
 def test_held_out_captions_render_with_the_asked_colour_and_cell(shape_pipe):
-    captions = shape_eval.image_captions(21)
+    captions = shapes.image_captions(21)
     kwargs = {**_defaults(), "rvm_period": math.inf, "dsf": False}  # one frame: plain SD
     scores = []
     for seed in (0,):
         for text in captions:
             image = shape_pipe([text], generator=torch.Generator().manual_seed(seed), **kwargs)[0]
-            scores.append(shape_eval.image_scores(to_uint8(image[None])[0], text))
+            scores.append(shapes.image_scores(to_uint8(image[None])[0], text))
     colour = np.mean([s["colour"] for s in scores])
     cell = np.mean([s["position"] for s in scores])
     print(f"images: colour {colour:.3f} cell {cell:.3f}")
@@ -62,9 +62,9 @@ def test_default_videos_follow_their_frame_prompts(shape_pipe):
     kwargs = _defaults()  # RVM + DSF, as a run renders
     scores = []
     for seed in (0, 1):
-        for scenario in shape_eval.video_scenarios(seed):
+        for scenario in shapes.video_scenarios(seed):
             frames = shape_pipe(scenario.frames, generator=torch.Generator().manual_seed(seed), **kwargs)
-            scores.append(shape_eval.video_scores(frames, scenario.frames))
+            scores.append(shapes.video_scores(frames, scenario.frames))
     adherence = np.mean([s["adherence"] for s in scores])
     colour = np.mean([s["colour"] for s in scores])
     print(f"videos: adherence {adherence:.3f} colour {colour:.3f}")
@@ -72,13 +72,13 @@ def test_default_videos_follow_their_frame_prompts(shape_pipe):
 
 
 def test_compare_with_the_shape_metric_scores_each_variant_from_its_mp4s(tmp_path):
-    from direct2v.compare import compare
-    from direct2v.config import Settings
-    from direct2v.encode import read_video
-    from direct2v.evaluate import run_rows
-    from direct2v.plan import FramePlan
+    from direct2v.core.config import Settings
+    from direct2v.director.plan import FramePlan
+    from direct2v.evaluation.compare import compare
+    from direct2v.evaluation.evaluate import run_rows
+    from direct2v.render.encode import read_video
 
-    scenario = shape_eval.video_scenarios(seed=3)[0]
+    scenario = shapes.video_scenarios(seed=3)[0]
     plan = FramePlan.model_validate({"prompt_id": scenario.prompt_id, "prompt": scenario.prompt, "fps": 2, "seed": 3,
                                      "frames": scenario.frames})
     settings = Settings(render={"model_dir": SHAPE_WORLD_WEIGHTS, "num_inference_steps": 6, "t0": 3, "t1": 4,
@@ -86,6 +86,6 @@ def test_compare_with_the_shape_metric_scores_each_variant_from_its_mp4s(tmp_pat
     table, results = compare([plan], tmp_path, settings, ["t2v-z", "rvm-dsf"], echo=lambda line: None, metric="shapes")
     for name in ("t2v-z", "rvm-dsf"):
         (row,) = run_rows(tmp_path / name)
-        again = shape_eval.video_scores(read_video(tmp_path / name / row.video_path), scenario.frames)
+        again = shapes.video_scores(read_video(tmp_path / name / row.video_path), scenario.frames)
         assert {key: mean for key, (mean, _) in results[name].items()} == pytest.approx(again)
     assert "| adherence |" in table and (tmp_path / "comparison.md").read_text().strip() == table.strip()

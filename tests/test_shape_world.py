@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from direct2v import shape_eval
-from direct2v import shape_world as world
+from direct2v.evaluation import shapes
+from direct2v.shape_world import world
 
 
 def _scenes(count, seed=0):
@@ -43,7 +43,7 @@ def test_every_caption_paraphrase_parses_back_to_its_objects():
     rng = np.random.default_rng(5)
     for scene in _scenes(400, seed=2):
         text = world.caption(scene, rng)
-        wanted = shape_eval.parse_caption(text)
+        wanted = shapes.parse_caption(text)
         assert [w.colour for w in wanted] == [o.colour for o in scene.objects], text
         for want, obj in zip(wanted, scene.objects):
             assert want.shape == obj.shape, text
@@ -51,9 +51,9 @@ def test_every_caption_paraphrase_parses_back_to_its_objects():
 
 
 def test_parse_caption_on_free_form_text():
-    wanted = shape_eval.parse_caption("The small violet ball rolls to the centre; a blue box waits at the top right.")
-    assert wanted == [shape_eval.Wanted("purple", "circle", 1, 1), shape_eval.Wanted("blue", "square", 2, 0)]
-    assert shape_eval.parse_caption("a quiet white background") == []
+    wanted = shapes.parse_caption("The small violet ball rolls to the centre; a blue box waits at the top right.")
+    assert wanted == [shapes.Wanted("purple", "circle", 1, 1), shapes.Wanted("blue", "square", 2, 0)]
+    assert shapes.parse_caption("a quiet white background") == []
 
 
 def _video(scenario):
@@ -61,7 +61,7 @@ def _video(scenario):
     frames = []
     for text in scenario.frames:
         objects = tuple(world.ShapeObject(w.shape, w.colour, "large", w.column, w.row)
-                        for w in shape_eval.parse_caption(text))
+                        for w in shapes.parse_caption(text))
         background = text.rsplit(" on a ", 1)[1].split()[0]
         frames.append(world.draw(world.Scene(objects, background)))
     return np.stack(frames)
@@ -69,27 +69,27 @@ def _video(scenario):
 
 @pytest.mark.parametrize("kind", [0, 1, 2])
 def test_a_video_drawn_as_asked_scores_perfectly(kind):
-    scenario = shape_eval.video_scenarios(seed=4)[kind]
-    scores = shape_eval.video_scores(_video(scenario), scenario.frames)
+    scenario = shapes.video_scenarios(seed=4)[kind]
+    scores = shapes.video_scores(_video(scenario), scenario.frames)
     assert scores["adherence"] == 1.0 and scores["colour"] == 1.0 and scores["identity"] == 1.0
     assert scores["count_errors"] == 0.0
 
 
 def test_a_frozen_or_duplicated_object_is_scored_down():
-    across = shape_eval.video_scenarios(seed=4)[0]
+    across = shapes.video_scenarios(seed=4)[0]
     video = _video(across)
     frozen = np.repeat(video[:1], len(video), axis=0)  # never leaves the left
-    scores = shape_eval.video_scores(frozen, across.frames)
+    scores = shapes.video_scores(frozen, across.frames)
     assert scores["adherence"] == pytest.approx(np.mean([t.count("on the left") > 0 for t in across.frames]))
     assert scores["identity"] == 1.0 and scores["flicker"] == 0.0
-    appears = shape_eval.video_scenarios(seed=4)[2]
+    appears = shapes.video_scenarios(seed=4)[2]
     early = np.repeat(_video(appears)[-1:], len(video), axis=0)  # the second object there from the start
-    assert shape_eval.video_scores(early, appears.frames)["count_errors"] == 0.5
+    assert shapes.video_scores(early, appears.frames)["count_errors"] == 0.5
 
 
 def test_image_scores_separate_colour_cell_and_shape():
     text = "a red circle in the top left corner on a white background"
     right_cell = world.draw(world.Scene((world.ShapeObject("square", "red", "large", 0, 0),), "white"))
     wrong_cell = world.draw(world.Scene((world.ShapeObject("circle", "red", "large", 2, 2),), "white"))
-    assert shape_eval.image_scores(right_cell, text) == {"colour": 1.0, "position": 1.0, "shape": 0.0, "count_ok": 1.0}
-    assert shape_eval.image_scores(wrong_cell, text) == {"colour": 1.0, "position": 0.0, "shape": 1.0, "count_ok": 1.0}
+    assert shapes.image_scores(right_cell, text) == {"colour": 1.0, "position": 1.0, "shape": 0.0, "count_ok": 1.0}
+    assert shapes.image_scores(wrong_cell, text) == {"colour": 1.0, "position": 0.0, "shape": 1.0, "count_ok": 1.0}

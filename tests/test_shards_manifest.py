@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from direct2v import manifest, shards, videos
-from direct2v.manifest import SCHEMA, ManifestRow, append_rows, read_manifest, read_rows, rows_to_table
-from direct2v.prompts import PromptRecord, read_prompt_file
+from direct2v.director.prompts import PromptRecord, read_prompt_file
+from direct2v.job import manifest, shards, videos
+from direct2v.job.manifest import SCHEMA, ManifestRow, append_rows, read_manifest, read_rows, rows_to_table
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = 20_000
@@ -118,9 +118,9 @@ def test_the_job_plan_stage_streams_a_20000_line_list_whichever_command_runs_it(
     shard file, in a small fraction of the memory that reading the list at once takes."""
     from collections import Counter
 
-    from direct2v import stages
-    from direct2v.config import Settings
-    from direct2v.rundir import Job
+    from direct2v.core.config import Settings
+    from direct2v.job import stages
+    from direct2v.job.rundir import Job
 
     path = write_prompt_list(tmp_path / "big.jsonl", LINES, bad_every=1000)
     run = stages.Run(tmp_path / "run", Job(prompt_file=str(path), shard_size=256), Settings(), resumed=False)
@@ -146,9 +146,10 @@ RSS_SCRIPT = textwrap.dedent(
     import psutil
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from direct2v import manifest, shards
-    from direct2v.manifest import ManifestRow
-    from direct2v.prompts import PromptRecord, read_prompt_file
+    from direct2v.job import manifest
+    from direct2v.job import shards
+    from direct2v.job.manifest import ManifestRow
+    from direct2v.director.prompts import PromptRecord, read_prompt_file
 
     mode, path, run_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     process = psutil.Process()

