@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from direct2v.director.director import check_director_inputs
+    from direct2v.director.engine import check_director_inputs
     from direct2v.director.instructions import frame_chars_limit, max_answer_tokens
 
     prompts = benchmark_prompts(args.prompts)

@@ -128,7 +128,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from direct2v.core.config import DirectorSettings
-    from direct2v.director.director import Director, check_director_inputs
+    from direct2v.director.director import Director
+    from direct2v.director.engine import check_director_inputs
 
     render_model_dir = args.render_model_dir if str(args.render_model_dir) not in ("", ".") else None
     try:

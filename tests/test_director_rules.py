@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from direct2v.director.director import DirectorReport, PlanCache
+from direct2v.director.cache import PlanCache
 from direct2v.director.instructions import (
     SCHEMA_FRAME_CHARS,
     copies_example,
@@ -24,6 +24,7 @@ from direct2v.director.plan import (
     validate_frames,
 )
 from direct2v.director.prompts import PromptRecord
+from direct2v.director.report import DirectorReport
 
 PROMPT = "A corgi runs in a park"
 
@@ -124,7 +125,7 @@ def test_cpu_engine_threads_get_every_core_on_small_machines(monkeypatch, tmp_pa
     import os
 
     from direct2v.core.config import DirectorSettings
-    from direct2v.director.director import configure_vllm_environment
+    from direct2v.director.engine import configure_vllm_environment
 
     environment = {}
     monkeypatch.setattr(os, "environ", environment)  # nothing leaks into this process
@@ -175,23 +176,25 @@ def test_report_counts_warned_plans_apart():
 
 def test_a_repaired_frame_keeps_the_first_candidate_that_breaks_no_rule():
     from direct2v.core.config import DirectorSettings
-    from direct2v.director.director import Director, _Conversation
+    from direct2v.director.director import Director
     from direct2v.director.instructions import COPIED_EXAMPLE
+    from direct2v.director.v2 import FrameConversation
 
     director = object.__new__(Director)  # the selection needs no engine
     director.budget = None
     director._use(DirectorSettings())
-    conversation = _Conversation(record=PromptRecord(id="p", prompt=PROMPT), frames=3, fps=2, seed=0,
-                                 current=["a corgi sits on the grass", "", "a corgi runs off"])
+    conversation = FrameConversation(record=PromptRecord(id="p", prompt=PROMPT), frames=3, fps=2, seed=0,
+                                     current=["a corgi sits on the grass", "", "a corgi runs off"])
+    pick = director.strategy._pick_frame  # template v2's
     copy = json.dumps(worked_example()["frames"][3])
     good = json.dumps("the corgi stands up in the park")
     restating = json.dumps("A corgi runs in a park.")
-    picked = director._pick_frame(conversation, 1, [(copy, "stop"), (restating, "stop"), (good, "stop")], set())
+    picked = pick(conversation, 1, [(copy, "stop"), (restating, "stop"), (good, "stop")], set())
     assert picked == (good, "the corgi stands up in the park", None)
     # none passes the soft rules: the first usable one (it then carries a warning)
-    assert director._pick_frame(conversation, 1, [(copy, "stop"), (restating, "stop")], set())[1] == "A corgi runs in a park."
+    assert pick(conversation, 1, [(copy, "stop"), (restating, "stop")], set())[1] == "A corgi runs in a park."
     # none is usable: the first answer's hard problem
-    assert director._pick_frame(conversation, 1, [(copy, "stop"), ('"cut', "length")], set()) == (copy, None, COPIED_EXAMPLE)
+    assert pick(conversation, 1, [(copy, "stop"), ('"cut', "length")], set()) == (copy, None, COPIED_EXAMPLE)
 
 
 def test_reconfigure_keeps_the_engine_and_refuses_engine_settings():

@@ -2,7 +2,9 @@
 
 ``prompts`` reads prompt files into records; ``plan`` is the contract the renderer receives
 (``FramePlan``, and the one gate every plan passes); ``instructions`` and ``quality`` are the
-templates, schemas and rules as pure functions; ``director`` runs them on the vLLM engine.
+templates, schemas and rules as pure functions. ``director`` (``Director``) runs them: each
+template's way of asking is a strategy (``strategy``, with ``v1`` and ``v2``), sent through the
+vLLM engine (``engine``); plans are kept in ``cache`` and counted in ``report``.
 
 Imports only ``direct2v.core``.
 """

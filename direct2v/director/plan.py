@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import write_atomically
 from direct2v.core.messages import problem
 from direct2v.director import quality
@@ -258,5 +259,5 @@ def read_plan(path: Path, budget: TokenBudget | None = None) -> FramePlan:
         raise PlanFileError(f"{path}: invalid plan: {details}") from None
 
 
-class PlanFileError(ValueError):
+class PlanFileError(Direct2VError, ValueError):
     """A plan file is missing or invalid."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.messages import problem
 
 MAX_PROMPT_CHARS = 2000
@@ -332,5 +333,5 @@ def _parse_row(row: list[str], columns: list[str], line_number: int, source: str
                              prompt=data["prompt"][:200])
 
 
-class PromptFileError(ValueError):
+class PromptFileError(Direct2VError, ValueError):
     """The prompt file as a whole cannot be read."""
