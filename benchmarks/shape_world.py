@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from direct2v.core.config import Settings
 from direct2v.evaluation import shapes
+from direct2v.render.call import RenderCall
 from direct2v.render.encode import to_uint8
 from direct2v.render.pipeline import DirecT2VPipeline
-from direct2v.render.renderer import pipeline_arguments
 
 VARIANTS = {
     "independent": "plain SD per frame",
@@ -52,40 +52,41 @@ VARIANTS = {
 VIDEO_KEYS = shapes.VIDEO_MEASURES
 
 
-def render_kwargs(settings, steps: int | None) -> dict:
-    """The run defaults' pipeline arguments (``render.pipeline_arguments``), at ``steps`` steps if given."""
+def render_call(settings, steps: int | None) -> RenderCall:
+    """The run defaults' render (``RenderCall.from_settings``), at ``steps`` steps if given."""
     render = settings.render
     if steps is not None:
         render = render.model_copy(update={"num_inference_steps": steps})
-    return pipeline_arguments(render)
+    return RenderCall.from_settings(render)
 
 
-def render_variant(pipe: DirecT2VPipeline, variant: str, scenario: shapes.Scenario, seed: int, kwargs: dict) -> np.ndarray:
+def render_variant(
+    pipe: DirecT2VPipeline, variant: str, scenario: shapes.Scenario, seed: int, call: RenderCall
+) -> np.ndarray:
     """One scenario rendered as ``variant`` with ``seed``: uint8 frames (F, H, W, 3)."""
-    common = dict(kwargs)
     if variant == "independent":
         frames = []
+        one = call.replace(rvm_period=math.inf, dsf=False)
         for prompt in scenario.frames:
-            one = {**common, "rvm_period": math.inf, "dsf": False}
-            frames.append(pipe([prompt], generator=torch.Generator().manual_seed(seed), **one)[0])
+            frames.append(pipe([prompt], one, generator=torch.Generator().manual_seed(seed))[0])
         return to_uint8(np.stack(frames))
     prompts = list(scenario.frames)
     if variant == "t2v-z":
         prompts = [scenario.prompt] * len(prompts)
     if variant in ("t2v-z", "t2v-z-frames"):
-        common.update(rvm_period=math.inf, dsf=False)
+        call = call.replace(rvm_period=math.inf, dsf=False)
     else:
-        common.update(dsf=variant == "rvm-dsf")
-    return to_uint8(pipe(prompts, generator=torch.Generator().manual_seed(seed), **common))
+        call = call.replace(dsf=variant == "rvm-dsf")
+    return to_uint8(pipe(prompts, call, generator=torch.Generator().manual_seed(seed)))
 
 
-def image_table(pipe, kwargs: dict, count: int, seeds: int) -> tuple[str, dict]:
+def image_table(pipe, call: RenderCall, count: int, seeds: int) -> tuple[str, dict]:
     captions = shapes.image_captions(count)
     rows = []
-    single = {**kwargs, "rvm_period": math.inf, "dsf": False}
+    single = call.replace(rvm_period=math.inf, dsf=False)
     for seed in range(seeds):
         for text in captions:
-            image = to_uint8(pipe([text], generator=torch.Generator().manual_seed(seed), **single))[0]
+            image = to_uint8(pipe([text], single, generator=torch.Generator().manual_seed(seed)))[0]
             rows.append(shapes.image_scores(image, text))
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     lines = ["| images | colour | colour+cell | colour+shape | one object |", "|---|---|---|---|---|",
@@ -94,14 +95,14 @@ def image_table(pipe, kwargs: dict, count: int, seeds: int) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
-def video_table(pipe, kwargs: dict, seeds: int, variants: list[str], echo=print) -> tuple[str, dict]:
+def video_table(pipe, call: RenderCall, seeds: int, variants: list[str], echo=print) -> tuple[str, dict]:
     scores: dict[str, list[dict]] = {name: [] for name in variants}
     seconds = dict.fromkeys(variants, 0.0)
     for seed in range(seeds):
         for scenario in shapes.video_scenarios(seed):
             for name in variants:
                 started = time.perf_counter()
-                frames = render_variant(pipe, name, scenario, seed, kwargs)
+                frames = render_variant(pipe, name, scenario, seed, call)
                 seconds[name] += time.perf_counter() - started
                 scores[name].append(shapes.video_scores(frames, scenario.frames))
         echo(f"seed {seed + 1}/{seeds} done")
@@ -131,16 +132,16 @@ def main() -> None:
     model_dir = args.model_dir or settings.render.model_dir
     pipe = DirecT2VPipeline.from_local_dir(model_dir)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = render_kwargs(settings, args.steps)
-    print(f"model {model_dir}; {kwargs}")
+    call = render_call(settings, args.steps)
+    print(f"model {model_dir}; {call}")
     if not args.skip_images:
         started = time.perf_counter()
-        table, _ = image_table(pipe, kwargs, args.images, args.image_seeds)
+        table, _ = image_table(pipe, call, args.images, args.image_seeds)
         print(f"\n{table}\n({time.perf_counter() - started:.0f} s)")
     if not args.skip_videos:
         started = time.perf_counter()
         variants = [v for v in args.variants.split(",") if v]
-        table, _ = video_table(pipe, kwargs, args.seeds, variants)
+        table, _ = video_table(pipe, call, args.seeds, variants)
         print(f"\n{args.seeds} seeds x 3 plans x 8 frames; mean ± std over videos\n{table}\n"
               f"({time.perf_counter() - started:.0f} s)")
 

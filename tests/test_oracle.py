@@ -21,7 +21,8 @@ import torch
 
 from direct2v.bundled.tiny_models import build_tiny_sd
 from direct2v.core.schedule import resolve_schedule
-from direct2v.render.pipeline import DirecT2VPipeline, translate_latents
+from direct2v.render.latent_schedule import translate_latents
+from direct2v.render.pipeline import DirecT2VPipeline
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -176,17 +176,19 @@ def test_renderer_passes_every_setting_to_the_pipeline(tiny_sd_dir):
     renderer = Renderer(chosen)
     received = {}
 
-    def fake(**kwargs):
-        received.update(kwargs)
-        return np.full((len(kwargs["frame_prompts"]), 8, 8, 3), 0.5, dtype=np.float32)
+    def fake(frame_prompts, call, *, generator, reference_generator, progress, **changes):
+        received.update(frame_prompts=frame_prompts, call=call.replace(**changes), generator=generator,
+                        reference_generator=reference_generator)
+        return np.full((len(frame_prompts), 8, 8, 3), 0.5, dtype=np.float32)
 
     renderer.pipeline = fake
     renderer.render(plan())
+    call = received["call"]
     for field in ("negative_prompt", "num_inference_steps", "guidance_scale", "t0", "t1", "height", "width",
                   "rvm_blocks", "value_mapping", "dsf", "dsf_quantile", "scheduler", "batch_size",
                   "motion_strength_x", "motion_strength_y"):
-        assert received[field] == getattr(chosen, field), field
-    assert received["rvm_period"] == 2  # rvm_period_steps: absolute, not scaled to the 10 steps
+        assert getattr(call, field) == getattr(chosen, field), field
+    assert call.rvm_period == 2  # rvm_period_steps: absolute, not scaled to the 10 steps
     assert received["frame_prompts"] == PROMPTS
     assert received["generator"].initial_seed() == 7
     assert received["reference_generator"].initial_seed() == 7 + REFERENCE_SEED_OFFSET

@@ -14,9 +14,9 @@ import torch
 from direct2v.bundled.models import SHAPE_WORLD_WEIGHTS, install_shape_world
 from direct2v.core.config import RenderSettings
 from direct2v.evaluation import shapes
+from direct2v.render.call import RenderCall
 from direct2v.render.encode import to_uint8
 from direct2v.render.pipeline import DirecT2VPipeline
-from direct2v.render.renderer import pipeline_arguments
 
 # measured at commit time on these seeds, defaults at STEPS steps (see the module docstring)
 IMAGE_COLOUR_MIN = 0.90  # measured 0.952 (20 of 21)
@@ -34,7 +34,7 @@ STEPS = 20  # the defaults' sampler, guidance and schedule fractions, at 20 step
 
 
 def _defaults():
-    return pipeline_arguments(RenderSettings(num_inference_steps=STEPS))
+    return RenderCall.from_settings(RenderSettings(num_inference_steps=STEPS))
 
 
 def test_models_build_copies_the_committed_weights(tmp_path):
@@ -46,11 +46,11 @@ def test_models_build_copies_the_committed_weights(tmp_path):
 
 def test_held_out_captions_render_with_the_asked_colour_and_cell(shape_pipe):
     captions = shapes.image_captions(21)
-    kwargs = {**_defaults(), "rvm_period": math.inf, "dsf": False}  # one frame: plain SD
+    call = _defaults().replace(rvm_period=math.inf, dsf=False)  # one frame: plain SD
     scores = []
     for seed in (0,):
         for text in captions:
-            image = shape_pipe([text], generator=torch.Generator().manual_seed(seed), **kwargs)[0]
+            image = shape_pipe([text], call, generator=torch.Generator().manual_seed(seed))[0]
             scores.append(shapes.image_scores(to_uint8(image[None])[0], text))
     colour = np.mean([s["colour"] for s in scores])
     cell = np.mean([s["position"] for s in scores])
@@ -59,11 +59,11 @@ def test_held_out_captions_render_with_the_asked_colour_and_cell(shape_pipe):
 
 
 def test_default_videos_follow_their_frame_prompts(shape_pipe):
-    kwargs = _defaults()  # RVM + DSF, as a run renders
+    call = _defaults()  # RVM + DSF, as a run renders
     scores = []
     for seed in (0, 1):
         for scenario in shapes.video_scenarios(seed):
-            frames = shape_pipe(scenario.frames, generator=torch.Generator().manual_seed(seed), **kwargs)
+            frames = shape_pipe(scenario.frames, call, generator=torch.Generator().manual_seed(seed))
             scores.append(shapes.video_scores(frames, scenario.frames))
     adherence = np.mean([s["adherence"] for s in scores])
     colour = np.mean([s["colour"] for s in scores])

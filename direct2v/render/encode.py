@@ -18,6 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 from pydantic import BaseModel
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import fsync_path
 
 
@@ -32,7 +33,7 @@ class EncodedVideo(BaseModel):
     height: int
 
 
-class EncodeError(RuntimeError):
+class EncodeError(Direct2VError, RuntimeError):
     """ffmpeg failed, or the file it wrote does not hold what was asked for."""
 
 

@@ -42,86 +42,33 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch._dynamo
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch._inductor.exc import InductorError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from direct2v.core.files import LORA_WEIGHTS
-from direct2v.core.schedule import ScheduleError, resolve_schedule
 from direct2v.render.attention import install_rvm
+from direct2v.render.call import RenderCall
+from direct2v.render.latent_schedule import Segments, translate_latents
+from direct2v.render.model_dir import load_components, missing_model_files  # noqa: F401 (re-exported)
+from direct2v.render.passes import DenoisePass, Progress
 from direct2v.render.reference import AnchorKVCache, FrameReference
-from direct2v.render.rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule, rvm_reference_frame
+from direct2v.render.rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule
 from direct2v.render.sampling import SCHEDULERS, draw_normal, forward_diffuse_with, step_kwargs
 
 log = logging.getLogger(__name__)
 
-#: Text2Video-Zero expresses motion in pixels of a 512 x 512 canvas, whatever the image size.
-MOTION_CANVAS = 512
-
 #: Most prompts per text-encoder call.
 ENCODE_BATCH = 64
-
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
-
-#: Files each component subfolder must hold; one name of each inner tuple is enough.
-REQUIRED_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "unet": (("config.json",), _DIFFUSERS_WEIGHTS),
-    "vae": (("config.json",), _DIFFUSERS_WEIGHTS),
-    "text_encoder": (("config.json",), ("model.safetensors", "model.safetensors.index.json")),
-    "tokenizer": (("tokenizer.json", "vocab.json"), ("tokenizer.json", "merges.txt")),
-    "scheduler": (("scheduler_config.json",),),
-}
-
-
-def missing_model_files(root: Path) -> list[str]:
-    """The REQUIRED_FILES a local diffusers SD directory lacks (empty = complete)."""
-    return [
-        f"{component}/{' or '.join(names)}"
-        for component, groups in REQUIRED_FILES.items()
-        for names in groups
-        if not any((Path(root) / component / name).is_file() for name in names)
-    ]
-
-
-def translate_latents(
-    latents: torch.Tensor, frame_ids: Sequence[int], strength_x: float, strength_y: float
-) -> torch.Tensor:
-    """Shift each latent frame by ``strength * frame_id`` canvas pixels (Text2Video-Zero's motion field).
-
-    Output pixel (i, j) of frame k takes the nearest input pixel at ``(i, j) + strength * k`` with
-    reflection at the borders, so a positive strength moves the content left/up. As in
-    Text2Video-Zero the shift is measured on a 512-pixel canvas: a latent cell spans
-    ``512 / latent_size`` canvas pixels. diffusers builds a 512 x 512 flow field and resizes it
-    bilinearly to the latent size; on a uniform field that resize is exact, so the sampling grid is
-    written here directly at latent resolution.
-    """
-    count, _, height, width = latents.shape
-    if len(frame_ids) != count:
-        raise ValueError(f"got {len(frame_ids)} frame ids for {count} latent frames")
-    ids = torch.as_tensor(list(frame_ids), dtype=torch.float32, device=latents.device)[:, None]
-
-    def axis(size: int, strength: float) -> torch.Tensor:
-        # canvas position of each latent cell centre (as sampled by the bilinear resize), shifted
-        centres = (torch.arange(size, device=latents.device) + 0.5) * (MOTION_CANVAS / size) - 0.5
-        shifted = centres.clamp(0, MOTION_CANVAS - 1)[None, :] + strength * ids
-        return shifted / MOTION_CANVAS * 2 - 1  # (count, size) in grid_sample's [-1, 1]
-
-    grid_x = axis(width, strength_x)[:, None, :].expand(count, height, width)
-    grid_y = axis(height, strength_y)[:, :, None].expand(count, height, width)
-    grid = torch.stack([grid_x, grid_y], dim=-1).to(latents.dtype)
-    return F.grid_sample(latents, grid, mode="nearest", padding_mode="reflection", align_corners=False)
 
 
 def frame_faults(frames: np.ndarray) -> tuple[bool, list[int]]:
@@ -129,35 +76,6 @@ def frame_faults(frames: np.ndarray) -> tuple[bool, list[int]]:
     frames that are entirely black (every value at most 1/255)."""
     black = [i + 1 for i, frame in enumerate(frames) if float(np.nan_to_num(frame).max()) <= 1.0 / 255.0]
     return bool(not np.isfinite(frames).all()), black
-
-
-class _Progress:
-    """Counts UNet evaluations and reports ``(done, total)`` to an optional callback."""
-
-    def __init__(self, callback: Callable[[int, int], None] | None, total: int):
-        self.callback, self.total, self.done = callback, total, 0
-
-    def step(self) -> None:
-        self.done += 1
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """What one denoising segment needs besides the scheduler, latents and timesteps."""
-
-    negative: torch.Tensor  # (frames, 77, dim) negative-prompt embeddings
-    positive: torch.Tensor  # (frames, 77, dim) one frame prompt per row
-    guidance_scale: float
-    generator: torch.Generator | None
-    state: FrameReference
-    reference: Callable[[int], int]  # step index within the segment -> reference frame (virtual batch)
-    tracker: _Progress
-    label: str  # names the segment in errors
-    frame_ids: range  # the GLOBAL indices of the batch's frames (a stochastic sampler's noise keys)
-    record_to: AnchorKVCache | None = None  # the anchor pass of a chunked render
-    anchors: AnchorKVCache | None = None  # a section of a chunked render
 
 
 class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -185,25 +103,9 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         Raises:
             FileNotFoundError: the directory, a component subfolder or a required file is missing
-                (the message lists every missing item).
+                (the message lists every missing item; :func:`direct2v.render.model_dir.load_components`).
         """
-        root = Path(path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"model directory not found: {root}")
-        missing = missing_model_files(root)
-        if missing:
-            raise FileNotFoundError(
-                f"{root} is not a complete diffusers Stable Diffusion directory; missing: {', '.join(missing)}"
-            )
-        local = {"local_files_only": True, "use_safetensors": True}
-        pipeline = cls(
-            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=torch_dtype, **local),
-            text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=torch_dtype, **local),
-            tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
-            unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype, **local),
-            scheduler=PNDMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True),
-        )
-        return pipeline.to(device)
+        return cls(**load_components(path, torch_dtype)).to(device)
 
     #: The compiled UNet (``compile_unet``); None: every call runs eagerly.
     compiled_unet: torch.nn.Module | None = None
@@ -286,134 +188,94 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def __call__(
         self,
         frame_prompts: list[str],
-        negative_prompt: str = "",
-        num_inference_steps: int = 100,
-        guidance_scale: float = 12.0,
-        t0: int | None = None,
-        t1: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        rvm_period: float = 4,
-        rvm_blocks: Literal["up", "all"] = "up",
-        value_mapping: Literal["rotational", "random"] = "rotational",
-        dsf: bool = True,
-        dsf_quantile: float = 0.05,
-        scheduler: Literal["pndm", "ddim", "dpmsolver++", "euler", "euler-ancestral", "lcm"] | None = None,
-        batch_size: int = 8,
-        motion_strength_x: float = 0.0,
-        motion_strength_y: float = 0.0,
+        call: RenderCall | None = None,
+        *,
         generator: torch.Generator | None = None,
         reference_generator: torch.Generator | None = None,
-        output_type: Literal["np", "latent"] = "np",
         progress: Callable[[int, int], None] | None = None,
+        **changes: Any,
     ) -> np.ndarray | torch.Tensor:
-        """Render one video, frame f from ``frame_prompts[f]``.
+        """Render one video, frame f from ``frame_prompts[f]`` (F >= 1), as ``call`` says.
 
         Args:
-            frame_prompts: one description per frame (F >= 1).
-            negative_prompt: shared by all frames (classifier-free guidance's unconditional text).
-            num_inference_steps, guidance_scale: as in Stable Diffusion; guidance > 1 enables CFG.
-            t0, t1: Text2Video-Zero's steps counted from the end, ``0 <= t0 < t1 <= num_inference_steps - 2``;
-                the last ``t1 + 1`` scheduler steps are denoised jointly. None: 90% and 95% of the
-                steps (90 and 95 of 100; :func:`direct2v.core.schedule.resolve_schedule`).
-            height, width: pixels, multiples of the VAE scale factor; default the model's native size.
-            rvm_period: the RVM period m in steps; ``math.inf`` keeps frame 0 as the reference
-                (Text2Video-Zero).
-            rvm_blocks: ``"up"`` (up_blocks.2/.3 self-attention, the authors' choice) or ``"all"``.
-            value_mapping: ``"rotational"`` (RVM) or ``"random"`` (the paper's ablation: a random
-                reference every joint step, drawn from ``reference_generator``; ``rvm_period`` unused).
-            dsf: dual-softmax filtering (paper Eq. 3-4) on the RVM layers.
-            dsf_quantile: phi, the quantile of each layer call's confidences below which (inclusive)
-                a query keeps its own frame's attention; see ``DualSoftmaxFilterProcessor``.
-            scheduler: ``"pndm"`` (the paper's), ``"ddim"``, ``"dpmsolver++"``, ``"euler"``,
-                ``"euler-ancestral"`` or ``"lcm"``, built from the registered scheduler's config;
-                None uses the registered scheduler itself. A stochastic sampler's noise at each step
-                is drawn per frame from (seed of ``generator``, global frame index, step).
-            batch_size: B, the most frames one UNet call may hold (per CFG half); longer videos are
-                rendered with cached-attention chunking (module docstring). F <= B renders in one batch.
-            motion_strength_x, motion_strength_y: Text2Video-Zero's global translation per frame,
-                in pixels of a 512-px canvas.
+            frame_prompts: one description per frame.
+            call: everything else the render decides (:class:`~direct2v.render.call.RenderCall`);
+                None: RenderCall's defaults.
             generator: the source of the latent randomness (initial noise, then the forward-process
                 noise); the same seed gives the same video.
             reference_generator: the random ablation's own generator (required for it; kept apart
                 so that the ablation does not change the noise).
-            output_type: ``"np"``: float32 frames ``(F, H, W, 3)`` in [0, 1]; ``"latent"``: the
-                final latents ``(F, 4, H/8, W/8)``.
             progress: called as ``progress(done, total)`` after every UNet evaluation.
+            **changes: RenderCall fields by name, over ``call``: ``pipe(prompts, num_inference_steps=20)``
+                is ``pipe(prompts, RenderCall(num_inference_steps=20))``.
+
+        Returns:
+            ``call.output_type`` "np": float32 frames ``(F, H, W, 3)`` in [0, 1]; "latent": the final
+            latents ``(F, 4, H/8, W/8)``.
 
         Raises:
-            ValueError: for any bad argument, before a model runs.
+            TypeError: ``call`` is not a RenderCall, or a change names no RenderCall field.
+            ValueError: for any bad argument, before a model runs (:meth:`RenderCall.check`).
             FloatingPointError: the latents became NaN/inf (typically an fp16 overflow).
         """
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
-        if t0 is None or t1 is None:
-            try:
-                window = resolve_schedule(num_inference_steps, t0=t0, t1=t1)
-            except ScheduleError as error:
-                raise ValueError(str(error)) from None
-            t0, t1 = window.t0, window.t1
-        self._check_inputs(
-            frame_prompts, num_inference_steps, t0, t1, height, width, rvm_period, rvm_blocks,
-            motion_strength_x, motion_strength_y, output_type, value_mapping, dsf, dsf_quantile,
-            scheduler, batch_size, reference_generator,
-        )
+        if call is not None and not isinstance(call, RenderCall):
+            raise TypeError(f"call must be a RenderCall, got {type(call).__name__}: {call!r}")
+        call = (RenderCall() if call is None else call).replace(**changes)
+        call = call.resolved(native_size=self.unet.config.sample_size * self.vae_scale_factor)
+        call.check(frame_prompts, self.vae_scale_factor, reference_generator)
         num_frames = len(frame_prompts)
         device = self._execution_device
+        guidance_scale = call.guidance_scale
         use_cfg = guidance_scale > 1.0
-        plan = chunk_plan(num_frames, batch_size)
+        plan = chunk_plan(num_frames, call.batch_size)
 
-        negative, positive = self._frame_embeddings(frame_prompts, negative_prompt)
-        scheduler = self.make_scheduler(scheduler)
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = scheduler.timesteps
-        if t1 + 1 >= len(timesteps):
-            raise ValueError(f"t1={t1} leaves no step for frame 1 alone: the scheduler has {len(timesteps)} steps")
-        first, second, joint = timesteps[: -t1 - 1], timesteps[-t1 - 1 : -t0 - 1], timesteps[-t1 - 1 :]
-        joint_passes = 1 + len(plan.sections)
-        tracker = _Progress(progress, len(first) + (len(second) if num_frames > 1 else 0) + len(joint) * joint_passes)
+        negative, positive = self._frame_embeddings(frame_prompts, call.negative_prompt)
+        scheduler = self.make_scheduler(call.scheduler)
+        scheduler.set_timesteps(call.num_inference_steps, device=device)
+        segments = Segments.split(scheduler.timesteps, call.t0, call.t1)
+        tracker = Progress(progress, segments.unet_evaluations(num_frames, joint_passes=1 + len(plan.sections)))
 
         # Every pass's reference schedule, fixed before any UNet call (the cache must know what to keep).
         anchor_size = plan.num_anchors
         schedules = [
-            reference_schedule(len(joint), size, value_mapping, rvm_period, reference_generator)
+            reference_schedule(len(segments.joint), size, call.value_mapping, call.rvm_period, reference_generator)
             for size in [anchor_size, *(anchor_size + len(section) for section in plan.sections)]
         ]
 
         factor = self.vae_scale_factor
-        latent_shape = (1, self.unet.config.in_channels, height // factor, width // factor)
+        latent_shape = (1, self.unet.config.in_channels, call.height // factor, call.width // factor)
         latents = draw_normal(latent_shape, generator, device, positive.dtype) * scheduler.init_noise_sigma
 
         state = FrameReference(index=0, cfg_groups=2 if use_cfg else 1, device=device)
         original_processors = self.unet.attn_processors
-        install_rvm(self.unet, rvm_blocks, state, dsf_quantile if dsf else None)
+        install_rvm(self.unet, call.rvm_blocks, state, call.dsf_quantile if call.dsf else None)
         try:
             # Frame 1 alone, with its own (negative, positive) pair: a one-frame batch is its own reference.
-            alone = _Pass(negative[:1], positive[:1], guidance_scale, generator, state, lambda step: 0, tracker,
-                          "frame 1 alone", range(1))
-            frame1_t1 = self._denoise(scheduler, latents, first, alone)
+            alone = DenoisePass(negative[:1], positive[:1], guidance_scale, generator, state, lambda step: 0,
+                                tracker, "frame 1 alone", range(1))
+            frame1_t1 = self._denoise(scheduler, latents, segments.first, alone)
             joint_scheduler = copy.deepcopy(scheduler)
             if num_frames > 1:  # a single frame has no one to hand x_t0 to: its t1 -> t0 pass would be discarded
-                frame1_t0 = self._denoise(scheduler, frame1_t1, second, alone)
+                frame1_t0 = self._denoise(scheduler, frame1_t1, segments.second, alone)
                 copies = frame1_t0.expand(num_frames - 1, -1, -1, -1)
-                moved = translate_latents(copies, range(1, num_frames), motion_strength_x, motion_strength_y)
-                index_from, index_to = len(timesteps) - t0 - 1, len(timesteps) - t1 - 1
-                pushed_back = forward_diffuse_with(scheduler, moved, index_from, index_to, generator)
+                moved = translate_latents(copies, range(1, num_frames), call.motion_strength_x, call.motion_strength_y)
+                pushed_back = forward_diffuse_with(scheduler, moved, segments.t0_index, segments.t1_index, generator)
                 latents = torch.cat([frame1_t1, pushed_back])
             else:
                 latents = frame1_t1
 
-            def joint_pass(frames: range, schedule: list[int], label: str, **cache) -> _Pass:
-                return _Pass(negative[frames.start : frames.stop], positive[frames.start : frames.stop],
-                             guidance_scale, generator, state, schedule.__getitem__, tracker, label, frames, **cache)
+            def joint_pass(frames: range, schedule: list[int], label: str, **cache) -> DenoisePass:
+                rows = slice(frames.start, frames.stop)
+                return DenoisePass(negative[rows], positive[rows], guidance_scale, generator, state,
+                                   schedule.__getitem__, tracker, label, frames, **cache)
 
-            latents = self._denoise_joint(joint_scheduler, latents, joint, plan, schedules, joint_pass)
+            latents = self._denoise_joint(joint_scheduler, latents, segments.joint, plan, schedules, joint_pass)
         finally:
             self.unet.set_attn_processor(dict(original_processors))
 
-        if output_type == "latent":
+        if call.output_type == "latent":
             return latents
-        return self.decode(latents, batch_size)
+        return self.decode(latents, call.batch_size)
 
     def _denoise_joint(
         self,
@@ -422,7 +284,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         timesteps: torch.Tensor,
         plan: ChunkPlan,
         schedules: list[list[int]],
-        joint_pass: Callable[..., _Pass],
+        joint_pass: Callable[..., DenoisePass],
     ) -> torch.Tensor:
         """Step 3 for all frames: one batch, or the anchors then each section against the anchor cache.
 
@@ -461,59 +323,6 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         config = {key: value for key, value in self.scheduler.config.items() if key in accepted}
         return cls.from_config({**config, **overrides})
 
-    def _check_inputs(
-        self,
-        frame_prompts: list[str],
-        num_inference_steps: int,
-        t0: int,
-        t1: int,
-        height: int,
-        width: int,
-        rvm_period: float,
-        rvm_blocks: str,
-        motion_strength_x: float,
-        motion_strength_y: float,
-        output_type: str,
-        value_mapping: str,
-        dsf: bool,
-        dsf_quantile: float,
-        scheduler: str | None,
-        batch_size: int,
-        reference_generator: torch.Generator | None,
-    ) -> None:
-        """Reject every bad argument before any model runs."""
-        if not isinstance(frame_prompts, (list, tuple)) or not frame_prompts:
-            raise ValueError("frame_prompts must be a non-empty list of strings")
-        blank = [i for i, prompt in enumerate(frame_prompts) if not isinstance(prompt, str) or not prompt.strip()]
-        if blank:
-            raise ValueError(f"frame_prompts must be non-empty strings; bad frames (0-based): {blank}")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (num_inference_steps, t0, t1)):
-            raise ValueError("num_inference_steps, t0 and t1 must be ints")
-        if not 0 <= t0 < t1 < num_inference_steps:
-            raise ValueError(f"need 0 <= t0 < t1 < num_inference_steps, got t0={t0}, t1={t1}, "
-                             f"num_inference_steps={num_inference_steps}")
-        factor = self.vae_scale_factor
-        if height <= 0 or width <= 0 or height % factor or width % factor:
-            raise ValueError(f"height and width must be positive multiples of {factor}, got {height}x{width}")
-        rvm_reference_frame(0, len(frame_prompts), rvm_period)  # raises ValueError for a bad period
-        if rvm_blocks not in ("up", "all"):
-            raise ValueError(f"rvm_blocks must be 'up' or 'all', got {rvm_blocks!r}")
-        if not (math.isfinite(motion_strength_x) and math.isfinite(motion_strength_y)):
-            raise ValueError(f"motion strengths must be finite, got {motion_strength_x}, {motion_strength_y}")
-        if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
-        if value_mapping not in ("rotational", "random"):
-            raise ValueError(f"value_mapping must be 'rotational' or 'random', got {value_mapping!r}")
-        if value_mapping == "random" and not isinstance(reference_generator, torch.Generator):
-            raise ValueError("value_mapping='random' needs a reference_generator (a torch.Generator of its own)")
-        if not isinstance(dsf, bool):
-            raise ValueError(f"dsf must be a bool, got {dsf!r}")
-        if isinstance(dsf_quantile, bool) or not isinstance(dsf_quantile, (int, float)) or not 0 <= dsf_quantile < 1:
-            raise ValueError(f"dsf_quantile must be in [0, 1), got {dsf_quantile!r}")
-        if scheduler is not None and scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)} or None, got {scheduler!r}")
-        chunk_plan(len(frame_prompts), batch_size)  # raises ValueError for a bad batch size
-
     def _frame_embeddings(self, frame_prompts: list[str], negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(negative, positive) embeddings, ``(F, 77, dim)`` each; each distinct text is encoded once."""
         texts = list(dict.fromkeys([negative_prompt, *frame_prompts]))
@@ -524,7 +333,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return negative, positive
 
     def _denoise(
-        self, scheduler: SchedulerMixin, latents: torch.Tensor, timesteps: torch.Tensor, run: _Pass
+        self, scheduler: SchedulerMixin, latents: torch.Tensor, timesteps: torch.Tensor, run: DenoisePass
     ) -> torch.Tensor:
         """Run ``scheduler`` over ``timesteps`` on a batch of frames, setting the RVM reference before each step.
 

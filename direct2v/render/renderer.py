@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from direct2v.core.config import RenderSettings
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import render_model_id
 from direct2v.director.plan import FramePlan
+from direct2v.render.call import RenderCall
 from direct2v.render.pipeline import DirecT2VPipeline, frame_faults
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ REFERENCE_SEED_OFFSET = 1
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class RenderError(RuntimeError):
+class RenderError(Direct2VError, RuntimeError):
     """A video could not be rendered (bad output, or the model failed)."""
 
 
@@ -74,7 +76,7 @@ class Renderer:
         try:
             frames = self.pipeline(
                 frame_prompts=plan.frames,
-                **pipeline_arguments(s),
+                call=RenderCall.from_settings(s),
                 batch_size=batch_size,
                 generator=generator,
                 reference_generator=reference_generator,
@@ -85,29 +87,6 @@ class Renderer:
             raise RenderError(f"{plan.prompt_id}: {error}") from error
         check_frames(frames, plan.prompt_id)
         return frames
-
-
-def pipeline_arguments(settings: RenderSettings) -> dict:
-    """The ``DirecT2VPipeline.__call__`` arguments the settings decide (all but the prompts, the
-    generators, the batch size and progress): the one translation of a config into a render."""
-    schedule = settings.schedule()
-    return {
-        "negative_prompt": settings.negative_prompt,
-        "num_inference_steps": settings.num_inference_steps,
-        "guidance_scale": settings.resolved_guidance_scale(),
-        "t0": schedule.t0,
-        "t1": schedule.t1,
-        "height": settings.height,
-        "width": settings.width,
-        "rvm_period": schedule.period,
-        "rvm_blocks": settings.rvm_blocks,
-        "value_mapping": settings.value_mapping,
-        "dsf": settings.dsf,
-        "dsf_quantile": settings.dsf_quantile,
-        "scheduler": settings.scheduler,
-        "motion_strength_x": settings.motion_strength_x,
-        "motion_strength_y": settings.motion_strength_y,
-    }
 
 
 def check_frames(frames: np.ndarray, prompt_id: str) -> None:
