@@ -5,9 +5,19 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from pydantic import BaseModel, Field
 
 from direct2v.core.config import Settings
-from direct2v.job.manifest import SCHEMA, ManifestRow, append_rows, compact, read_manifest
+from direct2v.job.manifest import (
+    SCHEMA,
+    Int32,
+    ManifestRow,
+    VideoMetrics,
+    append_rows,
+    arrow_schema,
+    compact,
+    read_manifest,
+)
 from direct2v.render.encode import encode_mp4, probe_video
 
 
@@ -48,11 +58,85 @@ def test_manifest_schema_and_last_row_wins(tmp_path):
     assert not (tmp_path / "manifest.jsonl").exists()  # folded in: the Parquet file alone is the manifest
 
 
+#: The manifest's columns -- name, Parquet type, nullable -- in order: the contract a dataset team reads.
+#: ``SCHEMA`` is made from ``ManifestRow``; changing a field changes this, and must be meant.
+MANIFEST_COLUMNS = [
+    ("run_id", pa.string(), False),
+    ("prompt_id", pa.string(), False),
+    ("prompt", pa.string(), True),
+    ("source", pa.string(), True),
+    ("frame_prompts", pa.list_(pa.string()), True),
+    ("fps", pa.int32(), True),
+    ("frame_count", pa.int32(), True),
+    ("seed", pa.int64(), True),
+    ("director_model", pa.string(), True),
+    ("template_version", pa.string(), True),
+    ("director_sampling", pa.string(), True),
+    ("plan_warnings", pa.list_(pa.string()), True),
+    ("render_model", pa.string(), True),
+    ("video_path", pa.string(), True),
+    ("plan_path", pa.string(), True),
+    ("video_hash", pa.string(), True),
+    ("render_batch_size", pa.int32(), True),
+    ("status", pa.string(), False),
+    ("failed_stage", pa.string(), True),
+    ("error", pa.string(), True),
+    ("render_s", pa.float64(), True),
+    ("encode_s", pa.float64(), True),
+    ("finished_at", pa.timestamp("us", tz="UTC"), True),
+    # direct2v eval: VideoMetrics, then who measured and why QC rejected
+    ("clip_frame_scores", pa.list_(pa.float64()), True),
+    ("clip_prompt_scores", pa.list_(pa.float64()), True),
+    ("clip_frame", pa.float64(), True),
+    ("clip_prompt", pa.float64(), True),
+    ("avg_dist", pa.float64(), True),
+    ("consistency", pa.float64(), True),
+    ("flicker", pa.float64(), True),
+    ("eval_model", pa.string(), True),
+    ("qc_reason", pa.string(), True),
+]
+
+
+def test_manifest_schema_is_the_row_model_and_keeps_its_columns():
+    assert SCHEMA.equals(pa.schema([pa.field(*column) for column in MANIFEST_COLUMNS]), check_metadata=True)
+    assert SCHEMA.names == list(ManifestRow.model_fields)
+    # the evaluation's metrics (evaluate.video_metrics) are the row's own columns, not a copy of them
+    assert issubclass(ManifestRow, VideoMetrics)
+    metric_names = list(VideoMetrics.model_fields)
+    start = SCHEMA.names.index(metric_names[0])
+    assert SCHEMA.names[start:start + len(metric_names)] == metric_names
+
+
+def test_a_field_added_to_the_row_model_adds_its_column():
+    class Extended(ManifestRow):
+        shot_count: Int32 = 0  # a bare Annotated field (fps etc. are Int32 | None)
+        tags: list[str] = Field(default_factory=list)
+        checked: bool = False
+        reviewer: str
+
+    schema = arrow_schema(Extended)
+    assert schema.names == [*SCHEMA.names, "shot_count", "tags", "checked", "reviewer"]
+    assert pa.schema(list(schema)[: len(SCHEMA)]).equals(SCHEMA)
+    assert list(schema)[len(SCHEMA):] == [
+        pa.field("shot_count", pa.int32()), pa.field("tags", pa.list_(pa.string())),
+        pa.field("checked", pa.bool_()), pa.field("reviewer", pa.string(), nullable=False),
+    ]
+
+
+@pytest.mark.parametrize("annotation", [dict[str, int], int | str, object])
+def test_a_field_without_a_clear_column_type_is_refused(annotation):
+    Model = type("Model", (BaseModel,), {"__annotations__": {"x": annotation}})
+    with pytest.raises(TypeError, match="no Parquet column type"):
+        arrow_schema(Model)
+
+
 def test_run_summary_counts_qc_rejected_apart_from_failed(tmp_path):
     from collections import Counter
 
+    from direct2v.job.render_stage import RenderProgress
+    from direct2v.job.request import Run
     from direct2v.job.rundir import Job
-    from direct2v.job.stages import RenderProgress, Run, summarise
+    from direct2v.job.summary import summarise
 
     append_rows(tmp_path, [
         ManifestRow(run_id="r", prompt_id="ok1", status="ok"),
@@ -72,8 +156,10 @@ def test_plans_accepted_with_warnings_are_counted_apart_from_clean_ones(tmp_path
 
     from direct2v.director.plan import FramePlan
     from direct2v.job.manifest import plan_row
+    from direct2v.job.render_stage import RenderProgress
+    from direct2v.job.request import Run
     from direct2v.job.rundir import Job
-    from direct2v.job.stages import RenderProgress, Run, outcome_line, summarise
+    from direct2v.job.summary import outcome_line, summarise
 
     def plan(prompt_id, warnings):
         return FramePlan(prompt_id=prompt_id, prompt="A corgi runs", fps=2, seed=0,

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from direct2v.core.config import EvalSettings
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import model_id, write_atomically
 from direct2v.evaluation import metrics
-from direct2v.job.manifest import ManifestError, ManifestRow, append_rows, compact, read_rows
+from direct2v.job.manifest import ManifestError, ManifestRow, VideoMetrics, append_rows, compact, read_rows
 from direct2v.job.rundir import EVALUATION_JSON, EVALUATION_MD
 from direct2v.render.encode import read_video
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 EVALUATED_STATUSES = ("ok", "rejected")
 
 
-class EvalError(RuntimeError):
+class EvalError(Direct2VError, RuntimeError):
     """The evaluation cannot start (no CLIP model, an unusable model directory, no manifest)."""
 
 
@@ -118,24 +119,11 @@ class ClipModel:
 # Per-video metrics
 
 
-@dataclass
-class VideoMetrics:
-    flicker: float
-    clip_frame_scores: list[float] | None = None
-    clip_prompt_scores: list[float] | None = None
-    clip_frame: float | None = None
-    clip_prompt: float | None = None
-    avg_dist: float | None = None
-    consistency: float | None = None
-
-    def as_row_fields(self) -> dict:
-        return dict(self.__dict__)
-
-
 def video_metrics(
     frames: np.ndarray, frame_prompts: Sequence[str], prompt: str, clip: ClipModel | None
 ) -> VideoMetrics:
-    """All metrics of one video; without ``clip`` only the model-free flicker score."""
+    """All metrics of one video (``VideoMetrics``: the manifest's metric columns); without ``clip``
+    only the model-free flicker score."""
     if len(frames) < 2:
         raise ValueError(f"need at least 2 frames, got {len(frames)}")
     result = VideoMetrics(flicker=metrics.flicker(frames))
@@ -252,13 +240,13 @@ def evaluate_run(
                 measured = video_metrics(frames, frame_prompts, row.prompt or "", clip)
             except (OSError, ValueError, RuntimeError) as error:  # a missing or unreadable video
                 log.error("cannot evaluate %s: %s", row.prompt_id, error)
-                cleared = {key: None for key in VideoMetrics.__dataclass_fields__}
+                cleared = dict.fromkeys(VideoMetrics.model_fields)
                 updated.append(row.model_copy(update={
                     **cleared, "eval_model": model_id or "none", "status": "rejected",
                     "qc_reason": f"cannot evaluate: {error}",
                 }))
                 continue
-            values = measured.as_row_fields()
+            values = measured.model_dump()
             if clip is None:  # keep CLIP scores an earlier evaluation stored
                 values = {"flicker": values["flicker"], "eval_model": row.eval_model or "none"}
             else:

@@ -25,7 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import atomic_path
 from direct2v.director.plan import FramePlan
 from direct2v.job.rundir import PARTS_DIR, PLANS_DIR, shard_name
@@ -45,55 +47,21 @@ MANIFEST_NAME = "manifest.parquet"
 #: Rows per read batch and per written row group during compaction.
 COMPACT_BATCH_ROWS = 2048
 
-SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("prompt", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("frame_prompts", pa.list_(pa.string())),
-        pa.field("fps", pa.int32()),
-        pa.field("frame_count", pa.int32()),
-        pa.field("seed", pa.int64()),
-        pa.field("director_model", pa.string()),
-        pa.field("template_version", pa.string()),
-        pa.field("director_sampling", pa.string()),
-        pa.field("plan_warnings", pa.list_(pa.string())),
-        pa.field("render_model", pa.string()),
-        pa.field("video_path", pa.string()),
-        pa.field("plan_path", pa.string()),
-        pa.field("video_hash", pa.string()),
-        pa.field("render_batch_size", pa.int32()),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("failed_stage", pa.string()),
-        pa.field("error", pa.string()),
-        pa.field("render_s", pa.float64()),
-        pa.field("encode_s", pa.float64()),
-        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-        # direct2v eval (direct2v/evaluation/evaluate.py); null until a run is evaluated
-        pa.field("clip_frame_scores", pa.list_(pa.float64())),
-        pa.field("clip_prompt_scores", pa.list_(pa.float64())),
-        pa.field("clip_frame", pa.float64()),
-        pa.field("clip_prompt", pa.float64()),
-        pa.field("avg_dist", pa.float64()),
-        pa.field("consistency", pa.float64()),
-        pa.field("flicker", pa.float64()),
-        pa.field("eval_model", pa.string()),
-        pa.field("qc_reason", pa.string()),
-    ]
-)
+#: A column of 32-bit integers (a plain ``int`` field is ``int64``): a pyarrow type in a field's
+#: ``Annotated`` metadata is that column's type.
+Int32 = Annotated[int, pa.int32()]
 
 
-class ManifestRow(BaseModel):
-    """One prompt's outcome. Paths are relative to the run directory."""
+class _PromptOutcome(BaseModel):
+    """The columns every row fills: the prompt, its plan, its video and how it went."""
 
     run_id: str
     prompt_id: str
     prompt: str | None = None
     source: str = ""
     frame_prompts: list[str] = Field(default_factory=list)
-    fps: int | None = None
-    frame_count: int | None = None
+    fps: Int32 | None = None
+    frame_count: Int32 | None = None
     seed: int | None = None
     director_model: str = ""
     template_version: str = ""
@@ -105,16 +73,22 @@ class ManifestRow(BaseModel):
     plan_path: str = ""
     video_hash: str = Field("", description="identity of the video made (videos.video_hash); a resume keeps a "
                             "video only if it matches the one asked for")
-    render_batch_size: int | None = Field(None, description="frames per UNet call actually used (an out-of-memory "
-                                          "retry lowers it, and the video_hash then says so)")
+    render_batch_size: Int32 | None = Field(None, description="frames per UNet call actually used (an out-of-memory "
+                                            "retry lowers it, and the video_hash then says so)")
     status: Status
     failed_stage: Stage = ""
     error: str = ""
     render_s: float | None = None
     encode_s: float | None = None
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    # direct2v eval: per-frame CLIP cosine to each frame's prompt and to the user prompt, their means,
-    # Avg. Dist., consecutive-frame CLIP consistency, flicker (direct2v/evaluation/metrics.py); why QC rejected it
+
+
+class VideoMetrics(BaseModel):
+    """``direct2v eval``'s measurements of one video (direct2v/evaluation/evaluate.py, metrics.py):
+    per-frame CLIP cosine to each frame's prompt and to the user prompt, their means, Avg. Dist.,
+    consecutive-frame CLIP consistency and flicker. Null in the manifest until a run is evaluated;
+    without a CLIP model only flicker is measured."""
+
     clip_frame_scores: list[float] | None = None
     clip_prompt_scores: list[float] | None = None
     clip_frame: float | None = None
@@ -122,11 +96,69 @@ class ManifestRow(BaseModel):
     avg_dist: float | None = None
     consistency: float | None = None
     flicker: float | None = None
+
+
+# The row's fields are the manifest's columns (``SCHEMA``), in this order: ``_PromptOutcome``'s, then
+# ``VideoMetrics``', then the row's own (pydantic puts the last base's fields first).
+class ManifestRow(VideoMetrics, _PromptOutcome):
+    """One prompt's outcome. Paths are relative to the run directory."""
+
+    # direct2v eval: the CLIP model that measured the metrics ("none": flicker only); why QC rejected the video
     eval_model: str | None = None
     qc_reason: str = ""
 
 
-class ManifestError(ValueError):
+#: The column type of each Python type a manifest field may have.
+ARROW_TYPES: dict[type, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    datetime: pa.timestamp("us", tz="UTC"),  # stored as UTC microseconds
+}
+
+
+def arrow_type(annotation: Any) -> pa.DataType:
+    """The column type of a field annotation: the pyarrow type in its ``Annotated`` metadata if it
+    has one, else ``ARROW_TYPES`` -- ``X | None`` as X, a ``Literal`` as its values' type, and
+    ``list[X]`` as a list of X's type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        declared = [item for item in annotation.__metadata__ if isinstance(item, pa.DataType)]
+        return declared[-1] if declared else arrow_type(args[0])
+    if origin in (Union, UnionType):
+        kinds = [arg for arg in args if arg is not NoneType]
+        if len(kinds) == 1:
+            return arrow_type(kinds[0])
+    elif origin is Literal:
+        kinds = list({type(arg) for arg in args})
+        if len(kinds) == 1:
+            return arrow_type(kinds[0])
+    elif origin is list:
+        return pa.list_(arrow_type(args[0]))
+    elif annotation in ARROW_TYPES:
+        return ARROW_TYPES[annotation]
+    raise TypeError(f"no Parquet column type for {annotation!r}: add the type to ARROW_TYPES "
+                    "or annotate the field with one (Annotated[..., pa.<type>()])")
+
+
+def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    """The Parquet schema of ``model``: one column per field, in field order. A field the model
+    requires is a non-null column; any other may hold nulls (a manifest written before the column
+    existed lacks it, and ``row_from_record`` reads a null back as the field's default)."""
+    columns = []
+    for name, info in model.model_fields.items():
+        declared = [item for item in info.metadata if isinstance(item, pa.DataType)]  # a top-level Annotated
+        column_type = declared[-1] if declared else arrow_type(info.annotation)
+        columns.append(pa.field(name, column_type, nullable=not info.is_required()))
+    return pa.schema(columns)
+
+
+#: The manifest's Parquet schema, made from ``ManifestRow`` (tests/test_encode_manifest.py pins it).
+SCHEMA = arrow_schema(ManifestRow)
+
+
+class ManifestError(Direct2VError, ValueError):
     """A directory holds no manifest (it is not a run directory)."""
 
 
