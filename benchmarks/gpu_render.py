@@ -18,7 +18,7 @@ short still leaves what it measured).
 
 Needs torch, transformers, diffusers and direct2v's renderer modules only (no prefect, vllm,
 pydantic or pyarrow: the GPU image has none; the report lists the direct2v modules it loaded, and
-``forbidden_modules``, any of those four that some package of this environment imported). On the device machine, after ``bash scripts/device-wheels.sh`` here (README):
+``forbidden_modules``, any of those four that some package of this environment imported). On the device machine, after ``bash scripts/device-wheels.sh`` here (docs/gpu-check.md):
 
     python3 benchmarks/gpu_render.py --out "$OUT/gpu_render.json"
 

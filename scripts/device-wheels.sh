@@ -4,7 +4,7 @@
 # That image (torch 2.11 + CUDA, transformers 5.17, no internet) has every dependency of the GPU
 # check except diffusers and importlib_metadata; transformers is carried at our pinned version so
 # that the renderer modules meet the same API as here. Pure-Python wheels, about 19 MB together.
-# Versions are the ones in requirements/cpu.lock. README.md says how to run the check there.
+# Versions are the ones in requirements/cpu.lock. docs/gpu-check.md says how to run the check there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pin() { grep -i -m1 "^$1==" requirements/cpu.lock | cut -d= -f3; }
