@@ -70,11 +70,12 @@ def run_direct(plans_dir: Path, run_dir: Path, settings) -> dict:
 
 
 def run_flow(plans_dir: Path, output_root: Path, settings, run_id: str, dask_workers: int | None) -> dict:
+    from direct2v.job.request import JobRequest
     from flows.generate import generate
 
     started = time.perf_counter()
-    summary = generate(plans_dir=str(plans_dir), output_root=str(output_root), run_id=run_id,
-                       settings=settings.model_dump(mode="json"), dask_workers=dask_workers)
+    summary = generate(JobRequest(plans_dir=str(plans_dir), run_id=run_id, dask_workers=dask_workers,
+                                  settings={**settings.model_dump(mode="json"), "output_root": str(output_root)}))
     wall = time.perf_counter() - started
     assert summary["render_ok"] == summary["rendered"], summary
     return {"wall": wall, "render": summary["render_s"], "videos": summary["rendered"],

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import sys
 
+from direct2v.job.request import JobRequest
 from flows.generate import generate
 
 generate_dataset = generate.with_options(name="direct2v-dataset")
 
 if __name__ == "__main__":
-    print(json.dumps(generate_dataset(prompt_file=sys.argv[1] if len(sys.argv) > 1 else "prompts_in/examples.txt"), indent=2))
+    print(json.dumps(generate_dataset(JobRequest(prompt_file=sys.argv[1] if len(sys.argv) > 1 else "prompts_in/examples.txt")), indent=2))

@@ -1,8 +1,8 @@
 """The one DirecT2V flow: prompt file (or plan files) -> plans -> videos -> manifest.
 
-Wiring only; every step is a function of ``direct2v.job.stages``. ``direct2v run``, ``dataset``,
-``resume``, ``render --plans`` and every deployment in prefect.yaml run this flow
-(``flows/dataset.py`` is the same flow under its deployment name).
+Wiring only: every step is a function of ``direct2v.job``. ``direct2v run``, ``dataset``,
+``resume``, ``render --plans`` and every deployment in prefect.yaml run this flow with one
+``JobRequest`` (``flows/dataset.py`` is the same flow under its deployment name).
 
     python -m flows.generate prompts_in/examples.txt      # or: direct2v run prompts_in/examples.txt
 
@@ -21,7 +21,6 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Literal
 
 from direct2v.core.environment import configure_prefect_environment
 
@@ -35,19 +34,17 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from direct2v.core.config import RenderSettings  # noqa: E402
 from direct2v.director.plan import FramePlan  # noqa: E402
-from direct2v.job import (
-    manifest,  # noqa: E402
-    stages,  # noqa: E402
-    videos,  # noqa: E402
-)
+from direct2v.job import manifest, render_stage, summary, videos  # noqa: E402
+from direct2v.job.plan_stage import PlanStage  # noqa: E402
+from direct2v.job.request import JobRequest, resolve_run, start_run  # noqa: E402
 from direct2v.job.rundir import run_dir_lock, run_log  # noqa: E402
 from direct2v.job.shards import read_shard_file, shard_files  # noqa: E402
 from flows import runners  # noqa: E402
 
 
-@task(name="plan-shard", task_run_name="plan-shard-{shard.index}", cache_policy=NO_CACHE)
-def plan_shard(shard, run: stages.Run):
-    return stages.plan_shard(shard, run)  # one director process, which exits (freeing the GPU) before this returns
+@task(name="plan-shard", task_run_name="plan-shard-{unit_index}", cache_policy=NO_CACHE)
+def plan_shard(stage: PlanStage, unit, unit_index: int):
+    return stage.plan(unit)  # one director process, which exits (freeing the GPU) before this returns
 
 
 @task(name="render-video", task_run_name="render-{plan.prompt_id}", cache_policy=NO_CACHE)
@@ -78,92 +75,71 @@ def export_dataset(run_dir: str, export_format: str, export_dir: str | None) -> 
 
 
 @flow(name="direct2v-render", log_prints=True)
-def render_stage(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
-                 total: int, progress: bool, tags: list[str]) -> stages.RenderProgress:
+def render_videos(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
+                  total: int, progress: bool, tags: list[str]) -> render_stage.RenderProgress:
     """Every shard's videos; two shards in flight, so the workers never wait at a shard boundary."""
     from tqdm import tqdm
 
     reuse = videos.ReuseIndex(reuse_from, exclude=Path(run_dir)) if reuse_from else None
     render = render_video.with_options(tags=tags)
-    counted = stages.RenderProgress(bar=tqdm(total=total, desc="render", unit="video", disable=not progress, file=sys.stderr))
+    counted = render_stage.RenderProgress(bar=tqdm(total=total, desc="render", unit="video", disable=not progress,
+                                                   file=sys.stderr))
 
-    def submit(work) -> stages.OpenShard:
-        shard = stages.open_shard(work, Path(run_dir), render_settings, verify_videos, reuse, counted)
-        shard.futures = {render.submit(plan, run_dir, render_settings, source): (plan, source)
-                         for plan, source in shard.todo}
-        return shard
+    def submit(work):
+        shard = render_stage.open_shard(work, Path(run_dir), render_settings, verify_videos, reuse, counted)
+        return shard, {render.submit(plan, run_dir, render_settings, source): (plan, source) for plan, source in shard.todo}
 
-    def finish(shard: stages.OpenShard) -> None:
-        for future in as_completed(list(shard.futures)):
-            stages.close_video(shard, Path(run_dir), *shard.futures[future], future.result(raise_on_failure=False), counted)
-        stages.close_shard(shard, Path(run_dir), counted)
+    def finish(shard, futures) -> None:
+        for future in as_completed(list(futures)):
+            render_stage.close_video(shard, Path(run_dir), *futures[future], future.result(raise_on_failure=False), counted)
+        render_stage.close_shard(shard, Path(run_dir), counted)
 
-    in_flight: deque[stages.OpenShard] = deque()
+    in_flight: deque = deque()
     with runners.api_shared_with_workers():
         for path in shard_files(Path(run_dir)):
             in_flight.append(submit(read_shard_file(path)))
             if len(in_flight) > 1:
-                finish(in_flight.popleft())
+                finish(*in_flight.popleft())
         while in_flight:
-            finish(in_flight.popleft())
+            finish(*in_flight.popleft())
     counted.bar.close()
     counted.bar = None
     return counted
 
 
 @flow(name="direct2v-generate", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def generate(
-    prompt_file: str | None = None,
-    plans_dir: str | None = None,
-    run_dir: str | None = None,
-    run_id: str | None = None,
-    output_root: str | None = None,
-    settings: dict[str, Any] | None = None,
-    plan_settings: dict[str, Any] | None = None,
-    render_settings: dict[str, Any] | None = None,
-    fps_doublings: int | None = None,
-    shard_size: int | None = None,
-    reuse_from: list[str] | None = None,
-    verify_videos: bool | None = None,
-    dask_address: str | None = None,
-    dask_workers: int | None = None,
-    dask_cluster: Literal["local", "cuda"] = "local",
-    progress: bool = False,
-    gallery: bool = True,
-    export: Literal["webdataset", "hf"] | None = None,
-    export_dir: str | None = None,
-) -> dict:
-    """One video per prompt of ``prompt_file`` (or per plan file of ``plans_dir``) into a new run,
-    or continue the run in ``run_dir`` / ``<output_root>/<run_id>``. ``settings`` overrides any
-    setting (as ``--set`` does); ``plan_settings``/``render_settings`` the director/render sections.
-    Ends with the run's gallery (``gallery``: index.html and contact sheets) and, with ``export``,
-    a training-ready copy of its finished videos (into ``export_dir``, default ``RUN/export/FORMAT``)."""
+def generate(job: JobRequest) -> dict:
+    """One video per prompt of ``job.prompt_file`` (or per plan file of ``job.plans_dir``) into a new
+    run, or continue the run in ``job.run_dir`` / ``<output_root>/<job.run_id>``; ``job.settings``
+    overrides any setting (as ``--set`` does). Ends with the run's gallery and, with ``job.export``,
+    a training-ready copy of its finished videos."""
     started = time.perf_counter()
-    overrides = stages.request_overrides(settings, plan_settings, render_settings, output_root, fps_doublings)
-    run = stages.resolve_run(stages.JobRequest(
-        prompt_file=None if plans_dir else prompt_file, plans_dir=plans_dir, run_dir=run_dir, run_id=run_id,
-        overrides=overrides, shard_size=shard_size, reuse_from=reuse_from, verify_videos=verify_videos))
-    runner, runner_text = runners.task_runner(dask_address, dask_workers, dask_cluster)
+    run = resolve_run(job)
+    runner, runner_text = runners.task_runner(job.dask_address, job.dask_workers, job.dask_cluster)
     with run_dir_lock(run.dir), run_log(run.dir):
-        stages.start_run(run)
-        plan_counts = stages.plan_stage(run, plan_shard, progress)
+        start_run(run)
+        stage = PlanStage(run, job.progress)
+        for index, unit in enumerate(stage.units(), start=1):
+            plan_shard(stage, unit, index)
+        plan_counts = stage.close()
         planned = time.perf_counter()
-        rendered = render_stage.with_options(task_runner=runner)(
-            str(run.dir), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"], progress,
-            runners.render_tags(run.settings.render, dask_address, dask_cluster))
+        rendered = render_videos.with_options(task_runner=runner)(
+            str(run.dir), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"],
+            job.progress, runners.render_tags(run.settings.render, job.dask_address, job.dask_cluster))
         compacting = time.perf_counter()
         compacted = manifest.compact(run.dir)
         finishing = time.perf_counter()
-        gallery_page = write_gallery(str(run.dir)) if gallery else ""
-        exported = export_dataset(str(run.dir), export, export_dir) if export and compacted.statuses["ok"] else ""
+        gallery_page = write_gallery(str(run.dir)) if job.gallery else ""
+        exported = export_dataset(str(run.dir), job.export, job.export_dir) if job.export and compacted.statuses["ok"] else ""
         timings = {"plan_s": planned - started, "render_s": compacting - planned, "compact_s": finishing - compacting,
                    "finish_s": time.perf_counter() - finishing, "total_s": time.perf_counter() - started}
-        summary = stages.summarise(run, runner_text, plan_counts, rendered, compacted, timings,
+        result = summary.summarise(run, runner_text, plan_counts, rendered, compacted, timings,
                                    gallery=gallery_page, export_index=exported)
-        create_markdown_artifact(key="direct2v-run-summary", markdown=stages.summary_markdown(summary, compacted.failures),
+        create_markdown_artifact(key="direct2v-run-summary", markdown=summary.summary_markdown(result, compacted.failures),
                                  description=f"DirecT2V run {run.id}")
-        return summary.model_dump()
+        return result.model_dump()
 
 
 if __name__ == "__main__":
-    print(json.dumps(generate(prompt_file=sys.argv[1] if len(sys.argv) > 1 else "prompts_in/examples.txt"), indent=2))
+    prompts = sys.argv[1] if len(sys.argv) > 1 else "prompts_in/examples.txt"
+    print(json.dumps(generate(JobRequest(prompt_file=prompts)), indent=2))

@@ -15,8 +15,6 @@ from direct2v.core.config import ConfigError  # noqa: E402
 
 def task_runner(dask_address: str | None, dask_workers: int | None, dask_cluster: str = "local"):
     """The render stage's task runner, and its description for the summary."""
-    if dask_address and (dask_workers or dask_cluster != "local"):
-        raise ConfigError("dask_address uses a running cluster; dask_workers/dask_cluster start a new one: give one")
     if not (dask_address or dask_workers or dask_cluster == "cuda"):
         return ThreadPoolTaskRunner(max_workers=1), "thread pool (1 worker)"
     from prefect_dask import DaskTaskRunner

@@ -38,16 +38,36 @@ def test_prefect_yaml_validates_with_prefects_own_models():
     for name in ("dataset-nightly", "prompt-list"):
         assert deployments[name].entrypoint == "flows/dataset.py:generate_dataset"
         assert deployments[name].work_pool.name == "direct2v-local"
-    assert {"prompt_file", "output_root", "plan_settings", "render_settings"} <= set(nightly.parameters)
+    assert set(nightly.parameters) == {"job"}  # one validated request object, passed whole
 
-    # Every deployment's parameters pass the flow's own parameter validation (as a flow run does),
-    # and the plan/render sections are valid settings.
+    # Every deployment's parameters pass the flow's own parameter validation (as a flow run does):
+    # its one parameter becomes a JobRequest, whose settings are valid settings.
+    from direct2v.core.config import load_settings
+    from direct2v.job.request import JobRequest
+
     for deployment in model.deployments:
         flow = load_flow_from_entrypoint(str(REPO / deployment.entrypoint))
-        flow.validate_parameters(deployment.parameters)
-    from direct2v.core.config import Settings
+        job = flow.validate_parameters(deployment.parameters)["job"]
+        assert isinstance(job, JobRequest) and job.prompt_file == "prompts_in/examples.txt"
+        load_settings(**job.settings)
+    nightly_job = JobRequest.model_validate(nightly.parameters["job"])
+    assert (nightly_job.export, nightly_job.settings["render"]["num_inference_steps"]) == ("webdataset", 100)
 
-    Settings(director=nightly.parameters["plan_settings"], render=nightly.parameters["render_settings"])
+
+def test_the_cli_runs_the_flow_that_prefect_yaml_deploys():
+    """``direct2v run`` loads the flow by its entrypoint (the library never imports ``flows``): the
+    same flow object as the examples deployment's entrypoint names."""
+    import inspect
+
+    from prefect.flows import load_flow_from_entrypoint
+
+    from direct2v.cli.common import load_generate_flow
+
+    [examples] = [d for d in load_yaml()["deployments"] if d["name"] == "examples"]
+    deployed = load_flow_from_entrypoint(str(REPO / examples["entrypoint"]))
+    run_by_cli = load_generate_flow()
+    assert run_by_cli.name == deployed.name == "direct2v-generate"
+    assert Path(inspect.getsourcefile(run_by_cli.fn)).resolve() == (REPO / examples["entrypoint"].split(":")[0]).resolve()
 
 
 def raw_deployment(raw: dict, name: str) -> dict:
@@ -101,6 +121,6 @@ def test_prefect_deploy_all_against_a_local_server(prefect_server):
     nightly = deployments["direct2v-dataset/dataset-nightly"]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True}]
     assert nightly["concurrency"] == 1 and nightly["work_pool"] == "direct2v-local"
-    assert nightly["parameters"]["reuse_from"] == ["outputs/nightly/*"]
+    assert nightly["parameters"]["job"]["reuse_from"] == ["outputs/nightly/*"]
     on_demand = deployments["direct2v-dataset/prompt-list"]
     assert on_demand["schedules"] == [] and on_demand["entrypoint"] == "flows/dataset.py:generate_dataset"

@@ -22,7 +22,7 @@ from direct2v.core.config import RenderSettings, Settings
 from direct2v.core.files import render_model_id
 from direct2v.director.plan import FramePlan, write_plan
 from direct2v.director.prompts import PromptRecord
-from direct2v.job import planning, rundir, stages, videos
+from direct2v.job import planning, render_stage, rundir, videos
 from direct2v.job.manifest import (
     JOURNAL_NAME,
     ManifestRow,
@@ -33,6 +33,7 @@ from direct2v.job.manifest import (
     read_rows,
 )
 from direct2v.job.shards import ShardWork
+from direct2v.job.summary import RunSummary, summary_markdown
 from direct2v.render.encode import EncodeError, encode_mp4, partial_name, read_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,11 +243,11 @@ def test_real_renderer_falls_back_to_the_chunked_path(tmp_path, tiny_sd_dir):
 
 def to_render(run_dir: Path, plans: list[FramePlan], render_settings: RenderSettings, verify: bool = True,
               sources: dict | None = None) -> list[str]:
-    """The prompt ids the render stage would still render (``stages.open_shard``), in plan order."""
+    """The prompt ids the render stage would still render (``render_stage.open_shard``), in plan order."""
     for plan in plans:
         write_plan(plan, run_dir / "plans")
     work = ShardWork(1, [(plan.prompt_id, (sources or {}).get(plan.prompt_id, "")) for plan in plans])
-    shard = stages.open_shard(work, run_dir, render_settings, verify, None, stages.RenderProgress())
+    shard = render_stage.open_shard(work, run_dir, render_settings, verify, None, render_stage.RenderProgress())
     compact(run_dir)  # what open_shard recorded (adopted videos) joins the manifest
     return [plan.prompt_id for plan, _ in shard.todo]
 
@@ -296,10 +297,10 @@ def test_a_video_finished_just_before_a_crash_is_adopted_not_rendered_again(tmp_
         assert videos.render_plan(plan, tmp_path, renderer).status == "ok"  # rows never recorded
     plans[1] = plans[1].model_copy(update={"seed": 3})  # its video no longer matches
     before = (tmp_path / "videos" / "rowless.mp4").stat()
-    progress = stages.RenderProgress()
+    progress = render_stage.RenderProgress()
     for plan in plans:
         write_plan(plan, tmp_path / "plans")
-    shard = stages.open_shard(ShardWork(1, [("rowless", "p.txt:1"), ("stale", "p.txt:2")]), tmp_path, render_settings,
+    shard = render_stage.open_shard(ShardWork(1, [("rowless", "p.txt:1"), ("stale", "p.txt:2")]), tmp_path, render_settings,
                               False, None, progress)
     assert [plan.prompt_id for plan, _ in shard.todo] == ["stale"] and progress.counts["adopted"] == 1
     (row,) = read_rows(tmp_path)
@@ -410,9 +411,9 @@ def test_unsafe_ids_of_hand_written_plans_become_hashed_file_names():
 def test_markdown_summary_escapes_user_text():
     failures = [{"prompt_id": "x", "source": "p|q.txt:3", "failed_stage": "input",
                  "error": "<img src=x onerror=alert(1)> [click](http://evil.example) *bold* `code`\n| injected |"}]
-    summary = stages.RunSummary(run_id="r<i>", run_dir="out/<b>run</b>", resumed=False, task_runner="t", total=1,
+    summary = RunSummary(run_id="r<i>", run_dir="out/<b>run</b>", resumed=False, task_runner="t", total=1,
                                 ok=0, failed=1, rejected=0, failed_by_stage={"input": 1}, manifest="m")
-    text = stages.summary_markdown(summary, failures)
+    text = summary_markdown(summary, failures)
     assert "<img" not in text and "<b>" not in text and "<i>" not in text and "](http" not in text and "http://" not in text
     assert "\\*bold\\*" in text and "\\`code\\`" in text and "p\\|q.txt" in text
     assert all(line.count("|") - line.count("\\|") in (3, 5) for line in text.splitlines() if line.startswith("|"))

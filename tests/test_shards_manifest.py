@@ -113,25 +113,33 @@ def test_20000_line_prompt_file_streams_in_bounded_memory(tmp_path):
 
 
 def test_the_job_plan_stage_streams_a_20000_line_list_whichever_command_runs_it(tmp_path):
-    """``run`` and ``dataset`` share ``stages.plan_stage``: a 20,000-line list goes through it one
-    shard at a time (the director replaced by a stand-in that plans nothing), each shard becoming a
-    shard file, in a small fraction of the memory that reading the list at once takes."""
+    """``run`` and ``dataset`` share the plan stage (``PlanStage``): a 20,000-line list goes through
+    it one shard at a time (the director replaced by a stand-in that plans nothing), each shard
+    becoming a shard file, in a small fraction of the memory that reading the list at once takes."""
     from collections import Counter
 
     from direct2v.core.config import Settings
-    from direct2v.job import stages
+    from direct2v.job.plan_stage import PlanStage
+    from direct2v.job.request import Run
     from direct2v.job.rundir import Job
 
     path = write_prompt_list(tmp_path / "big.jsonl", LINES, bad_every=1000)
-    run = stages.Run(tmp_path / "run", Job(prompt_file=str(path), shard_size=256), Settings(), resumed=False)
+    run = Run(tmp_path / "run", Job(prompt_file=str(path), shard_size=256), Settings(), resumed=False)
     sizes = []
 
-    def stand_in_director(shard, run):
-        sizes.append(len(shard.records) + len(shard.problems))
-        return shards.ShardWork(shard.index, [(r.id, r.source) for r in shard.records]), Counter(prompts=sizes[-1])
+    class StandInDirector(PlanStage):
+        def _plan_prompts(self, shard):
+            sizes.append(len(shard.records) + len(shard.problems))
+            return shards.ShardWork(shard.index, [(r.id, r.source) for r in shard.records]), Counter(prompts=sizes[-1])
+
+    def plan_every_shard():
+        stage = StandInDirector(run)
+        for unit in stage.units():
+            stage.plan(unit)
+        counts.update(stage.close())
 
     counts = {}
-    peak = traced_peak(lambda: counts.update(stages.plan_stage(run, stand_in_director)))
+    peak = traced_peak(plan_every_shard)
     whole = traced_peak(lambda: split_prompt_file(path))
     assert (counts["prompts"], counts["shards"], counts["to_render"]) == (LINES, -(-LINES // 256), LINES - LINES // 1000)
     assert max(sizes) == 256 and len(shards.shard_files(run.dir)) == counts["shards"]

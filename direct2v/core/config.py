@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.messages import problem
 from direct2v.core.schedule import Schedule, resolve_schedule
 
@@ -29,7 +30,7 @@ LCM_GUIDANCE_SCALE = 1.0  # latent consistency sampling runs without classifier-
 LCM_MAX_STEPS = 50  # diffusers' LCMScheduler original_inference_steps: it refuses more
 
 
-class ConfigError(ValueError):
+class ConfigError(Direct2VError, ValueError):
     """A user's configuration is invalid; the message names the offending keys."""
 
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from direct2v.core.errors import Direct2VError
+
 #: The step count at which the fractions and ``rvm_period`` mean what the paper says.
 REFERENCE_STEPS = 100
 
 
-class ScheduleError(ValueError):
+class ScheduleError(Direct2VError, ValueError):
     """The settings describe a schedule that cannot run (the message names the keys)."""
 
 

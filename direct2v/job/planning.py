@@ -1,7 +1,7 @@
 """The plan stage: prompt records -> validated frame plans, in a director process of their own.
 
-vLLM must never share a process with the renderer, so the director runs as ``direct2v plan`` in a
-child process that reads the run's ``settings.json`` and writes ``plans/<id>.json`` and
+vLLM must never share a process with the renderer, so the director runs in a child process
+(``python -m direct2v.job.director_process``) that reads the run's ``settings.json`` and writes ``plans/<id>.json`` and
 ``plan_failures.jsonl``; it exits (freeing the GPU) before anything renders. A plan already on
 disk that still fits its record is reused. Hand-written plan files come in through
 ``import_plan_files``, validated the same way. Nothing here raises for a prompt: every record ends
@@ -26,9 +26,9 @@ from direct2v.core.config import Settings
 from direct2v.core.environment import offline_environment
 from direct2v.core.files import write_atomically
 from direct2v.director.plan import FramePlan, PlanFailure, PlanFileError, TokenBudget, read_plan, write_plan
-from direct2v.director.prompts import PromptProblem, PromptRecord, read_prompt_file
+from direct2v.director.prompts import PromptProblem, PromptRecord
 from direct2v.job.manifest import ManifestRow, failed_row
-from direct2v.job.rundir import DIRECTOR_LOG, DIRECTOR_REPORT, PLAN_FAILURES, PLANS_DIR, RECORDS, SETTINGS
+from direct2v.job.rundir import DIRECTOR_LOG, PLAN_FAILURES, PLANS_DIR, RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -197,47 +197,12 @@ def import_plan_files(paths: list[Path], run_dir: Path, budget: TokenBudget | No
     return plans, rows
 
 
-def plan_prompt_file(prompt_file: Path, out: Path, settings: Settings) -> tuple[list, list[PlanFailure], dict]:
-    """What the director process (``direct2v plan``) does: every valid record of ``prompt_file``
-    planned by one vLLM engine, batched; plans to ``out/plans``, failures to plan_failures.jsonl,
-    the rule rates to director_report.json. Returns (results, failures, report); no results if
-    the file holds no valid record."""
-    import json
-
-    from direct2v.director.director import Director
-
-    records = []
-    for item in read_prompt_file(prompt_file):
-        if isinstance(item, PromptRecord):
-            records.append(item)
-        else:
-            log.error("%s", item)
-    if not records:
-        return [], [], {}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    budget = token_budget(settings)
-    if budget is None:
-        log.warning("%s has no tokenizer/: frame descriptions are not checked against the text encoder's "
-                    "token limit", settings.render.model_dir)
-    with Director(settings.director, settings.state_dir, budget) as director:
-        results = director.plan(records, settings.frames, settings.fps, settings.seed, settings.fps_doublings)
-        report = director.report.as_dict()
-    failures = [result for result in results if isinstance(result, PlanFailure)]
-    for result in results:
-        if not isinstance(result, PlanFailure):
-            write_plan(result, Path(out) / PLANS_DIR)
-    write_plan_failures(failures, out)
-    write_atomically(Path(out) / DIRECTOR_REPORT, json.dumps(report, indent=2) + "\n")
-    return results, failures, report
-
-
 # --- the director process ------------------------------------------------------------------------
 
 
 def director_command(records_file: Path, run_dir: Path) -> list[str]:
-    """``direct2v plan`` for the run's records, with the run's resolved settings."""
-    return [sys.executable, "-m", "direct2v", "plan", str(records_file),
-            "--out", str(run_dir), "--settings", str(Path(run_dir) / SETTINGS)]
+    """The director process for the run's records, with the run's resolved settings."""
+    return [sys.executable, "-m", "direct2v.job.director_process", str(records_file), str(run_dir)]
 
 
 def kill_process_tree(pid: int) -> None:
@@ -263,7 +228,6 @@ def plan_in_subprocess(records_file: Path, run_dir: Path, timeout_s: float | Non
     log.info("starting the director: %s", " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=60)
     env = offline_environment(dict(os.environ))
-    env.setdefault("_TYPER_STANDARD_TRACEBACK", "1")  # plain tracebacks: director.log stays greppable
     with open(Path(run_dir) / DIRECTOR_LOG, "a", encoding="utf-8") as director_log:
         director_log.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {command}\n")
         try:

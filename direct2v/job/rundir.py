@@ -33,6 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from direct2v.core.config import Settings, saved_settings
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ EVALUATION_JSON = "evaluation.json"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-class RunDirError(ValueError):
+class RunDirError(Direct2VError, ValueError):
     """A run directory cannot be started or resumed (missing, not a run, or in use)."""
 
 

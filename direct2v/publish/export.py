@@ -37,6 +37,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import atomic_path, write_atomically
 from direct2v.job.manifest import ManifestRow, read_rows
 from direct2v.job.videos import link_video
@@ -50,7 +51,7 @@ _TAR_BLOCK = 512
 _METRICS = ("clip_frame", "clip_prompt", "avg_dist", "consistency", "flicker")
 
 
-class ExportError(ValueError):
+class ExportError(Direct2VError, ValueError):
     """An export cannot be made (bad options, or nothing to export)."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from direct2v.core.errors import Direct2VError
 from direct2v.core.files import staged_directory, write_atomically
 from direct2v.shape_world import world
 
@@ -39,7 +40,7 @@ VAE = {"block_out_channels": (8, 16, 32, 64), "layers_per_block": 1, "norm_num_g
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Direct2VError, ValueError):
     """A work directory's checkpoint cannot be continued with these settings (the message says what to do)."""
 
 
