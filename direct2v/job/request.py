@@ -102,8 +102,8 @@ def check_job(run: Run) -> None:
     from direct2v.render.model_dir import missing_model_files
 
     if run.job.prompt_file:
-        path = check_prompt_file(Path(run.job.prompt_file))
-        if shards.count_prompt_lines(path) == 0:
+        path = Path(run.job.prompt_file)
+        if shards.count_prompt_lines(path) == 0:  # checks the file as a whole too
             raise PromptFileError(f"{path}: no prompts (the file is empty, or every line is blank or a # comment)")
         try:
             check_model_dir(run.settings.director.model_dir)
