@@ -51,13 +51,13 @@ def number_in_words(number: int) -> str:
 @cache
 def load_template(name: str, version: str = "v1") -> str:
     """Instruction templates are versioned files under direct2v/director/templates/."""
-    return resources.files("direct2v.templates").joinpath(f"{name}_{version}.txt").read_text("utf-8")
+    return resources.files("direct2v.director.templates").joinpath(f"{name}_{version}.txt").read_text("utf-8")
 
 
 @cache
 def worked_example() -> dict:
     """v2's worked example: a prompt, its eight frames, and the frame halfway after each one."""
-    return json.loads(resources.files("direct2v.templates").joinpath("example_v2.json").read_text("utf-8"))
+    return json.loads(resources.files("direct2v.director.templates").joinpath("example_v2.json").read_text("utf-8"))
 
 
 def instruction_text(prompt: str, frames: int, fps: int, camera: bool = True) -> str:

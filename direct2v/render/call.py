@@ -12,14 +12,16 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from direct2v.core.config import RenderSettings
 from direct2v.core.schedule import ScheduleError, resolve_schedule
 from direct2v.render.rvm import chunk_plan, rvm_reference_frame
 from direct2v.render.sampling import SCHEDULERS
+
+if TYPE_CHECKING:  # the GPU check imports the pipeline without pydantic (no settings there)
+    from direct2v.core.config import RenderSettings
 
 SchedulerName = Literal["pndm", "ddim", "dpmsolver++", "euler", "euler-ancestral", "lcm"]
 
