@@ -1,9 +1,11 @@
-"""What every command shares: the Typer apps, the options, ``--set`` parsing, and the one way a
-command runs a job (``start_job``: check, then run the flow by its entrypoint)."""
+"""What every command shares: the Typer apps, the options, ``--set`` parsing, ``--debug``, and the
+one way a command runs a job (``start_job``: check, then run the flow by its entrypoint)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,6 +22,51 @@ GENERATE_ENTRYPOINT = "flows.generate:generate"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DirecT2V: prompt lists -> videos, offline.")
 models_app = typer.Typer(no_args_is_help=True, help="Build or inspect the local models.")
 app.add_typer(models_app, name="models")
+
+#: Set (to anything but 0) for tracebacks on the console, as ``--debug`` does.
+DEBUG_VARIABLE = "DIRECT2V_DEBUG"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"print the traceback of an unexpected error, and every "
+                                        f"traceback a log line carries ({DEBUG_VARIABLE}=1 does the same)")] = False,
+) -> None:
+    """DirecT2V: prompt lists -> videos, offline."""
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
+
+
+class ConsoleWithoutTracebacks(logging.Formatter):
+    """A console handler's formatter, less the tracebacks its log lines carry (Prefect logs one for
+    every failed task and flow): the console gets the line, ``run.log`` keeps the traceback, and
+    ``--debug`` shows it here too."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if debugging() or not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        kept = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None  # (the record is shared: put back below)
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = kept
+
+
+def console_without_tracebacks() -> None:
+    """Give every console handler of the root logger a ``ConsoleWithoutTracebacks`` formatter."""
+    for handler in logging.getLogger().handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not isinstance(handler.formatter, ConsoleWithoutTracebacks):
+            handler.setFormatter(ConsoleWithoutTracebacks(handler.formatter))
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
 SetOption = Annotated[
@@ -53,6 +100,14 @@ ClipOption = Annotated[
 
 class UserError(Direct2VError):
     """A mistake in the command line itself."""
+
+
+class JobCrashed(Exception):
+    """A job ended on an exception of no kind we know (a bug, its ``__cause__``), in ``run_dir``."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = Path(run_dir)
 
 
 def parse_overrides(items: list[str] | None, **flags: Any) -> dict[str, Any]:
@@ -95,24 +150,34 @@ def new_or_resumed(config: Path | None, resume_dir: Path | None, overrides: dict
 
 
 def load_generate_flow():
-    """The flow of ``GENERATE_ENTRYPOINT``, with Prefect's environment set up before Prefect loads."""
+    """The flow of ``GENERATE_ENTRYPOINT``, with Prefect's environment set up before Prefect loads
+    (and its console handler, which Prefect installs as it loads, without tracebacks)."""
     from direct2v.core.environment import configure_prefect_environment
 
     configure_prefect_environment()
     from prefect.flows import load_flow_from_entrypoint
 
-    return load_flow_from_entrypoint(GENERATE_ENTRYPOINT, use_placeholder_flow=False)
+    flow = load_flow_from_entrypoint(GENERATE_ENTRYPOINT, use_placeholder_flow=False)
+    console_without_tracebacks()
+    return flow
 
 
 def start_job(request: JobRequest, strict: bool) -> dict:
     """The one way every command runs a job: resolve and check what can be checked before Prefect
-    or any model starts, then run the flow with the request pinned to its run, and print the summary."""
+    or any model starts, then run the flow with the request pinned to its run, and print the summary.
+
+    Exit codes: 0 done, 1 videos failed (or a bug: ``JobCrashed``), 2 a ``Direct2VError``."""
     from direct2v.job.request import check_job, resolve_run
     from direct2v.job.summary import outcome_line
 
     run = resolve_run(request)
     check_job(run)
-    summary = load_generate_flow()(request.pinned(run))
+    try:
+        summary = load_generate_flow()(request.pinned(run))
+    except Direct2VError:
+        raise
+    except Exception as error:
+        raise JobCrashed(run.dir) from error
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(outcome_line(summary), err=True)
     if summary.get("gallery"):
