@@ -1,24 +1,68 @@
 """Faults end in one clear line and a resumable run, never a traceback (issue #35).
 
-The CLI's last-resort handler: a bug prints one line (what failed, the run, where the traceback
-went) and exits 1; ``--debug`` or ``DIRECT2V_DEBUG=1`` prints the traceback as Python does.
+The issue's first case as a user meets it, through the real CLI (tiny SD, few steps): a JSONL line
+nested 100,000 deep. Then the CLI's last-resort handler: a bug prints one line (what failed, the
+run, where the traceback went) and exits 1; ``--debug`` or ``DIRECT2V_DEBUG=1`` prints it instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from direct2v.core.config import Settings
 from direct2v.director.plan import FramePlan, write_plan
+from direct2v.render.encode import probe_video
 
 
 def make_plan(prompt_id: str, frames: int = 2, seed: int = 0) -> FramePlan:
     return FramePlan(prompt_id=prompt_id, prompt=f"a {prompt_id}", fps=2, seed=seed,
                      frames=[f"a red circle {prompt_id} frame {i}" for i in range(frames)])
+
+
+# --- 1. a JSON line nested 100,000 deep -----------------------------------------------------------
+
+
+@pytest.mark.flow
+def test_a_line_nested_100000_deep_is_one_failed_row_and_the_next_line_is_rendered(tmp_path, cli_env, tiny_sd_dir):
+    """``direct2v run prompts.jsonl --resume RUN`` where the valid line's plan is on disk (so the
+    director, a decoy here, is never started): the hostile line is one failed ``input`` row, the
+    valid line after it becomes a video, and nothing prints a traceback."""
+    decoy = tmp_path / "decoy-llm"
+    decoy.mkdir()
+    (decoy / "config.json").write_text('{"model_type": "not-a-model"}')
+    (decoy / "model.safetensors").write_bytes(b"")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("[" * 100_000 + "]" * 100_000 + '\n{"id": "cat", "prompt": "a cat", "seed": 3}\n')
+    settings = Settings(frames=2, fps=2, output_root=tmp_path / "outputs", director={"model_dir": decoy},
+                        render={"model_dir": tiny_sd_dir, "num_inference_steps": 4, "t0": 1, "t1": 2})
+    run_dir = tmp_path / "outputs" / "deep"
+    run_dir.mkdir(parents=True)
+    (run_dir / "settings.json").write_text(settings.model_dump_json())
+    write_plan(FramePlan(prompt_id="cat", prompt="a cat", fps=2, seed=3, frames=["a cat sits", "a cat jumps"]),
+               run_dir / "plans")
+
+    done = subprocess.run([sys.executable, "-m", "direct2v", "run", str(prompts), "--resume", str(run_dir)],
+                          env={**cli_env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["total"], summary["ok"], summary["failed"], summary["input_problems"]) == (2, 1, 1, 1)
+    rows = {row["prompt_id"]: row for row in pq.read_table(run_dir / "manifest.parquet").to_pylist()}
+    bad = rows["invalid-line-1"]
+    assert (bad["status"], bad["failed_stage"], bad["source"]) == ("failed", "input", f"{prompts}:1")
+    assert bad["error"].startswith("nested too deeply to read")
+    assert rows["cat"]["status"] == "ok" and probe_video(run_dir / rows["cat"]["video_path"]).frame_count == 2
+    assert f"{prompts}:1: nested too deeply to read" in done.stderr  # the run's log line, in our words
+    assert not (run_dir / "director.log").exists()
 
 
 # --- the last resort --------------------------------------------------------------------------------
