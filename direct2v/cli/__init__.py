@@ -13,9 +13,10 @@ compare), ``models``; what they share is in ``common``. Settings: ``--config FIL
 
 Imports any part of the library; runs the Prefect flow by its entrypoint (as a Prefect worker does),
 so nothing in ``direct2v`` imports ``flows``. Every fault ends the command with one line, never a
-traceback on the console: a ``Direct2VError`` with exit code 2, and an exception of no kind we know
-(a bug) with 1, its traceback written to the run's ``run.log`` (or a file of its own outside a
-job); ``--debug`` or ``DIRECT2V_DEBUG=1`` prints it instead.
+traceback on the console: a ``DiskFullError`` with exit code 3 (and the resume command), any other
+``Direct2VError`` with 2, and an exception of no kind we know (a bug) with 1, its traceback written
+to the run's ``run.log`` (or a file of its own outside a job); ``--debug`` or ``DIRECT2V_DEBUG=1``
+prints it instead.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ import typer
 from direct2v.cli import jobs, models, runs  # noqa: F401  (each registers its commands on the app)
 from direct2v.cli.common import JobCrashed, app, console_without_tracebacks, debugging
 from direct2v.core.errors import Direct2VError
+from direct2v.core.files import DiskFullError
 from direct2v.job.rundir import RUN_LOG
 
 __all__ = ["app", "main"]
 
-#: The exit code of what must be fixed before anything starts (a Direct2VError).
-USER_ERROR_EXIT = 2
+#: Exit codes: what must be fixed before anything starts (a Direct2VError), and a full disk.
+USER_ERROR_EXIT, DISK_FULL_EXIT = 2, 3
 
 
 def _setup_logging() -> None:
@@ -80,6 +82,9 @@ def main() -> None:
     _setup_logging()
     try:
         code = app(standalone_mode=False)  # returns the exit code instead of raising SystemExit
+    except DiskFullError as error:  # free space, then resume (a job) or run the command again: one line
+        typer.echo(f"error: {error}" + ("" if error.run_dir else ": free space, then run the command again"), err=True)
+        sys.exit(DISK_FULL_EXIT)
     except (Direct2VError, FileNotFoundError) as error:  # ours, or a path the user named: one line
         typer.echo(f"error: {error}", err=True)
         sys.exit(USER_ERROR_EXIT)

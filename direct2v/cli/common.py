@@ -13,6 +13,7 @@ import typer
 
 from direct2v.core.config import Settings, load_settings
 from direct2v.core.errors import Direct2VError
+from direct2v.core.files import DiskFullError
 from direct2v.job.request import JobRequest
 
 #: The flow every job runs, named as prefect.yaml names its deployments' flows, and loaded the way a
@@ -166,7 +167,8 @@ def start_job(request: JobRequest, strict: bool) -> dict:
     """The one way every command runs a job: resolve and check what can be checked before Prefect
     or any model starts, then run the flow with the request pinned to its run, and print the summary.
 
-    Exit codes: 0 done, 1 videos failed (or a bug: ``JobCrashed``), 2 a ``Direct2VError``."""
+    Exit codes: 0 done, 1 videos failed (or a skipped export, or a bug: ``JobCrashed``), 2 a
+    ``Direct2VError``, 3 a full disk (``DiskFullError``, naming the resume command)."""
     from direct2v.job.request import check_job, resolve_run
     from direct2v.job.summary import outcome_line
 
@@ -174,6 +176,11 @@ def start_job(request: JobRequest, strict: bool) -> dict:
     check_job(run)
     try:
         summary = load_generate_flow()(request.pinned(run))
+    except DiskFullError as error:
+        from direct2v.job.rundir import is_recorded
+
+        error.run_dir = run.dir if is_recorded(run.dir) else None  # (else: the same command again)
+        raise
     except Direct2VError:
         raise
     except Exception as error:
@@ -184,6 +191,11 @@ def start_job(request: JobRequest, strict: bool) -> dict:
         typer.echo(f"gallery: {summary['gallery']}", err=True)
     if summary.get("export_index"):
         typer.echo(f"export: {summary['export_index']}", err=True)
-    if not summary["ok"] or (strict and summary["failed"]):
+    for step, reason in summary.get("skipped", {}).items():
+        if not reason.startswith("disk full"):  # (the last line says that one)
+            typer.echo(f"{step} skipped: {reason}", err=True)
+    if summary.get("disk_full"):  # the videos are done; the gallery or export needs space
+        raise DiskFullError(summary["disk_full"], run_dir=run.dir)
+    if not summary["ok"] or (strict and summary["failed"]) or "export" in summary.get("skipped", {}):
         raise typer.Exit(1)
     return summary
