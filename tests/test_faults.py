@@ -1,9 +1,9 @@
 """Faults end in one clear line and a resumable run, never a traceback (issue #35).
 
-Two of the issue's cases as a user meets them, through the real CLI (tiny SD, few steps): a JSONL
-line nested 100,000 deep, and a disk that fills up mid-run (a real 600 KB tmpfs, where the machine
-lets a test mount one). Then the CLI's last-resort handler, and a full disk at the write helpers:
-on a real full tmpfs, and with an injected ENOSPC (everywhere).
+The issue's three cases as a user meets them, through the real CLI (tiny SD, few steps): a JSONL
+line nested 100,000 deep, a disk that fills up mid-run (a real 600 KB tmpfs, where the machine lets
+a test mount one), and a Prefect server that is down. Then the CLI's last-resort handler, and a
+full disk at the write helpers: on a real full tmpfs, and with an injected ENOSPC (everywhere).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,23 @@ def test_writes_onto_a_really_full_disk_are_undone_and_name_their_file(tmp_path)
             manifest.append_rows(journal_dir, [manifest.failed_row("run", "b", "input", "x" * (1 << 19))])
         assert [row.prompt_id for row in manifest.journal_rows(journal_dir / manifest.JOURNAL_NAME)] == ["a"]
         assert not leftovers(disk)
+
+
+# --- 3. a Prefect server that is down -------------------------------------------------------------
+
+
+def test_an_unreachable_prefect_server_is_one_line_before_anything_starts(tmp_path, run_cli, tiny_render_env):
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    plans = tmp_path / "plans"
+    write_plan(make_plan("boat"), plans)
+    done = run_cli(["render", "--plans", plans, "--out", tmp_path / "run"], {**tiny_render_env, "PREFECT_API_URL": url})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == (
+        f"error: the Prefect server at {url} (PREFECT_API_URL) does not answer ([Errno 111] Connection refused); "
+        "start it (prefect server start), or unset PREFECT_API_URL to run on a temporary local server")
+    assert not (tmp_path / "run").exists()
 
 
 # --- the last resort --------------------------------------------------------------------------------

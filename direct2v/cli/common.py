@@ -103,6 +103,10 @@ class UserError(Direct2VError):
     """A mistake in the command line itself."""
 
 
+class PrefectServerError(Direct2VError):
+    """``PREFECT_API_URL`` names a server that does not answer."""
+
+
 class JobCrashed(Exception):
     """A job ended on an exception of no kind we know (a bug, its ``__cause__``), in ``run_dir``."""
 
@@ -163,6 +167,38 @@ def load_generate_flow():
     return flow
 
 
+#: How long the Prefect server may take to answer its health check.
+PREFECT_HEALTH_TIMEOUT_S = 5.0
+
+
+def check_prefect_server() -> None:
+    """With ``PREFECT_API_URL`` set (in the environment or a Prefect profile), its server must
+    answer ``GET <url>/health`` before anything starts: Prefect finds out only once the run has
+    begun, with hundreds of lines of traceback. Without it, the flow starts a temporary server."""
+    import urllib.error
+    import urllib.request
+
+    from direct2v.core.environment import configure_prefect_environment
+
+    configure_prefect_environment()
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PREFECT_HEALTH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as error:  # it answers: reachable, unless a gateway speaks for it
+        if error.code < 500:
+            return
+        reason = f"HTTP {error.code} {error.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as error:  # refused, unknown host, timed out, bad URL
+        reason = str(getattr(error, "reason", error))
+    raise PrefectServerError(f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}); start it "
+                             "(prefect server start), or unset PREFECT_API_URL to run on a temporary local server")
+
+
 def start_job(request: JobRequest, strict: bool) -> dict:
     """The one way every command runs a job: resolve and check what can be checked before Prefect
     or any model starts, then run the flow with the request pinned to its run, and print the summary.
@@ -172,6 +208,7 @@ def start_job(request: JobRequest, strict: bool) -> dict:
     from direct2v.job.request import check_job, resolve_run
     from direct2v.job.summary import outcome_line
 
+    check_prefect_server()
     run = resolve_run(request)
     check_job(run)
     try:
