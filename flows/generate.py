@@ -74,6 +74,16 @@ def export_dataset(run_dir: str, export_format: str, export_dir: str | None) -> 
     return str(export_run(Path(run_dir), out, export_format).index)
 
 
+def finishing_step(step, name: str, failed_steps: dict[str, BaseException], *args) -> str:
+    """Run the gallery or the export task. The videos and the manifest are complete whatever it
+    does, so its failure goes into ``failed_steps`` (the summary's ``skipped``), never the run's."""
+    state = step(*args, return_state=True)
+    if state.is_completed():
+        return state.result()
+    failed_steps[name] = state.result(raise_on_failure=False)
+    return ""
+
+
 @flow(name="direct2v-render", log_prints=True)
 def render_videos(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
                   total: int, progress: bool, tags: list[str]) -> render_stage.RenderProgress:
@@ -83,7 +93,7 @@ def render_videos(run_dir: str, render_settings: RenderSettings, verify_videos: 
     reuse = videos.ReuseIndex(reuse_from, exclude=Path(run_dir)) if reuse_from else None
     render = render_video.with_options(tags=tags)
     counted = render_stage.RenderProgress(bar=tqdm(total=total, desc="render", unit="video", disable=not progress,
-                                                   file=sys.stderr))
+                                                   file=sys.stderr), total=total)
 
     def submit(work):
         shard = render_stage.open_shard(work, Path(run_dir), render_settings, verify_videos, reuse, counted)
@@ -95,13 +105,15 @@ def render_videos(run_dir: str, render_settings: RenderSettings, verify_videos: 
         render_stage.close_shard(shard, Path(run_dir), counted)
 
     in_flight: deque = deque()
-    with runners.api_shared_with_workers():
+    with runners.api_shared_with_workers(), runners.cancelled_on_error(in_flight):
         for path in shard_files(Path(run_dir)):
             in_flight.append(submit(read_shard_file(path)))
             if len(in_flight) > 1:
-                finish(*in_flight.popleft())
+                finish(*in_flight[0])
+                in_flight.popleft()
         while in_flight:
-            finish(*in_flight.popleft())
+            finish(*in_flight[0])
+            in_flight.popleft()
     counted.bar.close()
     counted.bar = None
     return counted
@@ -112,7 +124,8 @@ def generate(job: JobRequest) -> dict:
     """One video per prompt of ``job.prompt_file`` (or per plan file of ``job.plans_dir``) into a new
     run, or continue the run in ``job.run_dir`` / ``<output_root>/<job.run_id>``; ``job.settings``
     overrides any setting (as ``--set`` does). Ends with the run's gallery and, with ``job.export``,
-    a training-ready copy of its finished videos."""
+    a training-ready copy of its finished videos; either failing is the summary's ``skipped``, not
+    the run's failure. A full disk anywhere else stops the flow (``DiskFullError``), resumable."""
     started = time.perf_counter()
     run = resolve_run(job)
     runner, runner_text = runners.task_runner(job.dask_address, job.dask_workers, job.dask_cluster)
@@ -129,12 +142,14 @@ def generate(job: JobRequest) -> dict:
         compacting = time.perf_counter()
         compacted = manifest.compact(run.dir)
         finishing = time.perf_counter()
-        gallery_page = write_gallery(str(run.dir)) if job.gallery else ""
-        exported = export_dataset(str(run.dir), job.export, job.export_dir) if job.export and compacted.statuses["ok"] else ""
+        failed_steps: dict[str, BaseException] = {}
+        gallery_page = finishing_step(write_gallery, "gallery", failed_steps, str(run.dir)) if job.gallery else ""
+        exported = (finishing_step(export_dataset, "export", failed_steps, str(run.dir), job.export, job.export_dir)
+                    if job.export and compacted.statuses["ok"] else "")
         timings = {"plan_s": planned - started, "render_s": compacting - planned, "compact_s": finishing - compacting,
                    "finish_s": time.perf_counter() - finishing, "total_s": time.perf_counter() - started}
         result = summary.summarise(run, runner_text, plan_counts, rendered, compacted, timings,
-                                   gallery=gallery_page, export_index=exported)
+                                   gallery=gallery_page, export_index=exported, failed_steps=failed_steps)
         create_markdown_artifact(key="direct2v-run-summary", markdown=summary.summary_markdown(result, compacted.failures),
                                  description=f"DirecT2V run {run.id}")
         return result.model_dump()

@@ -36,6 +36,21 @@ def task_runner(dask_address: str | None, dask_workers: int | None, dask_cluster
 
 
 @contextlib.contextmanager
+def cancelled_on_error(in_flight):
+    """When the render stage stops (a full disk), the renders of ``in_flight`` (shard, {future: ...})
+    that have not started are cancelled: each would take its full render time only to fail at its
+    write. (A running one finishes; its video, if it fits, is adopted by the resume.)"""
+    try:
+        yield
+    except BaseException:
+        for _, futures in in_flight:
+            for future in futures:
+                with contextlib.suppress(Exception):
+                    future.wrapped_future.cancel()  # concurrent.futures or distributed: not yet running only
+        raise
+
+
+@contextlib.contextmanager
 def api_shared_with_workers():
     """Dask workers get this process's Prefect settings: name the flow's temporary server, or each
     worker would start one of its own (~15 s, and its task runs would not be in this flow's server)."""

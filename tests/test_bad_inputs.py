@@ -27,7 +27,8 @@ VALID = {
     "records.csv": [("records.csv:2", "A corgi runs, then stops"),  # BOM, CRLF, a quoted comma
                     ("records.csv:3", 'A fox "jumps" over a log'),  # doubled quotes
                     ("records.csv:16", "A boat sails on two lines"),  # a line break inside quotes
-                    ("records.csv:18", "A cat sleeps")],
+                    ("records.csv:18", "A cat sleeps"),
+                    ("records.csv:20", "A stray quote costs only its own row")],  # read again after line 19's quote
 }
 
 

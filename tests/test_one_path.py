@@ -20,7 +20,7 @@ SUMMARY_FIELDS = {"run_id", "run_dir", "resumed", "task_runner", "total", "ok", 
                   "rejected", "failed_by_stage", "input_problems", "plans_reused", "planned", "plan_failed", "rendered", "render_ok", "render_failed",
                   "skipped_finished", "adopted", "reused_videos", "shards", "workers_used", "plan_s", "render_s",
                   "compact_s", "finish_s", "total_s", "render_s_per_video", "wall_s_per_video", "manifest",
-                  "gallery", "export_index"}
+                  "gallery", "export_index", "skipped", "disk_full"}
 
 
 @pytest.fixture

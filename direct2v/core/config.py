@@ -22,6 +22,8 @@ from direct2v.core.errors import Direct2VError
 from direct2v.core.messages import problem
 from direct2v.core.schedule import Schedule, resolve_schedule
 
+#: No settings file is larger (the whole of docs/configuration.md's settings fit in a few KB).
+MAX_CONFIG_BYTES = 1 << 20
 STATE_DIR = Path(".state")
 DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
 DEFAULT_SD_DIR = STATE_DIR / "models" / "shape-world"
@@ -233,12 +235,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     toml_file = os.environ.get("DIRECT2V_CONFIG")
     if toml_file and not Path(toml_file).is_file():
         raise ConfigError(f"DIRECT2V_CONFIG points at a missing file: {toml_file}")
+    if toml_file and Path(toml_file).stat().st_size > MAX_CONFIG_BYTES:  # never read whole what cannot be settings
+        raise ConfigError(f"invalid configuration file {toml_file}: larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+                          "is it a settings file?")
     try:
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError("invalid configuration:\n" + describe_errors(error)) from None
+    except UnicodeDecodeError as error:  # only the TOML file is decoded
+        line = error.object[:error.start].count(b"\n") + 1
+        raise ConfigError(f"invalid configuration file {toml_file}:{line}: not UTF-8 text (byte {error.start}); "
+                          "save it as UTF-8") from None
+    except RecursionError:  # tomllib recurses once per level of [[[... or {a = {b = ...
+        if not toml_file:
+            raise
+        raise ConfigError(f"invalid configuration file {toml_file}: nested too deeply to read (arrays or tables "
+                          "inside each other); settings are [section] key = value") from None
     except ValueError as error:  # e.g. a TOML syntax error
-        raise ConfigError(f"invalid configuration file {toml_file}: {error}") from None
+        # (Python refuses integers of more than 4300 digits, in words that suggest changing Python)
+        reason = "a number of thousands of digits; write an ordinary number" if str(error).startswith("Exceeds the limit") else error
+        raise ConfigError(f"invalid configuration file {toml_file}: {reason}") from None
 
 
 def merge_settings(base: dict, overrides: dict) -> dict:

@@ -6,7 +6,8 @@ is a :class:`Direct2VError`: the command line prints it as one line, never a tra
 has its own subclass beside its code (``ConfigError``, ``PromptFileError``, ``PlanFileError``,
 ``RunDirError``, ``ManifestError``, ``RenderError``, ``EncodeError``, ``EvalError``,
 ``ExportError``, ``CheckpointError``); each keeps the built-in base it had (``ValueError`` for bad
-input, ``RuntimeError`` for a failed step), so callers that catch those still do.
+input, ``RuntimeError`` for a failed step), so callers that catch those still do. A full disk is
+``files.DiskFullError``, beside the write helpers: it stops a job, resumable (exit code 3).
 """
 
 from __future__ import annotations

@@ -2,16 +2,59 @@
 
 Everything a run publishes is written under a temporary name, flushed to disk and renamed, so a
 crash at any point leaves either the old file or the new one, never a half-written file under
-the final name.
+the final name. A disk (or quota) that fills up during a write is a ``DiskFullError`` naming the
+file: the write is undone, and the job stops there, resumable once there is space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from direct2v.core.errors import Direct2VError
+
+#: What the system says when a disk or a quota is full: ENOSPC, EDQUOT.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(Direct2VError):
+    """The disk (or the user's quota) filled up while writing ``path``. Not an OSError, so that no
+    handler meant for one bad file turns it into a failed video: the job stops (exit code 3), with
+    every finished video and manifest row kept. ``run_dir``, once known, names the resume command."""
+
+    def __init__(self, path: str | Path, run_dir: str | Path | None = None):
+        super().__init__(str(path))  # (the args a pickled copy, e.g. from a Dask worker, is made from)
+        self.path = Path(path)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+
+    def __str__(self) -> str:
+        written = f"disk full writing {self.path}"
+        return written if self.run_dir is None else f"{written}: free space, then: direct2v resume {self.run_dir}"
+
+
+def says_disk_full(text: str) -> bool:
+    """Whether an error text is the system's for a full disk or quota (what ffmpeg and pyarrow keep
+    of the errno)."""
+    return any(os.strerror(code) in text for code in DISK_FULL_ERRNOS)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and (error.errno in DISK_FULL_ERRNOS or says_disk_full(str(error)))
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Writes to ``path`` inside: a full disk is a ``DiskFullError`` naming it, other errors pass."""
+    try:
+        yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFullError(path) from error
+        raise
 
 
 def fsync_path(path: Path) -> None:
@@ -36,13 +79,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     temporary = temporary_name(path)
     try:
-        yield temporary
-        fsync_path(temporary)
+        with writing(path):
+            yield temporary
+            fsync_path(temporary)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    temporary.replace(path)
-    fsync_path(path.parent)
+    with writing(path):
+        temporary.replace(path)
+        fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -56,7 +101,8 @@ def staged_directory(path: Path) -> Iterator[Path]:
     if staging.exists():
         shutil.rmtree(staging)
     try:
-        yield staging
+        with writing(path):
+            yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -66,6 +112,7 @@ def staged_directory(path: Path) -> Iterator[Path]:
 
 
 def write_atomically(path: Path, text: str) -> Path:
+    """``text`` as ``path``, all or nothing (``atomic_path``); a full disk is a DiskFullError."""
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)

@@ -26,6 +26,10 @@ def problem(item: dict[str, Any]) -> str:
         return "is not a whole number"
     if kind in ("float_parsing", "float_type"):
         return "is not a number"
+    if kind == "finite_number":
+        return "is not a finite number"
+    if kind == "string_unicode":  # a JSON escape such as "\ud800" with no partner: no file can hold it
+        return "holds a lone surrogate (a \\ud800-\\udfff escape), which is not text; remove it"
     if kind in ("bool_parsing", "bool_type"):
         return "is not true or false"
     if kind == "string_type":

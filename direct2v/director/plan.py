@@ -19,12 +19,15 @@ from direct2v.core.errors import Direct2VError
 from direct2v.core.files import write_atomically
 from direct2v.core.messages import problem
 from direct2v.director import quality
-from direct2v.director.prompts import check_safe_id
+from direct2v.director.prompts import check_safe_id, describe_character, first_unprintable
 
 SafeId = Annotated[str, AfterValidator(check_safe_id)]
 
 PLAN_SCHEMA_VERSION = 1
 MAX_FRAME_CHARS = 300  # a sanity bound; the real limit is the text encoder's, in tokens (TokenBudget)
+#: No plan file is larger: 32,768 frames (512 doubled six times) of 300 characters, every round kept,
+#: are about 20 MB.
+MAX_PLAN_BYTES = 64 << 20
 # Frame descriptions in the paper's style with common and rarer words, to measure how many
 # characters a tokenizer packs per token (the densest one counts).
 REFERENCE_DESCRIPTIONS = (
@@ -115,6 +118,8 @@ class FramePlan(BaseModel):
     def _frames_are_valid(self, info: ValidationInfo) -> "FramePlan":
         budget = (info.context or {}).get("token_budget")
         problems = validate_frames(self.frames, len(self.frames), budget)
+        if (char := first_unprintable(self.prompt)) is not None:
+            problems.insert(0, f"the prompt contains {describe_character(char)}, which is not text")
         if problems:
             raise ValueError("; ".join(problems))
         if self.rounds:
@@ -154,6 +159,8 @@ def validate_frames(frames: object, expected: int, budget: TokenBudget | None = 
             problems.append(f"frame {index} is empty")
         elif len(frame) > MAX_FRAME_CHARS:
             problems.append(f"frame {index} is longer than {MAX_FRAME_CHARS} characters")
+        elif (char := first_unprintable(frame)) is not None:
+            problems.append(f"frame {index} contains {describe_character(char)}, which is not text")
         elif budget is not None and (tokens := budget.count(frame)) > budget.limit:
             problems.append(
                 f"frame {index} has {tokens} text-encoder tokens, more than the {budget.limit} "
@@ -248,12 +255,20 @@ def write_plan(plan: FramePlan, plans_dir: Path) -> Path:
 
 
 def read_plan(path: Path, budget: TokenBudget | None = None) -> FramePlan:
-    """Read and validate a plan file; raises PlanFileError with the file name and the problems."""
+    """Read and validate a plan file; raises PlanFileError with the file name and the problems,
+    whatever the file holds (pydantic's JSON parser stops nesting and out-of-range numbers itself)."""
     path = Path(path)
     try:
-        return FramePlan.model_validate_json(path.read_text(encoding="utf-8"), context={"token_budget": budget})
+        size = path.stat().st_size
+        if size > MAX_PLAN_BYTES:  # never read whole what cannot be a plan
+            raise PlanFileError(f"{path}: {size} bytes, larger than any plan can be ({MAX_PLAN_BYTES >> 20} MiB); "
+                                "is it a plan file?")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is dropped
+        return FramePlan.model_validate_json(text, context={"token_budget": budget})
     except OSError as error:
         raise PlanFileError(f"{path}: cannot read plan ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise PlanFileError(f"{path}: not UTF-8 text (byte {error.start}); save the plan as UTF-8") from None
     except ValidationError as error:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {problem(e)}" for e in error.errors())
         raise PlanFileError(f"{path}: invalid plan: {details}") from None

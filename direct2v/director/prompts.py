@@ -13,7 +13,11 @@ Three formats, chosen by suffix:
 
 Reading is streamed: ``read_prompt_file`` yields records and problems line by line (row by row),
 so a long list never has to fit in memory. A bad line never stops the file: it becomes a
-``PromptProblem`` naming the file and line, and every other line is still read.
+``PromptProblem`` naming the file and line, and every other line is still read -- whatever the line
+holds: JSON nested past the parser's recursion limit, numbers of thousands of digits, a line of
+gigabytes (read in bounded pieces and skipped past ``MAX_LINE_BYTES``), control characters, lone
+surrogates, a byte-order mark where files were concatenated, or a CSV quote that is never closed
+(the row is reported at its first line and the lines after it are read again as rows of their own).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import csv
 import hashlib
 import json
 import re
+import unicodedata
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -31,6 +38,10 @@ from direct2v.core.errors import Direct2VError
 from direct2v.core.messages import problem
 
 MAX_PROMPT_CHARS = 2000
+#: The longest line a prompt file may hold, line end included: far above any valid record (a prompt
+#: is at most 2000 characters, 12 bytes each as a JSON escape), far below what could exhaust memory.
+#: A longer line is read in bounded pieces and skipped, never held whole.
+MAX_LINE_BYTES = 1 << 20
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 # Names Windows refuses as file names, whatever the extension.
 _RESERVED_IDS = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
@@ -54,8 +65,11 @@ class PromptRecord(BaseModel):
         value = " ".join(value.split())
         if not value:
             raise ValueError("is empty")
-        if "\x00" in value:
+        unreadable = first_unprintable(value)
+        if unreadable == "\x00":
             raise ValueError("contains a NUL byte")
+        if unreadable is not None:  # would reach logs, terminals and file writes as it is
+            raise ValueError(f"contains {describe_character(unreadable)}, which is not text")
         return value
 
     @field_validator("frames", "fps", "seed", mode="before")
@@ -71,6 +85,29 @@ class PromptRecord(BaseModel):
         return check_safe_id(value)
 
 
+def first_unprintable(text: str) -> str | None:
+    """The first control character (other than whitespace) or lone surrogate of ``text``, or None.
+    Surrogates come from JSON escapes such as ``"\\ud800"``: no file can be written with them."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cs") and not char.isspace():
+            return char
+    return None
+
+
+def describe_character(char: str) -> str:
+    kind = "a lone surrogate" if unicodedata.category(char) == "Cs" else "the control character"
+    return f"{kind} U+{ord(char):04X}"
+
+
+def printable(text: str | None) -> str | None:
+    """``text`` with its control characters and lone surrogates written as escapes: what a problem
+    may quote of a bad line, safe in a log, a terminal and the manifest."""
+    if text is None or first_unprintable(text) is None:
+        return text
+    return "".join(char if first_unprintable(char) is None else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
+
+
 def is_safe_id(value: str) -> bool:
     """Ids become file names (plans, videos, contact sheets): a conservative character set, never a path."""
     return bool(_ID_PATTERN.match(value)) and value.lower().split(".")[0] not in _RESERVED_IDS
@@ -81,7 +118,7 @@ def check_safe_id(value: str) -> str:
     if not is_safe_id(value):
         raise ValueError(
             "id must be 1-80 characters of letters, digits, '_', '-', '.', start with a letter "
-            f"or digit, and not be a reserved device name; got {value!r}"
+            f"or digit, and not be a reserved device name; got {_shown(value, 100)}"
         )
     return value
 
@@ -96,13 +133,19 @@ class PromptProblem(BaseModel):
     id: str | None = None
     prompt: str | None = None
 
+    @field_validator("id", "prompt")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return printable(value)  # quoted from a bad line: it must still be writable wherever the row goes
+
     def __str__(self) -> str:
         return f"{self.source}: {self.message}"
 
 
 def default_prompt_id(prompt: str, line_number: int) -> str:
     """A stable id for a prompt without one: its line and a short hash of its text."""
-    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+    # (surrogatepass: a lone surrogate from a JSON escape must reach the validator that rejects it)
+    digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"p{line_number:05d}-{digest}"
 
 
@@ -129,10 +172,19 @@ def _pydantic_message(error: ValidationError) -> str:
         if "id must be" in message:  # the id validator's message already says how to fix it
             hint = ""
         elif field != "prompt" and "input" in item and item["type"] != "value_error":
-            shown = repr(item["input"])
-            message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+            message += f" (got {_shown(item['input'])})"
         parts.append(f"{field}: {message}" + (f"; {hint}" if hint else ""))
     return "; ".join(parts)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A bad value as a message quotes it: its repr, cut short. The repr itself can fail (a list
+    nested a thousand deep, an integer of thousands of digits): then what kind of value it is."""
+    try:
+        shown = repr(value)
+    except (RecursionError, ValueError):
+        return _json_type(value)
+    return shown[:limit] + "..." if len(shown) > limit else shown
 
 
 def _parse_line(raw: str, line_number: int, source: str, jsonl: bool) -> PromptRecord | PromptProblem:
@@ -146,6 +198,12 @@ def _parse_line(raw: str, line_number: int, source: str, jsonl: bool) -> PromptR
         data = json.loads(raw)
     except json.JSONDecodeError as error:
         return PromptProblem(source=source, message=f"not valid JSON ({error.msg}); write one JSON object per line")
+    except ValueError:  # Python refuses to convert integers of more than 4300 digits
+        return PromptProblem(source=source, message="holds a number of thousands of digits; "
+                             'write frames, fps and seed as ordinary whole numbers, such as "seed": 7')
+    except RecursionError:  # the parser recurses once per level: [[[[... a hundred thousand deep
+        return PromptProblem(source=source, message="nested too deeply to read (lists or objects inside each other); "
+                             'write one flat JSON object per line, such as {"prompt": "..."}')
     if not isinstance(data, dict):
         return PromptProblem(source=source, message='expected a JSON object such as {"prompt": "..."}')
     if "prompt" in data and not isinstance(data["prompt"], str):
@@ -225,18 +283,41 @@ def read_prompt_file(path: Path) -> Iterator[PromptRecord | PromptProblem]:
         yield item
 
 
+def numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, the line's bytes) of a binary stream, from 1; None for a line longer than
+    ``MAX_LINE_BYTES``, which is read past in bounded pieces instead of being held whole."""
+    number = 0
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) <= MAX_LINE_BYTES:
+            yield number, line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(1 << 16)
+        yield number, None
+
+
+#: The problem of a line longer than ``MAX_LINE_BYTES``.
+TOO_LONG = (f"the line is longer than {MAX_LINE_BYTES >> 20} MiB, far more than a record can need (a prompt is at "
+            f"most {MAX_PROMPT_CHARS} characters); shorten it, or check that the file is a prompt list")
+
+
 def _read_lines(path: Path, jsonl: bool) -> Iterator[PromptRecord | PromptProblem]:
     """The line formats: one record (or problem) per meaningful line."""
     with path.open("rb") as stream:
-        for line_number, raw_bytes in enumerate(stream, start=1):
+        for line_number, raw_bytes in numbered_lines(stream):
             source = f"{path}:{line_number}"
+            if raw_bytes is None:
+                yield PromptProblem(source=source, message=TOO_LONG)
+                continue
             try:
                 raw = raw_bytes.decode("utf-8")
             except UnicodeDecodeError as error:
                 yield PromptProblem(source=source, message=f"not UTF-8 text (byte {error.start}); save the file as UTF-8")
                 continue
-            if line_number == 1:
-                raw = raw.removeprefix("\ufeff")  # a UTF-8 byte-order mark (Windows editors)
+            # A UTF-8 byte-order mark: Windows editors write one on line 1, and files concatenated
+            # with `cat` carry theirs into the middle.
+            raw = raw.removeprefix("\ufeff")
             if "\x00" in raw:
                 yield PromptProblem(source=source, message="contains a NUL byte; remove it")
                 continue
@@ -258,13 +339,51 @@ _CSV_ERRORS = {
 }
 
 
-def _decoded_lines(path: Path) -> Iterator[str]:
-    """The file's lines for the csv module: UTF-8 (a byte-order mark dropped), undecodable bytes kept
-    as surrogates so that the row holding them can be reported instead of stopping the file."""
-    with path.open("rb") as stream:
-        for line_number, raw in enumerate(stream, start=1):
-            text = raw.decode("utf-8", errors="surrogateescape")
-            yield text.removeprefix("\ufeff") if line_number == 1 else text
+class _LineTooLong(Exception):
+    """Raised through ``csv.reader`` for a line longer than ``MAX_LINE_BYTES`` (never held whole)."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+class _CsvLines:
+    """A CSV prompt list's lines for ``csv.reader``: UTF-8 (undecodable bytes kept as surrogates, so
+    that the row holding them can be reported instead of stopping the file; a byte-order mark at a
+    line's start dropped), numbered. The lines of the row being read are kept, so that a row that
+    fails can be read again from its second line (``read_again``)."""
+
+    def __init__(self, stream: BinaryIO):
+        self._lines = numbered_lines(stream)
+        self._again: deque[tuple[int, str | None]] = deque()
+        self.row: list[tuple[int, str | None]] = []  # (number, text) of the lines of the current row
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        if self._again:
+            number, text = self._again.popleft()
+        else:
+            number, raw = next(self._lines)
+            text = None if raw is None else raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+        self.row.append((number, text))
+        if text is None:
+            raise _LineTooLong(number)
+        return text
+
+    @property
+    def start(self) -> int:
+        """The line the current row starts on."""
+        return self.row[0][0]
+
+    def next_row(self) -> None:
+        self.row = []
+
+    def read_again(self) -> None:
+        """The current row failed: its lines after the first are read again, as rows of their own."""
+        self._again.extendleft(reversed(self.row[1:]))
+        self.row = []
 
 
 def _header(reader, path: Path) -> list[str] | None:
@@ -273,13 +392,16 @@ def _header(reader, path: Path) -> list[str] | None:
         header = next(reader, None)
     except csv.Error as error:
         raise PromptFileError(f"{path}:1: the header row is not valid CSV ({error})") from None
+    except _LineTooLong:
+        raise PromptFileError(f"{path}:1: the header row is longer than {MAX_LINE_BYTES >> 20} MiB; the first row "
+                              "must name the columns: prompt (required), id, frames, fps, seed") from None
     if header is None:
         return None
     columns = [name.strip().lower() for name in header]
     unknown = [name for name in columns if name not in CSV_COLUMNS]
     if unknown or "prompt" not in columns or len(set(columns)) != len(columns):
-        found = ", ".join(repr(name) for name in header)
-        what = (f"unknown column {unknown[0]!r}" if unknown else
+        found = ", ".join(_shown(name) for name in header)
+        what = (f"unknown column {_shown(unknown[0])}" if unknown else
                 "no 'prompt' column" if "prompt" not in columns else "a column is named twice")
         raise PromptFileError(
             f"{path}:1: {what} in the header row ({found}); the first row must name the columns: "
@@ -290,28 +412,52 @@ def _header(reader, path: Path) -> list[str] | None:
 
 def csv_columns(path: Path) -> list[str] | None:
     """Read and check only the header row of a CSV prompt list (before any work starts)."""
-    return _header(csv.reader(_decoded_lines(path), strict=True), path)
+    with path.open("rb") as stream:
+        return _header(csv.reader(_CsvLines(stream), strict=True), path)
+
+
+def _csv_message(error: csv.Error) -> str:
+    text = str(error)
+    if text.startswith("field larger than field limit"):  # a quote left open runs on to the limit
+        return (f"a field is longer than {csv.field_size_limit()} characters: a double quote opened on this row is "
+                "probably never closed; close it, or write a quote inside a quoted field as two quotes (\"\")")
+    return _CSV_ERRORS.get(text, f"not valid CSV ({text}); check the quoting of this row")
 
 
 def _read_csv(path: Path) -> Iterator[PromptRecord | PromptProblem]:
-    """A CSV prompt list: the header row, then one record (or problem) per row."""
-    reader = csv.reader(_decoded_lines(path), strict=True)
-    columns = _header(reader, path)
-    if columns is None:
-        return
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
+    """A CSV prompt list: the header row, then one record (or problem) per row.
+
+    A quoted field may hold line breaks, so one stray double quote would make every line up to the
+    next quote (or the end of the file) a single bad row. A row that spans lines and is not a valid
+    record is therefore reported at its first line, and the lines after that are read again as rows
+    of their own: a stray quote costs its own row only (a bad record that really spans lines may then
+    be reported once more, at a later line of it)."""
+    with path.open("rb") as stream:
+        lines = _CsvLines(stream)
+        reader = csv.reader(lines, strict=True)
+        columns = _header(reader, path)
+        if columns is None:
             return
-        except csv.Error as error:
-            message = _CSV_ERRORS.get(str(error), f"not valid CSV ({error}); check the quoting of this row")
-            yield PromptProblem(source=f"{path}:{start}", message=message)
-            continue
-        if not any(cell.strip() for cell in row):
-            continue  # a blank row (spreadsheets end with some)
-        yield _parse_row(row, columns, start, f"{path}:{start}")
+        while True:
+            lines.next_row()
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except _LineTooLong as error:
+                if error.number == lines.start:  # the row is the long line itself: skip it
+                    yield PromptProblem(source=f"{path}:{error.number}", message=TOO_LONG)
+                    continue
+                item = PromptProblem(source=f"{path}:{lines.start}", message=_CSV_ERRORS["unexpected end of data"])
+            except csv.Error as error:
+                item = PromptProblem(source=f"{path}:{lines.start}", message=_csv_message(error))
+            else:
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank row (spreadsheets end with some)
+                item = _parse_row(row, columns, lines.start, f"{path}:{lines.start}")
+            if isinstance(item, PromptProblem) and len(lines.row) > 1:
+                lines.read_again()
+            yield item
 
 
 def _parse_row(row: list[str], columns: list[str], line_number: int, source: str) -> PromptRecord | PromptProblem:

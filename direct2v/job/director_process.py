@@ -8,7 +8,8 @@ reads the run's resolved ``settings.json``, plans every record of ``RECORDS_FILE
 engine call per round, and writes ``plans/<id>.json``, ``plan_failures.jsonl`` and
 ``director_report.json`` into ``RUN_DIR``. ``direct2v plan`` runs the same function in its own
 process. Exit codes: 0 done (failed prompts are recorded, not fatal), 2 our error (one
-``error:`` line), 1 a bug (its traceback, kept in ``director.log`` by the parent).
+``error:`` line), 3 the disk is full (``error: disk full writing PATH``: the parent stops the
+job, as for its own writes), 1 a bug (its traceback, kept in ``director.log`` by the parent).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 from direct2v.core.config import Settings
 from direct2v.core.errors import Direct2VError
-from direct2v.core.files import write_atomically
+from direct2v.core.files import DiskFullError, write_atomically
 from direct2v.director.plan import PlanFailure, write_plan
 from direct2v.director.prompts import PromptRecord, read_prompt_file
-from direct2v.job.planning import token_budget, write_plan_failures
+from direct2v.job.planning import DIRECTOR_DISK_FULL, token_budget, write_plan_failures
 from direct2v.job.rundir import DIRECTOR_REPORT, PLANS_DIR, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.model_validate_json((run_dir / SETTINGS).read_text(encoding="utf-8"))
         plan_prompt_file(records_file, run_dir, settings)
+    except DiskFullError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DIRECTOR_DISK_FULL
     except (Direct2VError, FileNotFoundError) as error:  # ours, or a file gone: one line (others: a traceback)
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from direct2v.core.errors import Direct2VError
-from direct2v.core.files import atomic_path
+from direct2v.core.files import atomic_path, writing
 from direct2v.director.plan import FramePlan
 from direct2v.job.rundir import PARTS_DIR, PLANS_DIR, shard_name
 
@@ -190,15 +190,23 @@ def append_rows(directory: Path, rows: Iterable[ManifestRow]) -> None:
     lines = "".join(row.model_dump_json() + "\n" for row in rows)
     if not lines:
         return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / JOURNAL_NAME, "a+b") as journal:
-        if journal.tell() > 0:  # "a" mode: the position is the end of the file
-            journal.seek(-1, os.SEEK_END)
-            if journal.read(1) != b"\n":  # a line torn by a crash: never glue a new row onto it
-                lines = "\n" + lines
-        journal.write(lines.encode("utf-8"))
-        journal.flush()
-        os.fsync(journal.fileno())
+    path = Path(directory) / JOURNAL_NAME
+    with writing(path):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b", buffering=0) as journal:  # unbuffered: nothing is written after a failure
+            end = journal.seek(0, os.SEEK_END)
+            if end > 0:
+                journal.seek(-1, os.SEEK_END)
+                if journal.read(1) != b"\n":  # a line torn by a crash: never glue a new row onto it
+                    lines = "\n" + lines
+            data = memoryview(lines.encode("utf-8"))
+            try:
+                while data:
+                    data = data[journal.write(data):]
+                os.fsync(journal.fileno())
+            except OSError:
+                journal.truncate(end)  # a full disk: these rows are not recorded, and no torn line stays
+                raise
 
 
 def journal_rows(path: Path) -> Iterator[ManifestRow]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from direct2v.core.config import Settings
 from direct2v.core.environment import offline_environment
-from direct2v.core.files import write_atomically
+from direct2v.core.files import DiskFullError, write_atomically, writing
 from direct2v.director.plan import FramePlan, PlanFailure, PlanFileError, TokenBudget, read_plan, write_plan
 from direct2v.director.prompts import PromptProblem, PromptRecord
 from direct2v.job.manifest import ManifestRow, failed_row
@@ -33,6 +33,8 @@ from direct2v.job.rundir import DIRECTOR_LOG, PLAN_FAILURES, PLANS_DIR, RECORDS
 log = logging.getLogger(__name__)
 
 DIRECTOR_TIMED_OUT = 124  # the exit code `timeout` uses
+DIRECTOR_DISK_FULL = 3  # the director could not write a plan: the job stops, as for the flow's own writes
+_DISK_FULL_PATH = re.compile(r"error: disk full writing (.+?)(?: \| |$)")
 
 
 def problem_row(run_id: str, problem: PromptProblem, index: int) -> ManifestRow:
@@ -124,6 +126,9 @@ def plan_records(records: list[PromptRecord], run_dir: Path, settings: Settings)
             if plan is not None:
                 plans[record.id] = plan
         pending = [r for r in pending if r.id not in plans]
+        if code == DIRECTOR_DISK_FULL:
+            written = _DISK_FULL_PATH.search(last_line)
+            raise DiskFullError(written.group(1) if written else run_dir / PLANS_DIR)
         if code >= 0 or not pending or attempt == 2:
             break
         log.warning("the director was killed by signal %d; starting it again for %d prompts", -code, len(pending))
@@ -159,7 +164,8 @@ def read_plan_failures(run_dir: Path, offset: int = 0) -> list[PlanFailure]:
 
 
 def write_plan_failures(failures: list[PlanFailure], run_dir: Path) -> None:
-    with open(Path(run_dir) / PLAN_FAILURES, "a", encoding="utf-8") as stream:
+    path = Path(run_dir) / PLAN_FAILURES
+    with writing(path), open(path, "a", encoding="utf-8") as stream:
         for failure in failures:
             stream.write(failure.model_dump_json() + "\n")
 
@@ -223,12 +229,13 @@ def plan_in_subprocess(records_file: Path, run_dir: Path, timeout_s: float | Non
     """Run the director as its own process; its output is copied to stderr and appended to
     ``run_dir/director.log``. Returns the exit code (negative: killed by that signal; 127: it
     could not start; DIRECTOR_TIMED_OUT: stopped after ``timeout_s``) and its most telling output
-    line, for the failure message; never raises."""
+    line, for the failure message. Raises only DiskFullError, when director.log cannot be written
+    (the director is stopped first)."""
     command = director_command(records_file, run_dir)
     log.info("starting the director: %s", " ".join(command))
     tail: collections.deque[str] = collections.deque(maxlen=60)
     env = offline_environment(dict(os.environ))
-    with open(Path(run_dir) / DIRECTOR_LOG, "a", encoding="utf-8") as director_log:
+    with writing(Path(run_dir) / DIRECTOR_LOG), open(Path(run_dir) / DIRECTOR_LOG, "a", encoding="utf-8") as director_log:
         director_log.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {command}\n")
         try:
             # argv list, no shell; stdout belongs to the caller's result (the run summary)
@@ -257,6 +264,10 @@ def plan_in_subprocess(records_file: Path, run_dir: Path, timeout_s: float | Non
                 if line.strip():
                     tail.append(line.strip())
             code = child.wait()
+        except OSError:  # the log cannot be written (a full disk): the director must not run on, unread
+            kill_process_tree(child.pid)
+            child.wait()
+            raise
         finally:
             if watchdog:
                 watchdog.cancel()

@@ -11,17 +11,19 @@ any render of the shard ends. Where the render tasks run (a thread, Dask) is the
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from direct2v.core.config import RenderSettings
-from direct2v.core.files import render_model_id
+from direct2v.core.files import DiskFullError, render_model_id
 from direct2v.director.plan import FramePlan, PlanFileError, read_plan
 from direct2v.job import manifest, shards, videos
 from direct2v.job.manifest import ManifestRow
-from direct2v.job.rundir import PLANS_DIR
+from direct2v.job.rundir import PLANS_DIR, VIDEOS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class RenderProgress:
     workers: set[str] = field(default_factory=set)
     busy_s: float = 0.0
     bar: Any = None
+    total: int = 0  # videos of the run's plans, finished or not
+    space_checked: bool = False  # free space was compared with a size seen (check_free_space)
 
 
 @dataclass
@@ -51,6 +55,8 @@ def open_shard(work: shards.ShardWork, run_dir: Path, render_settings: RenderSet
     reused from another run, or still to render; the rows decided here are made durable before any
     render of the shard ends."""
     run_dir = Path(run_dir)
+    if not progress.space_checked:
+        progress.space_checked = check_free_space(run_dir, progress.total)
     shard = OpenShard(work.index, rows=list(work.rows))
     model = render_model_id(render_settings.model_dir, render_settings.lora_dir)
     previous = manifest.lookup_rows(run_dir / manifest.MANIFEST_NAME, [prompt_id for prompt_id, _ in work.to_render])
@@ -91,6 +97,8 @@ def open_shard(work: shards.ShardWork, run_dir: Path, render_settings: RenderSet
 
 def close_video(shard: OpenShard, run_dir: Path, plan, source: str, result: Any, progress: RenderProgress) -> ManifestRow:
     """Record one render task's result (``{"row", "worker"}``, or whatever a crashed task returned)."""
+    if isinstance(result, DiskFullError):  # not the video's fault: the job stops here, resumable
+        raise result
     if isinstance(result, dict) and isinstance(result.get("row"), ManifestRow):
         row = result["row"]
         progress.workers.add(result["worker"])
@@ -103,12 +111,51 @@ def close_video(shard: OpenShard, run_dir: Path, plan, source: str, result: Any,
     manifest.append_shard_rows(run_dir, shard.index, [row])
     shard.rows.append(row)
     _tick(progress, f"render_{row.status}")
+    if row.status == "ok" and not progress.space_checked:  # the first size a new run can go by
+        progress.space_checked = check_free_space(run_dir, progress.total)
     return row
 
 
 def close_shard(shard: OpenShard, run_dir: Path, progress: RenderProgress) -> None:
     manifest.write_part(run_dir, shard.index, shard.rows)
     progress.counts["shards_rendered"] += 1
+
+
+#: Finished videos whose sizes the free-space check averages (a sample: never a scan of a huge run).
+SIZE_SAMPLE = 1000
+
+
+def check_free_space(run_dir: Path, total: int) -> bool:
+    """Warn when the disk of ``run_dir`` has less free space than the videos still to make need,
+    at the mean size of the run's finished MP4s. Returns whether there was a size to go by (a new
+    run has none until its first video)."""
+    sizes, finished = [], 0
+    videos_dir = Path(run_dir) / VIDEOS_DIR
+    if videos_dir.is_dir():
+        with os.scandir(videos_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(".mp4") and not entry.name.startswith("."):
+                    finished += 1
+                    if len(sizes) < SIZE_SAMPLE:
+                        sizes.append(entry.stat().st_size)
+    if not sizes:
+        return False
+    per_video = sum(sizes) / len(sizes)
+    needed = per_video * max(total - finished, 0)
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        log.warning("only %s free on the disk of %s, and the %d videos still to make need about %s at the %s per "
+                    "video seen so far; free space now, or the run stops when the disk is full (then: direct2v "
+                    "resume %s)", _size(free), run_dir, total - finished, _size(needed), _size(per_video), run_dir)
+    return True
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return ""
 
 
 def _tick(progress: RenderProgress, key: str) -> None:

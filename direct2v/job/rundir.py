@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from direct2v.core.config import Settings, saved_settings
 from direct2v.core.errors import Direct2VError
-from direct2v.core.files import write_atomically
+from direct2v.core.files import write_atomically, writing
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / SETTINGS).is_file()
 
 
+def is_recorded(path: Path) -> bool:
+    """Whether ``direct2v resume`` can continue the run: its settings and its job are written."""
+    return is_run_dir(path) and (Path(path) / JOB).is_file()
+
+
 def read_job(run_dir: Path) -> Job:
     path = Path(run_dir) / JOB
     try:
@@ -150,8 +156,9 @@ def record_run(run_dir: Path, job: Job, settings: Settings) -> None:
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Only one process works in a run directory at a time (released when the process dies)."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    stream = open(Path(run_dir) / LOCK, "a+", encoding="utf-8")
+    with writing(Path(run_dir) / LOCK):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        stream = open(Path(run_dir) / LOCK, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,20 +167,45 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             holder = stream.read().strip() or "unknown"
             raise RunDirError(f"{run_dir} is in use by another direct2v process (pid {holder}); "
                               "wait for it to finish, or stop it first") from None
-        stream.seek(0)
-        stream.truncate()
-        stream.write(str(os.getpid()))
-        stream.flush()
+        with writing(Path(run_dir) / LOCK):
+            stream.seek(0)
+            stream.truncate()
+            stream.write(str(os.getpid()))
+            stream.flush()
         yield
     finally:
         stream.close()
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``run.log``. logging's own handler prints a traceback to stderr for every line it cannot
+    write; on a full disk that is every line, so this one says it once and stops writing."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if self.failed or not isinstance(error, OSError):
+            return super().handleError(record)
+        self.failed = True
+        log.warning("cannot write %s (%s); its lines go to stderr only from here on", self.baseFilename,
+                    error.strerror or error)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # what is still buffered cannot be written either
+            super().close()
 
 
 @contextlib.contextmanager
 def run_log(run_dir: Path) -> Iterator[Path]:
     """Copy every log line of the run (stages and Prefect alike) to ``run_dir/run.log``."""
     path = Path(run_dir) / RUN_LOG
-    handler = logging.FileHandler(path, encoding="utf-8")
+    with writing(path):
+        handler = _RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     package = logging.getLogger("direct2v")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from direct2v.core.files import write_atomically
-from direct2v.director.prompts import PromptProblem, PromptRecord, check_prompt_file, read_prompt_file
+from direct2v.director.prompts import PromptProblem, PromptRecord, check_prompt_file, numbered_lines, read_prompt_file
 from direct2v.job.manifest import ManifestRow
 from direct2v.job.rundir import SHARDS_DIR, shard_name
 
@@ -58,7 +58,10 @@ def count_prompt_lines(path: Path) -> int:
     count = 0
     path = check_prompt_file(path)
     with open(path, "rb") as stream:
-        for raw in stream:
+        for _, raw in numbered_lines(stream):
+            if raw is None:  # a line too long to hold: a problem, so a meaningful line
+                count += 1
+                continue
             stripped = raw.strip().removeprefix(b"\xef\xbb\xbf").strip()
             count += bool(stripped) and (path.suffix.lower() == ".csv" or not stripped.startswith(b"#"))
     return max(0, count - 1) if path.suffix.lower() == ".csv" else count  # a CSV's first line is its header

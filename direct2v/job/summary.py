@@ -8,6 +8,8 @@ from collections import Counter
 
 from pydantic import BaseModel, Field
 
+from direct2v.core.errors import Direct2VError
+from direct2v.core.files import DiskFullError
 from direct2v.job import manifest
 from direct2v.job.render_stage import RenderProgress
 from direct2v.job.request import Run
@@ -49,12 +51,18 @@ class RunSummary(BaseModel):
     manifest: str
     gallery: str = Field("", description="the run's index.html (empty when skipped)")
     export_index: str = Field("", description="index.json of the export asked for (empty without one)")
+    skipped: dict[str, str] = Field(default_factory=dict, description="finishing steps (gallery, export) that "
+                                    "failed, and why: the videos and the manifest are complete without them")
+    disk_full: str = Field("", description="the file a full disk kept a finishing step from writing; the command "
+                           "then exits 3 (free space and resume to finish)")
 
 
 def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderProgress,
               compacted: manifest.CompactResult, timings: dict[str, float], gallery: str = "",
-              export_index: str = "") -> RunSummary:
+              export_index: str = "", failed_steps: dict[str, BaseException] | None = None) -> RunSummary:
     rendered = render.counts["rendered"]
+    failed_steps = failed_steps or {}
+    disk_full = next((error for error in failed_steps.values() if isinstance(error, DiskFullError)), None)
     return RunSummary(
         run_id=run.id, run_dir=str(run.dir), resumed=run.resumed, task_runner=task_runner,
         total=compacted.rows, ok=compacted.statuses["ok"], ok_with_plan_warnings=compacted.ok_with_plan_warnings,
@@ -67,7 +75,15 @@ def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderPr
         render_s_per_video=round(render.busy_s / max(rendered, 1), 3),
         wall_s_per_video=round(timings.get("render_s", 0.0) / max(rendered, 1), 3),
         manifest=str(compacted.path), gallery=gallery, export_index=export_index,
+        skipped={name: _reason(error) for name, error in failed_steps.items()},
+        disk_full=str(disk_full.path) if disk_full else "",
     )
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, Direct2VError):
+        return str(error)
+    return f"{type(error).__name__}: {error} (a bug: the traceback is in run.log)"
 
 
 def outcome_line(summary: dict) -> str:

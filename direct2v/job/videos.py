@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from direct2v.core.config import RenderSettings
+from direct2v.core.files import writing
 from direct2v.director.plan import FramePlan
 from direct2v.director.prompts import is_safe_id
 from direct2v.job.manifest import MANIFEST_NAME, ManifestRow, plan_row
@@ -186,14 +187,19 @@ def link_video(source: Path, target: Path) -> Path:
     system allows it, else a copy; published atomically under ``encode_mp4``'s partial name, so an
     interrupted run's cleanup removes a half-made one."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = partial_name(target)
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copy2(source, temporary)
-    temporary.replace(target)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            try:
+                shutil.copy2(source, temporary)
+            except BaseException:
+                temporary.unlink(missing_ok=True)  # never leave half a copy (a full disk)
+                raise
+        temporary.replace(target)
     return target
 
 
@@ -267,7 +273,8 @@ def render_with_oom_retry(renderer, plan: FramePlan):
 
 
 def render_plan(plan: FramePlan, run_dir: Path, renderer, source: str = "") -> ManifestRow:
-    """Render and encode one plan; any failure becomes a failed row, never an exception.
+    """Render and encode one plan; any failure becomes a failed row, never an exception -- except a
+    full disk (``DiskFullError``), which is no fault of the video: it stops the job.
 
     The row is ``ok`` only once the MP4 is complete under its final name and has been read back
     with the plan's frame count and fps (``encode_mp4``).

@@ -15,7 +15,7 @@ failed rows and rows whose video file is missing are counted, never exported), i
   reads as the ``train`` split, with no decoding library needed.
 
 Every file is written under a temporary name and renamed when complete (no half shard is ever
-visible). An export is resumable: shards (or Parquet files) already complete from an interrupted
+visible; a full disk is a ``DiskFullError``, the shards complete so far kept). An export is resumable: shards (or Parquet files) already complete from an interrupted
 export of the same samples are kept, checked by their sha256 in ``export-progress.jsonl``.
 
 A WebDataset key is the text before the first dot of a member's name, so a prompt id with dots
@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from direct2v.core.errors import Direct2VError
-from direct2v.core.files import atomic_path, write_atomically
+from direct2v.core.files import atomic_path, write_atomically, writing
 from direct2v.job.manifest import ManifestRow, read_rows
 from direct2v.job.videos import link_video
 
@@ -255,7 +255,7 @@ def export_run(
     done = _done_files(out_dir)
     bar = tqdm(total=len(samples), desc=f"export {format}", unit="video", disable=not progress)
     entries, kept = [], 0
-    with open(out_dir / PROGRESS_NAME, "a", encoding="utf-8") as journal:
+    with writing(out_dir / PROGRESS_NAME), open(out_dir / PROGRESS_NAME, "a", encoding="utf-8") as journal:
         for name, group in zip(names, groups):
             keys = [sample.key for sample in group]
             earlier = done.get(name)

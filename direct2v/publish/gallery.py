@@ -22,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from direct2v.core.files import atomic_path, write_atomically
+from direct2v.core.files import atomic_path, write_atomically, writing
 from direct2v.job.manifest import ManifestRow, read_rows
 from direct2v.job.rundir import EVALUATION_JSON
 from direct2v.render.encode import EncodeError, read_video
@@ -140,7 +140,8 @@ def write_contact_sheet(row: ManifestRow, run_dir: Path, frames: np.ndarray | No
         scores=row.clip_frame_scores,
     )
     path = run_dir / REVIEW_DIR / f"{row.prompt_id}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):  # a full disk stops the gallery (a DiskFullError), not just this sheet
+        path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         sheet.save(temporary, format="PNG", optimize=True)
     return path

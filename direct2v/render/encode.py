@@ -3,7 +3,8 @@
 The ffmpeg binary is the one the ``imageio-ffmpeg`` wheel ships (it has libx264), so a fresh
 machine needs no system ffmpeg. A video is written under a temporary name, decoded again to
 count its frames and read its frame rate, and only then renamed into place: a crash never
-leaves a half-written file under the final name.
+leaves a half-written file under the final name, and a full disk is a ``DiskFullError`` (the
+partial file removed), never a failed video.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from direct2v.core.errors import Direct2VError
-from direct2v.core.files import fsync_path
+from direct2v.core.files import DiskFullError, fsync_path, says_disk_full, writing
 
 
 class EncodedVideo(BaseModel):
@@ -103,7 +104,8 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment:
     if height % 2 or width % 2:
         raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {width}x{height}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_name(path)
     tags = {"metadata": f"comment={comment}"} if comment else {}
     stream = (
@@ -120,7 +122,10 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment:
         partial.unlink(missing_ok=True)
         if not isinstance(error, ffmpeg.Error):
             raise EncodeError(f"ffmpeg failed for {path.name}: {error}") from None
-        tail = error.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        message = error.stderr.decode("utf-8", "replace")
+        if says_disk_full(message):  # ffmpeg reports the errno only as text
+            raise DiskFullError(path) from None
+        tail = message.strip().splitlines()[-3:]
         raise EncodeError(f"ffmpeg failed for {path.name}: {' | '.join(tail)}") from None
     try:
         video = probe_video(partial)
@@ -128,12 +133,14 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment:
             raise EncodeError(
                 f"{path.name}: wrote {video.frame_count} frames at {video.fps} fps, expected {count} at {fps}"
             )
-        fsync_path(partial)  # the data is on disk before the name says the video is complete
+        with writing(path):
+            fsync_path(partial)  # the data is on disk before the name says the video is complete
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(path)
-    fsync_path(path.parent)
+    with writing(path):
+        partial.replace(path)
+        fsync_path(path.parent)
     return video.model_copy(update={"path": path})
 
 
