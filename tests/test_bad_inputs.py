@@ -125,7 +125,8 @@ def test_a_bad_config_names_the_key_before_any_model_loads(tmp_path, run_cli, sm
 
 def test_a_csv_header_with_an_unknown_column_is_a_whole_file_error(monkeypatch):
     """The CLI path of a whole-file CSV problem is the one above (no-prompt-column.csv); this is its other kind."""
-    from direct2v.director.prompts import PromptFileError, check_prompt_file
+    from direct2v.director.prompt_files import check_prompt_file
+    from direct2v.director.prompts import PromptFileError
 
     monkeypatch.chdir(CORPUS)
     with pytest.raises(PromptFileError) as error:

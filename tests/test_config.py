@@ -3,8 +3,8 @@
 import math
 
 import pytest
-from direct2v.cli.common import UserError, parse_overrides
 
+from direct2v.cli.common import UserError, parse_overrides
 from direct2v.core.config import ConfigError, load_settings
 
 

@@ -29,11 +29,33 @@ def director(smollm2_dir, tiny_sd_dir, tmp_path_factory):
         yield loaded
 
 
-def test_batch_with_one_fps_doubling(director, tiny_sd_dir):
+@pytest.fixture(scope="module")
+def three_requests(director):
+    """Three engine calls every test below reads (the engine is slow on a CPU: each call once):
+    ``first``, the example prompts and one more at F=8; ``between``, another request (a batch with
+    one FPS-doubling round, and its report); ``again``, the first request once more. The plan
+    cache is bypassed, so every call reaches the engine (whose prefix cache stays on)."""
+    prompts = [*PROMPTS, "A red ball rolls across a table"]
+    records = [PromptRecord(id=f"e{i}", prompt=p) for i, p in enumerate(prompts)]
+    batch = [PromptRecord(id=f"p{i}", prompt=p) for i, p in enumerate(PROMPTS)]
+    batch.append(PromptRecord(id="short", prompt="A red ball rolls across a table", frames=3, fps=1, seed=5))
+    cache, director.cache = director.cache, None
+    try:
+        first = director.plan(records, frames=8, fps=2, seed=0)
+        director.cache = cache  # (reconfigure keeps a cache only where there is one)
+        director.reconfigure(director.settings)  # the same engine and settings, a fresh report for ``between``
+        director.cache = None
+        between = director.plan(batch, frames=8, fps=1, seed=11, fps_doublings=1)
+        between_report = director.report.as_dict()
+        again = director.plan(records, frames=8, fps=2, seed=0)
+    finally:
+        director.cache = cache
+    return {"records": records, "first": first, "between": between, "between_report": between_report, "again": again}
+
+
+def test_batch_with_one_fps_doubling(three_requests, tiny_sd_dir):
     budget = TokenBudget.from_sd_model(tiny_sd_dir)
-    records = [PromptRecord(id=f"p{i}", prompt=p) for i, p in enumerate(PROMPTS)]
-    records.append(PromptRecord(id="short", prompt="A red ball rolls across a table", frames=3, fps=1, seed=5))
-    results = director.plan(records, frames=8, fps=1, seed=11, fps_doublings=1)
+    results = three_requests["between"]
 
     assert [r.prompt_id for r in results] == ["p0", "p1", "p2", "short"]
     for result in results:
@@ -51,7 +73,7 @@ def test_batch_with_one_fps_doubling(director, tiny_sd_dir):
         assert result.rounds[1].frames[0::2] == result.rounds[0].frames  # v2 keeps them, asks the ones between
         assert result.director_sampling["template_version"] == "v2" and result.director_sampling["presence_penalty"] == 1.0
     assert any(isinstance(r, FramePlan) for r in results), [getattr(r, "reason", "") for r in results]
-    report = director.report.as_dict()
+    report = three_requests["between_report"]
     assert report["prompts"] == 4 and report["accepted_final"] + report["failed"] == 4
     assert report["valid_final"] <= report["accepted_final"] and report["valid_first_try"] <= report["usable_first_try"]
     calls = report["engine_calls"]  # first round, then the doubling round (each with any repair turns)
@@ -60,35 +82,27 @@ def test_batch_with_one_fps_doubling(director, tiny_sd_dir):
     assert 27 in [c["answers"] for c in calls[1:]]
 
 
-def test_the_example_prompts_get_clean_plans(director):
+def test_the_example_prompts_get_clean_plans(three_requests):
     """What a new user sees first (prompts_in/examples.txt): every frame its own, on the subject, no
     loop, none restating the prompt, and neighbouring frames alike but not the same."""
     from direct2v.director.quality import measure_plan
 
-    records = [PromptRecord(id=f"e{i}", prompt=p) for i, p in enumerate(PROMPTS)]
-    for record, result in zip(records, director.plan(records, frames=8, fps=2, seed=0), strict=True):
+    records, results = three_requests["records"][:len(PROMPTS)], three_requests["first"][:len(PROMPTS)]
+    for record, result in zip(records, results, strict=True):
         assert isinstance(result, FramePlan), result.reason
         quality = measure_plan(result.frames, record.prompt, 8)
         assert quality.clean and result.warnings == [], (result.frames, result.warnings)
         assert quality.progression >= 0.5, result.frames
 
 
-def test_the_same_request_gets_the_same_plans_again(director):
+def test_the_same_request_gets_the_same_plans_again(director, three_requests):
     """Greedy first answers and seeded repair samples: the same request asked of the engine again,
     after another (the plan cache bypassed, the engine's prefix cache not), gives the same frames.
     On CPU that takes float32 (``engine_dtype``): in bfloat16 most of these plans came back
     different the second time."""
-    prompts = [*PROMPTS, "A red ball rolls across a table"]
-    records = [PromptRecord(id=f"e{i}", prompt=p) for i, p in enumerate(prompts)]
-    cache, director.cache = director.cache, None  # every call reaches the engine
-    try:
-        first = director.plan(records, frames=8, fps=2, seed=0)
-        between = director.plan(records, frames=8, fps=2, seed=0, fps_doublings=1)
-        again = director.plan(records, frames=8, fps=2, seed=0)
-    finally:
-        director.cache = cache
+    first, between, again = three_requests["first"], three_requests["between"], three_requests["again"]
     assert director.sampling()["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
-    assert all(isinstance(result, FramePlan) for result in first + between + again)
+    assert len(between) == 4 and all(isinstance(result, FramePlan) for result in first + again)
     assert [r.frames for r in again] == [r.frames for r in first]
 
 

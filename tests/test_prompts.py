@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from direct2v.director.prompts import PromptFileError, PromptProblem, PromptRecord, read_prompt_file
+from direct2v.director.prompt_files import read_prompt_file
+from direct2v.director.prompts import PromptFileError, PromptProblem, PromptRecord
 
 
 def parse(tmp_path, name, content):

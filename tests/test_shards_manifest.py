@@ -15,7 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from direct2v.director.prompts import PromptRecord, read_prompt_file
+from direct2v.director.prompt_files import read_prompt_file
+from direct2v.director.prompts import PromptRecord
 from direct2v.job import manifest, shards, videos
 from direct2v.job.manifest import SCHEMA, ManifestRow, append_rows, read_manifest, read_rows, rows_to_table
 
@@ -157,7 +158,8 @@ RSS_SCRIPT = textwrap.dedent(
     from direct2v.job import manifest
     from direct2v.job import shards
     from direct2v.job.manifest import ManifestRow
-    from direct2v.director.prompts import PromptRecord, read_prompt_file
+    from direct2v.director.prompts import PromptRecord
+    from direct2v.director.prompt_files import read_prompt_file
 
     mode, path, run_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     process = psutil.Process()

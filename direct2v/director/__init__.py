@@ -1,6 +1,6 @@
 """The director stage: prompt files -> validated frame plans, through a local LLM (vLLM).
 
-``prompts`` reads prompt files into records; ``plan`` is the contract the renderer receives
+``prompt_files`` reads prompt files into the records of ``prompts``; ``plan`` is the contract the renderer receives
 (``FramePlan``, and the one gate every plan passes); ``instructions`` and ``quality`` are the
 templates, schemas and rules as pure functions. ``director`` (``Director``) runs them: each
 template's way of asking is a strategy (``strategy``, with ``v1`` and ``v2``), sent through the

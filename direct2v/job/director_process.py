@@ -23,7 +23,8 @@ from direct2v.core.config import Settings
 from direct2v.core.errors import Direct2VError
 from direct2v.core.files import DiskFullError, write_atomically
 from direct2v.director.plan import PlanFailure, write_plan
-from direct2v.director.prompts import PromptRecord, read_prompt_file
+from direct2v.director.prompt_files import read_prompt_file
+from direct2v.director.prompts import PromptRecord
 from direct2v.job.planning import DIRECTOR_DISK_FULL, token_budget, write_plan_failures
 from direct2v.job.rundir import DIRECTOR_REPORT, PLANS_DIR, SETTINGS
 

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from direct2v.core.config import ConfigError, Settings, load_settings
 from direct2v.core.files import LORA_WEIGHTS
-from direct2v.director.prompts import PromptFileError, check_prompt_file
+from direct2v.director.prompt_files import check_prompt_file
+from direct2v.director.prompts import PromptFileError
 from direct2v.job import manifest, shards
 from direct2v.job.rundir import Job, check_run_id, clean_partials, new_run_id, open_run, record_run
 

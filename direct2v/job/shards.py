@@ -1,6 +1,6 @@
 """Prompt lists of any length in bounded memory: shards, and the shard files between the stages.
 
-``stream_prompt_shards`` reads the prompt file line by line (``prompts.read_prompt_file``) and
+``stream_prompt_shards`` reads the prompt file line by line (``prompt_files.read_prompt_file``) and
 yields shards of at most ``size`` records/problems; only one shard is held at a time. Between the
 plan and the render stage each shard is a small file, ``shards/shard-00001.jsonl``: the prompt ids
 to render (with their source) and the rows already final (unreadable lines, prompts without a
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from direct2v.core.files import write_atomically
-from direct2v.director.prompts import PromptProblem, PromptRecord, check_prompt_file, numbered_lines, read_prompt_file
+from direct2v.director.prompt_files import check_prompt_file, numbered_lines, read_prompt_file
+from direct2v.director.prompts import PromptProblem, PromptRecord
 from direct2v.job.manifest import ManifestRow
 from direct2v.job.rundir import SHARDS_DIR, shard_name
 
