@@ -73,11 +73,12 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is fsync'd and renamed to ``path`` (and the
-    directory entry fsync'd), on an exception it is removed."""
+def atomic_path(path: Path, temporary: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write (``temporary``, default ``temporary_name(path)``: a writer
+    whose tool needs the suffix, ffmpeg, names its own); on success it is fsync'd and renamed to
+    ``path`` (and the directory entry fsync'd), on an exception it is removed."""
     path = Path(path)
-    temporary = temporary_name(path)
+    temporary = Path(temporary) if temporary is not None else temporary_name(path)
     try:
         with writing(path):
             yield temporary

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from direct2v.core.config import RenderSettings
-from direct2v.core.files import writing
+from direct2v.core.files import atomic_path, writing
 from direct2v.director.plan import FramePlan
 from direct2v.director.prompts import is_safe_id
 from direct2v.job.manifest import MANIFEST_NAME, ManifestRow, plan_row
@@ -187,19 +187,14 @@ def link_video(source: Path, target: Path) -> Path:
     system allows it, else a copy; published atomically under ``encode_mp4``'s partial name, so an
     interrupted run's cleanup removes a half-made one."""
     target = Path(target)
-    temporary = partial_name(target)
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, partial_name(target)) as temporary:  # a half copy (a full disk) is removed
         temporary.unlink(missing_ok=True)
         try:
             os.link(source, temporary)
         except OSError:
-            try:
-                shutil.copy2(source, temporary)
-            except BaseException:
-                temporary.unlink(missing_ok=True)  # never leave half a copy (a full disk)
-                raise
-        temporary.replace(target)
+            shutil.copy2(source, temporary)
     return target
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from direct2v.core.errors import Direct2VError
-from direct2v.core.files import DiskFullError, fsync_path, says_disk_full, writing
+from direct2v.core.files import DiskFullError, atomic_path, says_disk_full, writing
 
 
 class EncodedVideo(BaseModel):
@@ -106,41 +106,31 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment:
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_name(path)
     tags = {"metadata": f"comment={comment}"} if comment else {}
-    stream = (
-        ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
-        .output(
-            str(partial), vcodec="libx264", pix_fmt="yuv420p", crf=crf, r=fps, movflags="+faststart", format="mp4",
-            **tags,
+    with atomic_path(path, partial_name(path)) as partial:  # read back before the name says it is complete
+        stream = (
+            ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+            .output(
+                str(partial), vcodec="libx264", pix_fmt="yuv420p", crf=crf, r=fps, movflags="+faststart", format="mp4",
+                **tags,
+            )
+            .overwrite_output()
         )
-        .overwrite_output()
-    )
-    try:
-        stream.run(cmd=ffmpeg_exe(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True)
-    except (ffmpeg.Error, OSError) as error:  # OSError: ffmpeg could not start, or died mid-pipe
-        partial.unlink(missing_ok=True)
-        if not isinstance(error, ffmpeg.Error):
-            raise EncodeError(f"ffmpeg failed for {path.name}: {error}") from None
-        message = error.stderr.decode("utf-8", "replace")
-        if says_disk_full(message):  # ffmpeg reports the errno only as text
-            raise DiskFullError(path) from None
-        tail = message.strip().splitlines()[-3:]
-        raise EncodeError(f"ffmpeg failed for {path.name}: {' | '.join(tail)}") from None
-    try:
+        try:
+            stream.run(cmd=ffmpeg_exe(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True)
+        except (ffmpeg.Error, OSError) as error:  # OSError: ffmpeg could not start, or died mid-pipe
+            if not isinstance(error, ffmpeg.Error):
+                raise EncodeError(f"ffmpeg failed for {path.name}: {error}") from None
+            message = error.stderr.decode("utf-8", "replace")
+            if says_disk_full(message):  # ffmpeg reports the errno only as text
+                raise DiskFullError(path) from None
+            tail = message.strip().splitlines()[-3:]
+            raise EncodeError(f"ffmpeg failed for {path.name}: {' | '.join(tail)}") from None
         video = probe_video(partial)
         if video.frame_count != count or abs(video.fps - fps) > 1e-3:
             raise EncodeError(
                 f"{path.name}: wrote {video.frame_count} frames at {video.fps} fps, expected {count} at {fps}"
             )
-        with writing(path):
-            fsync_path(partial)  # the data is on disk before the name says the video is complete
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    with writing(path):
-        partial.replace(path)
-        fsync_path(path.parent)
     return video.model_copy(update={"path": path})
 
 
