@@ -14,7 +14,7 @@ import typer
 from direct2v.core.config import Settings, load_settings
 from direct2v.core.errors import Direct2VError
 from direct2v.core.files import DiskFullError
-from direct2v.job.request import JobRequest
+from direct2v.job.request import EXPORT_FORMATS, JobRequest
 
 #: The flow every job runs, named as prefect.yaml names its deployments' flows, and loaded the way a
 #: Prefect worker loads it: the library never imports ``flows`` (it sits above the library).
@@ -138,8 +138,6 @@ def resolve_settings(config: Path | None, sets: list[str] | None, **flags: Any) 
 
 
 def check_export(export: str | None) -> str | None:
-    from direct2v.job.request import EXPORT_FORMATS
-
     if export is not None and export not in EXPORT_FORMATS:
         raise UserError(f"--export {export}: unknown format; choose one of {', '.join(EXPORT_FORMATS)}")
     return export

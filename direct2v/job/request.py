@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +24,9 @@ from direct2v.director.prompts import PromptFileError
 from direct2v.job import manifest, shards
 from direct2v.job.rundir import Job, check_run_id, clean_partials, new_run_id, open_run, record_run
 
-EXPORT_FORMATS = ("webdataset", "hf")
+#: The training-ready formats a job can end with (``direct2v.publish.export`` writes them).
+ExportFormat = Literal["webdataset", "hf"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
 class JobRequest(BaseModel):
@@ -47,7 +49,7 @@ class JobRequest(BaseModel):
     dask_cluster: Literal["local", "cuda"] = Field("local", description="cuda: one Dask worker per GPU")
     progress: bool = Field(False, description="progress bars on stderr")
     gallery: bool = Field(True, description="end with the run's index.html and contact sheets")
-    export: Literal["webdataset", "hf"] | None = Field(None, description="end with a training-ready copy")
+    export: ExportFormat | None = Field(None, description="end with a training-ready copy")
     export_dir: str | None = Field(None, description="where the export goes (default RUN/export/FORMAT)")
 
     def pinned(self, run: Run) -> JobRequest:

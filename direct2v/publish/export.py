@@ -40,9 +40,10 @@ import pyarrow.parquet as pq
 from direct2v.core.errors import Direct2VError
 from direct2v.core.files import atomic_path, write_atomically, writing
 from direct2v.job.manifest import ManifestRow, read_rows
+from direct2v.job.request import EXPORT_FORMATS
 from direct2v.job.videos import link_video
 
-FORMATS = ("webdataset", "hf")
+FORMATS = EXPORT_FORMATS
 INDEX_NAME = "index.json"
 PROGRESS_NAME = "export-progress.jsonl"
 #: What an export leaves out, by reason (reported in index.json and the summary).
