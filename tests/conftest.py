@@ -118,7 +118,7 @@ def prefect_server(home: Path):
 def cli_env(tmp_path_factory) -> dict[str, str]:
     """The environment every CLI test starts from: the caller's without any DIRECT2V_ or PREFECT_
     setting, and one Prefect server for the whole session (a flow run's own temporary server takes
-    10-15 s to start; the main job's tests, test_flow and test_airgap, still use that path)."""
+    10-15 s to start; the main job's test, test_flow's ``main_job``, still uses that path)."""
     with prefect_server(tmp_path_factory.mktemp("prefect")) as env:
         yield {**env, "PYTHONPATH": str(REPO)}
 

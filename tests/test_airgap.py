@@ -2,6 +2,9 @@
 inside a network namespace that has no interface but loopback, and tries no DNS lookup and no
 connection to any address outside the machine.
 
+The main job itself runs once, in ``test_flow.py`` (``main_job``: the flow's checks and these read
+the same run); this module holds the isolation, the two recorders, and their negative controls.
+
 How it is proven:
 
 * **Isolation** -- the job runs under ``unshare -n`` (``unshare -rn`` when not root): a fresh
@@ -30,15 +33,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.airgap
-
-PROMPTS = [
-    {"id": "corgis", "prompt": "A corgi is running and another corgi joins later", "seed": 3},
-    {"id": "rain", "prompt": "Rain falls from a cloudy sky and then a rainbow appears", "frames": 3, "fps": 1},
-]
 
 # Runs inside the new namespace (argv, not a shell string): record the interfaces, bring lo up with
 # the SIOCSIFFLAGS ioctl (no dependency on iproute2), then exec the rest of argv.
@@ -98,6 +95,43 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback or ip.is_unspecified  # bind to 0.0.0.0/:: inside the namespace is still local
 
 
+def air_gapped(command: list[str], env: dict[str, str], workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """``command`` wrapped to run in a fresh network namespace with ``lo`` up, under ``strace``
+    where installed, and ``env`` with the audit hook on ``PYTHONPATH``. The records land in
+    ``workdir``: ``interfaces.json``, ``audit.tsv``, ``strace.txt``."""
+    site = workdir / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(AUDIT_SITECUSTOMIZE)
+    strace = shutil.which("strace")
+    tracer = [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg,bind", "-e", "signal=none",
+              "-o", str(workdir / "strace.txt")] if strace else []
+    if strace and subprocess.run([strace, "--seccomp-bpf", "-e", "trace=connect", "true"],
+                                 capture_output=True).returncode == 0:
+        tracer.insert(1, "--seccomp-bpf")  # only the traced calls stop the process: vLLM keeps its speed
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])),
+           "DIRECT2V_NET_AUDIT_LOG": str(workdir / "audit.tsv")}
+    wrapped = [*unshare_command(), sys.executable, "-c", LO_UP_AND_EXEC, str(workdir / "interfaces.json"),
+               *tracer, *command]
+    return wrapped, env
+
+
+def check_air_gapped(workdir: Path) -> str:
+    """Assert what ``air_gapped``'s records show: only ``lo`` in the namespace, and no process of the
+    command reached (or looked up) anything outside the machine. Returns a one-line account."""
+    # 1. it ran in a namespace with nothing but loopback
+    assert json.loads((workdir / "interfaces.json").read_text()) == ["lo"]
+    # 2. no process tried to reach anything outside the machine
+    bad, events = audit_violations((workdir / "audit.tsv").read_text(encoding="utf-8").splitlines())
+    assert events > 0, "the audit hook recorded nothing: it did not run"
+    assert not bad, "\n".join(bad[:20])
+    if not shutil.which("strace"):
+        return f"{events} Python socket events, none outside (strace is not installed: apt-get install strace)"
+    bad, loopback_connects = strace_violations((workdir / "strace.txt").read_text(errors="replace").splitlines())
+    assert loopback_connects > 0, "strace saw no connect at all: it did not trace the job"
+    assert not bad, "\n".join(bad[:20])
+    return f"{loopback_connects} loopback connects traced, {events} Python socket events, none outside"
+
+
 def strace_violations(lines: list[str]) -> tuple[list[str], int]:
     """(lines that reach outside the machine, number of loopback connects seen)."""
     bad, loopback_connects = [], 0
@@ -139,70 +173,6 @@ def audit_violations(lines: list[str]) -> tuple[list[str], int]:
     return bad, len(lines)
 
 
-@pytest.mark.llm
-@pytest.mark.flow
-def test_main_job_runs_air_gapped_without_any_network_attempt(tmp_path, cli_env, tiny_render_env, smollm2_dir):
-    reason = namespace_unavailable()
-    if reason:
-        print(f"SKIPPED air-gap test: {reason}")
-        pytest.skip(reason)
-
-    prompt_file = tmp_path / "prompts.jsonl"
-    prompt_file.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(AUDIT_SITECUSTOMIZE)
-    audit_log, strace_log, interfaces = tmp_path / "audit.tsv", tmp_path / "strace.txt", tmp_path / "interfaces.json"
-
-    env = {key: value for key, value in cli_env.items() if key != "PREFECT_API_URL"}  # in the namespace: its own
-    env = {
-        **env, **tiny_render_env, "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PYTHONPATH": os.pathsep.join([str(site), cli_env["PYTHONPATH"]]),
-        "DIRECT2V_NET_AUDIT_LOG": str(audit_log),
-        "DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs"),
-        "DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir),
-    }
-    strace = shutil.which("strace")
-    tracer = [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg,bind", "-e", "signal=none",
-              "-o", str(strace_log)] if strace else []
-    if strace and subprocess.run([strace, "--seccomp-bpf", "-e", "trace=connect", "true"],
-                                 capture_output=True).returncode == 0:
-        tracer.insert(1, "--seccomp-bpf")  # only the traced calls stop the process: vLLM keeps its speed
-    if not strace:
-        print("strace is not installed: only Python-level socket events are checked (apt-get install strace)")
-    command = [*unshare_command(), sys.executable, "-c", LO_UP_AND_EXEC, str(interfaces),
-               *tracer, sys.executable, "-m", "direct2v", "run", str(prompt_file), "--frames", "4", "--fps", "2"]
-
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-4000:]
-
-    # 1. it ran in a namespace with nothing but loopback
-    assert json.loads(interfaces.read_text()) == ["lo"]
-
-    # 2. the job did its work
-    summary = json.loads(done.stdout)
-    rows = pq.read_table(Path(summary["run_dir"]) / "manifest.parquet").to_pylist()
-    assert {r["prompt_id"] for r in rows} == {"corgis", "rain"}
-    assert any(r["status"] == "ok" for r in rows)
-    for row in rows:
-        if row["status"] == "ok":
-            assert (Path(summary["run_dir"]) / row["video_path"]).stat().st_size > 0
-        else:  # the tiny director may fail to plan a prompt; nothing may fail for want of a network
-            assert row["failed_stage"] == "plan", row
-
-    # 3. no process tried to reach anything outside the machine
-    audit = audit_log.read_text(encoding="utf-8").splitlines()
-    bad, events = audit_violations(audit)
-    assert events > 0, "the audit hook recorded nothing: it did not run"
-    assert not bad, "\n".join(bad[:20])
-    if strace:
-        traced = strace_log.read_text(errors="replace").splitlines()
-        bad, loopback_connects = strace_violations(traced)
-        assert loopback_connects > 0, "strace saw no connect at all: it did not trace the job"
-        assert not bad, "\n".join(bad[:20])
-        print(f"air-gapped: {loopback_connects} loopback connects traced, {events} Python socket events, none outside")
-
-
 @pytest.mark.parametrize("attempt", ["udp-connect", "dns-lookup"])
 def test_the_recorders_catch_an_outside_attempt(tmp_path, attempt):
     """Negative control: a process that does try the network (inside an empty namespace, so nothing
@@ -211,21 +181,18 @@ def test_the_recorders_catch_an_outside_attempt(tmp_path, attempt):
     if reason:
         print(f"SKIPPED air-gap control: {reason}")
         pytest.skip(reason)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(AUDIT_SITECUSTOMIZE)
-    audit_log, strace_log = tmp_path / "audit.tsv", tmp_path / "strace.txt"
     code = {
         "udp-connect": "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(('8.8.8.8', 80))",
         "dns-lookup": "import socket; socket.getaddrinfo('example.com', 443)",
     }[attempt]
-    strace = shutil.which("strace")
-    tracer = [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg,bind", "-o", str(strace_log)] if strace else []
-    env = {**os.environ, "PYTHONPATH": str(site), "DIRECT2V_NET_AUDIT_LOG": str(audit_log)}
-    subprocess.run([*unshare_command(), *tracer, sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
-    bad, _ = audit_violations(audit_log.read_text().splitlines())
+    command, env = air_gapped([sys.executable, "-c", code], {**os.environ, "PYTHONPATH": ""}, tmp_path)
+    subprocess.run(command, env=env, capture_output=True, timeout=60)
+    assert json.loads((tmp_path / "interfaces.json").read_text()) == ["lo"]
+    bad, _ = audit_violations((tmp_path / "audit.tsv").read_text().splitlines())
     assert bad, "the audit hook missed the attempt"
-    if strace:
-        bad, _ = strace_violations(strace_log.read_text().splitlines())
+    if shutil.which("strace"):
+        bad, _ = strace_violations((tmp_path / "strace.txt").read_text().splitlines())
         assert bad, "strace missed the attempt"
         assert ("8.8.8.8" if attempt == "udp-connect" else "htons(53)") in bad[0]
+    with pytest.raises(AssertionError):
+        check_air_gapped(tmp_path)  # the main job's check fails such a run

@@ -1,6 +1,11 @@
 """The main job end to end through the real CLI: real vLLM director (bundled SmolLM2) in its own
 process, the tiny SD renderer, MP4s read back, the Parquet manifest -- under Prefect.
 
+It runs once (``main_job``), air-gapped where the kernel allows network namespaces (test_airgap.py
+says how that is proven), and two tests read that one run: what the flow made, and that nothing in
+it reached outside the machine. Where namespaces are forbidden the job runs plainly and only the
+air-gap test is skipped.
+
 ``run`` and ``dataset`` are one flow (``flows/generate.py``); this drives it with the director.
 Sharding (one director process per shard) is tested without vLLM in test_shards_manifest.py and
 test_resume.py; the render-only paths (``render --plans``, ``dataset --plans`` on Dask,
@@ -8,11 +13,14 @@ test_resume.py; the render-only paths (``render --plans``, ``dataset --plans`` o
 """
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import summary_of
+from test_airgap import air_gapped, check_air_gapped, namespace_unavailable
 
 from direct2v.director.plan import read_plan
 from direct2v.job.manifest import SCHEMA
@@ -26,14 +34,39 @@ PROMPTS = [
 ]
 
 
-def test_run_end_to_end_then_rerender_its_plans(tmp_path, run_cli, dataset_env, smollm2_dir):
-    prompt_file = tmp_path / "prompts.jsonl"
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory, cli_env, tiny_render_env, smollm2_dir):
+    """``direct2v run`` of PROMPTS and one bad line, with the bundled director and the tiny renderer,
+    in a fresh network namespace under the recorders (or plainly, where namespaces are forbidden).
+    The flow starts its own temporary Prefect server, as a first run on an air-gapped machine does."""
+    workdir = tmp_path_factory.mktemp("main-job")
+    prompt_file = workdir / "prompts.jsonl"
     lines = [json.dumps(PROMPTS[0]), '{"prompt": "broken", "frames": 0}', json.dumps(PROMPTS[1])]
     prompt_file.write_text("\n".join(lines) + "\n")
-    env = {**dataset_env, "DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir)}
+    env = {key: value for key, value in cli_env.items() if key != "PREFECT_API_URL"}  # its own server
+    env = {**env, **tiny_render_env, "PREFECT_HOME": str(workdir / "prefect"),
+           "DIRECT2V_OUTPUT_ROOT": str(workdir / "outputs"), "DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir)}
+    command = [sys.executable, "-m", "direct2v", "run", str(prompt_file), "--frames", "4", "--fps", "2"]
+    no_namespace = namespace_unavailable()
+    if not no_namespace:
+        command, env = air_gapped(command, env, workdir)
+    done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=1200)
+    return {"summary": summary_of(done), "workdir": workdir, "prompt_file": prompt_file, "no_namespace": no_namespace}
 
-    summary = summary_of(run_cli(["run", prompt_file, "--frames", "4", "--fps", "2"], env, cwd=tmp_path))
-    run_dir = tmp_path / summary["run_dir"]
+
+@pytest.mark.airgap
+def test_main_job_runs_air_gapped_without_any_network_attempt(main_job):
+    if main_job["no_namespace"]:
+        print(f"SKIPPED air-gap test: {main_job['no_namespace']}")
+        pytest.skip(main_job["no_namespace"])
+    print("air-gapped:", check_air_gapped(main_job["workdir"]))
+    summary = main_job["summary"]
+    assert summary["ok"] >= 1 and summary["render_failed"] == 0  # it did its work without a network
+
+
+def test_run_end_to_end_then_rerender_its_plans(main_job, tmp_path, run_cli, tiny_render_env):
+    summary, prompt_file = main_job["summary"], main_job["prompt_file"]
+    run_dir = main_job["workdir"] / summary["run_dir"]
     assert (summary["total"], summary["shards"], summary["input_problems"]) == (3, 1, 1)
     assert summary["planned"] + summary["plan_failed"] == 2 and summary["render_ok"] == summary["planned"] == summary["ok"]
     assert (run_dir / "director.log").read_text().count("--- exit code") == 1  # one director, all prompts batched
@@ -64,8 +97,8 @@ def test_run_end_to_end_then_rerender_its_plans(tmp_path, run_cli, dataset_env, 
     # Its plans rendered into a second run: the same videos, and the first run is left as it was.
     first = {pid: read_video(run_dir / r["video_path"]) for pid, r in rows.items() if r["status"] == "ok"}
     before = (run_dir / "manifest.parquet").stat().st_mtime_ns
-    again = summary_of(run_cli(["render", "--plans", run_dir / "plans", "--out", tmp_path / "rerender"], env,
-                               cwd=tmp_path))
+    again = summary_of(run_cli(["render", "--plans", run_dir / "plans", "--out", tmp_path / "rerender"],
+                               tiny_render_env, cwd=tmp_path))
     assert again["ok"] == len(first) and (run_dir / "manifest.parquet").stat().st_mtime_ns == before
     second = {r["prompt_id"]: r for r in pq.read_table(tmp_path / "rerender" / "manifest.parquet").to_pylist()}
     for prompt_id, data in first.items():
