@@ -184,9 +184,12 @@ _WORD = re.compile(r"[a-z]+")
 _OBJECT_WORDS = {word for name, words in world.COLOUR_WORDS.items() if name in world.COLOURS for word in words}
 _BACKGROUND_OF = {word: name for name in world.BACKGROUNDS for word in world.COLOUR_WORDS.get(name, (name,))}
 _BACKGROUND_ALTERNATION = "|".join(_BACKGROUND_OF)
-_BACKGROUND = re.compile(
-    rf"\b(?:({_BACKGROUND_ALTERNATION})\s+(?:background|backdrop)"
-    rf"|(?:background|backdrop)\s+(?:is|turns|becomes|goes|now)\s+(?:now\s+)?({_BACKGROUND_ALTERNATION}))\b"
+#: "white background", "grey backdrop"; "background is black", "backdrop turns white" (read apart: they may share a word)
+_BACKGROUND_NAMED = (
+    re.compile(rf"\b({_BACKGROUND_ALTERNATION})\s+(?:background|backdrop)\b"),
+    re.compile(
+        rf"\b(?:background|backdrop)\s+(?:is|turns|becomes|goes|now)\s+(?:now\s+)?({_BACKGROUND_ALTERNATION})\b"
+    ),
 )
 #: Opposite ends of one axis named for one object ("from the left edge to the right"): no one cell.
 _OPPOSITES = (({"left"}, {"right"}), ({"top", "upper"}, {"bottom", "lower"}))
@@ -196,7 +199,7 @@ def background_of(text: str) -> str | None:
     """The background colour a frame description names ("on a white background", "against a grey
     backdrop", ", black background", "the background is gray"); None when it names none, or more
     than one ("the white background turns black" is two states, not a frame)."""
-    named = {_BACKGROUND_OF[a or b] for a, b in _BACKGROUND.findall(text.lower())}
+    named = {_BACKGROUND_OF[word] for pattern in _BACKGROUND_NAMED for word in pattern.findall(text.lower())}
     return named.pop() if len(named) == 1 else None
 
 
