@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from direct2v.evaluation import shapes
+from direct2v.render.encode import to_uint8
 from direct2v.shape_world import world
 
 Cell = tuple[int, int]  # (column, row), 0..2 each
@@ -229,12 +231,17 @@ def observe_plan(frame_texts: Sequence[str]) -> list[Observation]:
 
 
 def observe_video(frames: np.ndarray) -> list[Observation]:
-    """Each frame (uint8 ``(F, H, W, 3)``) as the world's detectors read it: every object blob with
-    its detected shape and cell, and the dominant background colour."""
-    return [
-        Observation(world.detect_background(frame), tuple(Seen(d.colour, d.shape, d.cell) for d in world.detect(frame)))
-        for frame in frames
-    ]
+    """Each frame (uint8 or [0, 1] float ``(F, H, W, 3)``) as the world's detectors read it: every
+    object blob with its detected shape and cell, and the dominant background colour. Frames of
+    another size are first averaged down to the world's 64 x 64 (its detectors count pixels and cells at that size)."""
+    observations = []
+    for frame in to_uint8(frames):
+        if frame.shape[:2] != (world.IMAGE_SIZE, world.IMAGE_SIZE):
+            size = (world.IMAGE_SIZE, world.IMAGE_SIZE)
+            frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BOX))
+        found = tuple(Seen(d.colour, d.shape, d.cell) for d in world.detect(frame))
+        observations.append(Observation(world.detect_background(frame), found))
+    return observations
 
 
 # ---------------------------------------------------------------- the ideal plan
@@ -315,6 +322,14 @@ def _presence(observations: Sequence[Observation], colour: str) -> list[bool]:
     return [bool(_sightings(o, colour)) for o in observations]
 
 
+def checks_for(story: Story) -> tuple[str, ...]:
+    """The names of the checks that apply to ``story``, in ``CHECKS`` order: ``appears`` only with an
+    object entering later, ``disappears`` only with one leaving, every other check always."""
+    entering = any(obj.enters == "later" for obj in story.objects)
+    leaving = any(obj.leaves for obj in story.objects)
+    return tuple(name for name in CHECKS if (name != "appears" or entering) and (name != "disappears" or leaving))
+
+
 def check_story(story: Story, observations: Sequence[Observation]) -> dict[str, bool]:
     """The checks that apply to ``story``, each True when the frames (``observe_plan`` or
     ``observe_video``) do what the story asks. "Present at frame 1" means the story's truth
@@ -347,11 +362,11 @@ def check_story(story: Story, observations: Sequence[Observation]) -> dict[str, 
         "end": all(_cell(last, o.colour) == o.end for o in objects if not o.leaves),
         "path": all(_follows_path(o, observations) for o in objects),
     }
-    entering = [o for o in objects if o.enters == "later"]
-    if entering:
+    if "appears" in checks_for(story):
+        entering = [o for o in objects if o.enters == "later"]
         checks["appears"] = all(_starts_then_stays(_presence(observations, o.colour), False) for o in entering)
-    leaving = [o for o in objects if o.leaves]
-    if leaving:
+    if "disappears" in checks_for(story):
+        leaving = [o for o in objects if o.leaves]
         checks["disappears"] = all(_starts_then_stays(_presence(observations, o.colour), True) for o in leaving)
     backgrounds = [o.background for o in observations]
     if story.background_end is None:
