@@ -5,6 +5,7 @@ check fails on the plan that breaks it."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -283,3 +284,61 @@ def test_an_invented_colour_or_a_wrong_shape_fails_extras():
         for obj in scene.objects
     ]
     assert _failing(_video_checks(story, squares)) == {"extras"}
+
+
+# ---------------------------------------------------------------- the benchmark's scoring, on a made-up run
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("storylines_benchmark", ROOT / "benchmarks" / "storylines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos(tmp_path):
+    """Four stories: one told in plan and video, one whose video breaks the path (a renderer
+    failure), one whose plan restates the prompt, one whose video failed to render."""
+    from direct2v.job import manifest
+
+    bench = _benchmark()
+    stories = [BY_ID["across-01"], BY_ID["across-03"], BY_ID["appears-01"], BY_ID["vertical-01"]]
+    run = tmp_path / "run"
+    bench.write_ideal_plans(stories, 8, run / "plans")
+    restated = json.loads((run / "plans" / "appears-01.json").read_text())
+    (run / "plans" / "appears-01.json").write_text(json.dumps(restated | {"frames": [restated["prompt"]] * 8}))
+    videos = {story.id: np.stack([world.draw(scene) for scene in sl.ideal_scenes(story, 8)]) for story in stories}
+    videos["across-03"] = videos["across-03"][::-1]  # right to left: backwards
+    rows = [
+        manifest.ManifestRow(run_id="run", prompt_id=s.id, status="ok", video_path=f"videos/{s.id}.mp4", render_s=2.0)
+        for s in stories[:3]
+    ]
+    rows.append(manifest.ManifestRow(run_id="run", prompt_id="vertical-01", status="failed", failed_stage="render"))
+    manifest.append_rows(run, rows)
+    (run / "director_report.json").write_text(json.dumps({"prompts": 4, "engine_calls": [{"seconds": 6.0}]}))
+
+    results = bench.score_run(run, [*stories, BY_ID["diagonal-01"]], read=lambda path: videos[path.stem])
+    by_id = {r["id"]: r for r in results}
+    assert list(by_id) == ["across-01", "across-03", "appears-01", "vertical-01"]  # diagonal-01: not in the run
+    assert by_id["across-01"]["plan_tells"] and by_id["across-01"]["video_tells"]
+    assert by_id["across-03"]["plan_tells"] and _failing(by_id["across-03"]["video"]) == {"start", "end", "path"}
+    assert not by_id["appears-01"]["plan_tells"] and by_id["appears-01"]["video_tells"]
+    assert by_id["vertical-01"]["plan_tells"] and _failing(by_id["vertical-01"]["video"]) == set(sl.CHECKS) - {
+        "appears",
+        "disappears",
+    }
+    assert bench.director_seconds(run) == 1.5
+
+    report = bench.report(results, sl.KINDS, run)
+    assert "director 1.50 s per prompt" in report
+    assert report.index("### held_out") < report.index("### dev")
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in report.split("### dev")[0].splitlines()
+        if line.startswith("| ") and "kind" not in line
+    }
+    header = ["stories", "plan tells", "video tells", "renderer fails", *sl.CHECKS, "render s/video"]
+    assert set(cells) == {"across", "all"}  # the held-out table: across-03 alone
+    across_held_out = dict(zip(header, cells["across"]))
+    assert across_held_out["renderer fails"] == "1" and across_held_out["path"] == "1/0 of 1"
+    assert across_held_out["appears"] == "–" and across_held_out["render s/video"] == "2.00"
