@@ -1,0 +1,344 @@
+"""The storyline benchmark's data and checks (direct2v/evaluation/storylines.py), without any model:
+every story's ideal plan tells its story in words and, drawn by the shape world, in pixels; each
+check fails on the plan that breaks it."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from direct2v.evaluation import shapes
+from direct2v.evaluation import storylines as sl
+from direct2v.shape_world import world
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data" / "storylines.jsonl"
+STORIES = sl.load_stories(DATA)
+BY_ID = {story.id: story for story in STORIES}
+FRAME_COUNTS = (4, 8, 16)
+
+
+@functools.cache
+def _seen(scene: world.Scene) -> sl.Observation:
+    """One drawn scene as the detectors read it (scenes repeat across frames and stories: read each once)."""
+    return sl.observe_video(world.draw(scene)[None])[0]
+
+
+def _video_checks(story: sl.Story, scenes: list[world.Scene]) -> dict[str, bool]:
+    return sl.check_story(story, [_seen(scene) for scene in scenes])
+
+
+def _failing(checks: dict[str, bool]) -> set[str]:
+    return {name for name, ok in checks.items() if not ok}
+
+
+# ---------------------------------------------------------------- the data
+
+
+def test_every_kind_has_two_dev_and_four_held_out_stories():
+    counts = Counter((story.kind, story.split) for story in STORIES)
+    assert counts == {(kind, split): n for kind in sl.KINDS for split, n in (("dev", 2), ("held_out", 4))}
+
+
+def test_prompts_are_one_short_sentence_naming_the_story_in_words_the_captioner_knows():
+    for story in STORIES:
+        assert len(story.prompt.split()) <= 25 and story.prompt.count(". ") == 0, story.id
+        asked = shapes.parse_caption(story.prompt)
+        assert {want.colour for want in asked} == set(story.colours()), story.id
+        assert all(want.shape in (None, story.colours()[want.colour].shape) for want in asked), story.id
+        assert all(want.shape for want in asked[: len(story.objects)]), f"{story.id}: an object without a shape word"
+        words = story.prompt.lower()
+        for background in filter(None, (story.background, story.background_end)):
+            assert any(word in words for word in world.COLOUR_WORDS.get(background, (background,))), story.id
+
+
+def test_held_out_prompts_use_words_the_dev_prompts_do_not():
+    def words(split: str) -> set[str]:
+        return {w.strip(".,:") for s in STORIES if s.split == split for w in s.prompt.lower().split()}
+
+    assert {"glides", "sinks", "climbs", "falls", "disappears", "emerges", "darkens"} <= words("held_out") - words(
+        "dev"
+    )
+
+
+def test_the_ideal_plans_never_put_two_objects_in_one_cell_and_never_show_an_empty_frame():
+    for story in STORIES:
+        for frames in FRAME_COUNTS:
+            for scene in sl.ideal_scenes(story, frames):
+                cells = [obj.cell for obj in scene.objects]
+                assert cells and len(set(cells)) == len(cells), story.id
+
+
+def test_stories_vary_colours_shapes_and_backgrounds():
+    objects = [obj for story in STORIES for obj in story.objects]
+    assert {obj.colour for obj in objects} == set(world.COLOURS)
+    assert {obj.shape for obj in objects} == set(world.SHAPES)
+    assert {story.background for story in STORIES} == set(world.BACKGROUNDS)
+    assert {story.background_end for story in STORIES if story.kind == "background_change"} >= {"white", "black"}
+
+
+def test_bad_records_are_reported_with_their_line(tmp_path):
+    good = DATA.read_text(encoding="utf-8").splitlines()[0]
+    bad = json.loads(good) | {"objects": [{"colour": "pink", "shape": "circle", "start": "left"}]}
+    path = tmp_path / "stories.jsonl"
+    path.write_text(good + "\n\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=r"stories.jsonl:3: not a story \(objects.0.colour: .*colour must be one of"):
+        sl.load_stories(path)
+    path.write_text(good + "\n" + good + "\n")
+    with pytest.raises(ValueError, match=r"stories.jsonl:2: story id 'across-01' repeated"):
+        sl.load_stories(path)
+    crossed = json.loads(good) | {"objects": [{"colour": "red", "shape": "circle", "start": "left right"}]}
+    path.write_text(json.dumps(crossed) + "\n")
+    with pytest.raises(ValueError, match=r":1: .*not a cell: 'left right'"):
+        sl.load_stories(path)
+
+
+def test_cells_read_and_written_as_words():
+    assert sl.parse_cell("left") == (0, 1) and sl.parse_cell("top left") == (0, 0)
+    assert sl.parse_cell("center") == (1, 1) and sl.parse_cell("lower right") == (2, 2)
+    for cell in [(column, row) for column in range(3) for row in range(3)]:
+        assert sl.parse_cell(sl.cell_name(cell)) == cell
+    for text in ("", "up", "top bottom"):
+        with pytest.raises(ValueError):
+            sl.parse_cell(text)
+
+
+# ---------------------------------------------------------------- the ideal plan
+
+
+def test_a_move_of_two_cells_over_eight_frames_is_three_two_three():
+    story = BY_ID["across-01"]
+    assert [sl.ideal_cell(story.objects[0], f, 8)[0] for f in range(8)] == [0, 0, 0, 1, 1, 2, 2, 2]
+    diagonal = BY_ID["diagonal-01"].objects[0]
+    assert [sl.ideal_cell(diagonal, f, 8) for f in (0, 3, 7)] == [(0, 0), (1, 1), (2, 2)]
+    for frames in range(2, 17):
+        cells = [sl.ideal_cell(diagonal, f, frames) for f in range(frames)]
+        assert cells[0] == diagonal.start and cells[-1] == diagonal.end and cells == sorted(cells)
+
+
+def test_ideal_frames_are_the_canonical_captions():
+    frames = sl.ideal_frames(BY_ID["appears-01"], 8)
+    assert frames[0] == "a red circle on the left on a white background"
+    assert frames[-1] == "a red circle on the left and a blue square on the right on a white background"
+    assert frames[3:5] == [frames[0], frames[-1]]  # the blue box enters at frame F // 2
+    change = sl.ideal_frames(BY_ID["background_change-01"], 4)
+    assert [sl.background_of(text) for text in change] == ["white", "white", "black", "black"]
+
+
+@pytest.mark.parametrize("frames", FRAME_COUNTS)
+def test_every_ideal_plan_tells_its_story_in_words_and_in_pixels(frames):
+    for story in STORIES:
+        plan = sl.check_plan(story, sl.ideal_frames(story, frames))
+        video = _video_checks(story, sl.ideal_scenes(story, frames))
+        assert sl.tells_story(plan) and sl.tells_story(video), (story.id, plan, video)
+        assert tuple(plan) == tuple(video) == sl.checks_for(story)
+        assert {"start", "end", "path", "background", "extras"} <= set(plan)
+        assert ("appears" in plan) == (story.kind == "appears")
+        assert ("disappears" in plan) == (story.kind == "disappears")
+
+
+def test_observe_video_reads_a_stack_of_frames():
+    story = BY_ID["two_moving-01"]
+    frames = np.stack([world.draw(scene) for scene in sl.ideal_scenes(story, 4)])
+    observed = sl.observe_video(frames)
+    assert observed == [_seen(scene) for scene in sl.ideal_scenes(story, 4)]
+    assert sl.observe_video(frames.repeat(8, axis=1).repeat(8, axis=2)) == observed  # a 512 px video, read at 64 px
+    assert sl.observe_video(frames / 255.0) == observed
+    assert observed[0] == sl.Observation("white", (sl.Seen("blue", "square", (2, 0)), sl.Seen("red", "circle", (0, 1))))
+
+
+# ---------------------------------------------------------------- reading a frame description
+
+
+def test_a_background_word_is_never_an_object_and_is_read_apart():
+    for text in (
+        "a red ball on the left on a black background",
+        "a red ball on the left against a grey backdrop",
+        "a red ball on the left, white background",
+        "a red ball on the left; the background is gray",
+    ):
+        observed = sl.observe_text(text)
+        assert observed.objects == (sl.Seen("red", "circle", (0, 1)),), text
+        assert observed.background in ("black", "gray", "white")
+    assert sl.background_of("a red ball on the left") is None
+    assert sl.background_of("the white background turns black") is None  # two states, not one frame
+    assert sl.observe_text("a purple box at the bottom on an orange background").objects[1].colour == "orange"
+
+
+def test_an_object_said_at_two_ends_of_an_axis_has_no_cell():
+    assert sl.observe_text("a red ball rolls from the left side to the right side").objects[0].cell is None
+    assert sl.observe_text("a blue box drops from the top to the bottom").objects[0].cell is None
+    assert sl.observe_text("a blue box on the left, a red ball on the right").objects[0].cell == (0, 1)
+
+
+# ---------------------------------------------------------------- each check fails on its broken plan
+
+
+def _edit(story_id: str, frames: int = 8, **at: str) -> tuple[sl.Story, list[str]]:
+    """The ideal plan of ``story_id`` with frames replaced: ``f3="..."`` replaces frame 3 (0-based)."""
+    story = BY_ID[story_id]
+    plan = sl.ideal_frames(story, frames)
+    for key, text in at.items():
+        plan[int(key[1:])] = text
+    return story, plan
+
+
+@pytest.mark.parametrize("story_id", ["across-01", "vertical-02", "diagonal-01", "two_moving-04"])
+def test_the_prompt_restated_in_every_frame_fails_start_end_and_path(story_id):
+    story = BY_ID[story_id]
+    assert {"start", "end", "path"} <= _failing(sl.check_plan(story, [story.prompt] * 8))
+
+
+def test_an_object_in_two_places_at_once_fails_the_path():
+    both = "a red circle on the left and a red circle on the right on a white background"
+    story, plan = _edit("across-01", f7=both)
+    assert _failing(sl.check_plan(story, plan)) == {"end", "path"}
+    story, plan = _edit("across-01", f4=both)
+    assert _failing(sl.check_plan(story, plan)) == {"path"}
+    scenes = sl.ideal_scenes(story, 8)
+    twice = world.Scene(scenes[4].objects + (world.ShapeObject("circle", "red", "small", 0, 1),), "white")
+    assert _failing(_video_checks(story, scenes[:4] + [twice] + scenes[5:])) == {"path"}
+
+
+def test_a_path_going_backwards_fails_only_the_path():
+    story = BY_ID["across-01"]
+    columns = [0, 1, 0, 1, 1, 2, 2, 2]
+    plan = [f"a red circle {world.position_phrase((c, 1))} on a white background" for c in columns]
+    assert _failing(sl.check_plan(story, plan)) == {"path"}
+    scenes = [world.Scene((world.ShapeObject("circle", "red", "large", c, 1),), "white") for c in columns]
+    assert _failing(_video_checks(story, scenes)) == {"path"}
+    overshoot = BY_ID["across-06"]  # right -> center: passing it to the left is off the path
+    plan = sl.ideal_frames(overshoot, 8)
+    plan[5] = plan[5].replace("in the center", "on the left")
+    assert _failing(sl.check_plan(overshoot, plan)) == {"path"}
+
+
+def test_a_static_object_that_moves_or_goes_missing_fails_the_path():
+    story, plan = _edit("static_and_moving-01", f3="a red circle at the top on a white background")
+    assert _failing(sl.check_plan(story, plan)) == {"path"}  # the blue box is gone in frame 4
+    story, plan = _edit(
+        "static_and_moving-01", f3="a blue square on the left and a red circle at the top on a white background"
+    )
+    assert _failing(sl.check_plan(story, plan)) == {"path"}
+
+
+def test_an_object_without_a_position_fails_start_and_path():
+    story, plan = _edit("across-01", f0="a red circle on a white background")
+    assert _failing(sl.check_plan(story, plan)) == {"start", "path"}
+
+
+def test_an_appearing_object_shown_from_frame_one_or_flickering_fails_appears():
+    story = BY_ID["appears-01"]
+    last = sl.ideal_frames(story, 8)[-1]
+    assert _failing(sl.check_plan(story, [last] * 8)) == {"appears"}
+    story, plan = _edit("appears-01", f5="a red circle on the left on a white background")
+    assert _failing(sl.check_plan(story, plan)) == {"appears"}
+    scenes = sl.ideal_scenes(story, 8)
+    assert _failing(_video_checks(story, [scenes[-1]] * 8)) == {"appears"}
+
+
+def test_a_disappearing_object_that_stays_or_comes_back_fails_disappears():
+    story = BY_ID["disappears-01"]
+    first = sl.ideal_frames(story, 8)[0]
+    assert _failing(sl.check_plan(story, [first] * 8)) == {"disappears"}
+    story, plan = _edit("disappears-01", f6=first)
+    assert _failing(sl.check_plan(story, plan)) == {"disappears"}
+    assert _failing(_video_checks(story, [sl.ideal_scenes(story, 8)[0]] * 8)) == {"disappears"}
+
+
+def test_a_background_that_flips_or_is_not_said_fails_background():
+    story = BY_ID["background_change-01"]
+    plan = [f"a yellow circle in the center on a {colour} background" for colour in ["white", "black"] * 4]
+    assert _failing(sl.check_plan(story, plan)) == {"background"}
+    never = [f"a yellow circle in the center on a {colour} background" for colour in ["white"] * 8]
+    assert _failing(sl.check_plan(story, never)) == {"background"}
+    scenes = [world.Scene((world.ShapeObject("circle", "yellow", "small", 1, 1),), c) for c in ["white", "black"] * 4]
+    assert _failing(_video_checks(story, scenes)) == {"background"}
+    story, plan = _edit("across-01", f2="a red circle on the left")
+    assert _failing(sl.check_plan(story, plan)) == {"background"}
+    story, plan = _edit("across-01", f2="a red circle on the left on a black background")
+    assert _failing(sl.check_plan(story, plan)) == {"background"}
+
+
+def test_an_invented_colour_or_a_wrong_shape_fails_extras():
+    story, plan = _edit(
+        "across-01", f3="a red circle on the left and a green triangle at the top on a white background"
+    )
+    assert _failing(sl.check_plan(story, plan)) == {"extras"}
+    story, plan = _edit("across-01", f3="a red square on the left on a white background")
+    assert _failing(sl.check_plan(story, plan)) == {"extras"}
+    story, plan = _edit("across-01", f3="a red ball on the left on a white background")  # a synonym is the same shape
+    assert sl.tells_story(sl.check_plan(story, plan))
+    scenes = sl.ideal_scenes(story, 8)
+    extra = world.Scene(scenes[2].objects + (world.ShapeObject("square", "green", "small", 2, 2),), "white")
+    assert _failing(_video_checks(story, scenes[:2] + [extra] + scenes[3:])) == {"extras"}
+    squares = [
+        world.Scene((world.ShapeObject("square", "red", "small", *obj.cell),), "white")
+        for scene in scenes
+        for obj in scene.objects
+    ]
+    assert _failing(_video_checks(story, squares)) == {"extras"}
+
+
+# ---------------------------------------------------------------- the benchmark's scoring, on a made-up run
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("storylines_benchmark", ROOT / "benchmarks" / "storylines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos(tmp_path):
+    """Four stories: one told in plan and video, one whose video breaks the path (a renderer
+    failure), one whose plan restates the prompt, one whose video failed to render."""
+    from direct2v.job import manifest
+
+    bench = _benchmark()
+    stories = [BY_ID["across-01"], BY_ID["across-03"], BY_ID["appears-01"], BY_ID["vertical-01"]]
+    run = tmp_path / "run"
+    bench.write_ideal_plans(stories, 8, run / "plans")
+    restated = json.loads((run / "plans" / "appears-01.json").read_text())
+    (run / "plans" / "appears-01.json").write_text(json.dumps(restated | {"frames": [restated["prompt"]] * 8}))
+    videos = {story.id: np.stack([world.draw(scene) for scene in sl.ideal_scenes(story, 8)]) for story in stories}
+    videos["across-03"] = videos["across-03"][::-1]  # right to left: backwards
+    rows = [
+        manifest.ManifestRow(run_id="run", prompt_id=s.id, status="ok", video_path=f"videos/{s.id}.mp4", render_s=2.0)
+        for s in stories[:3]
+    ]
+    rows.append(manifest.ManifestRow(run_id="run", prompt_id="vertical-01", status="failed", failed_stage="render"))
+    manifest.append_rows(run, rows)
+    (run / "director_report.json").write_text(json.dumps({"prompts": 4, "engine_calls": [{"seconds": 6.0}]}))
+
+    results = bench.score_run(run, [*stories, BY_ID["diagonal-01"]], read=lambda path: videos[path.stem])
+    by_id = {r["id"]: r for r in results}
+    assert list(by_id) == ["across-01", "across-03", "appears-01", "vertical-01"]  # diagonal-01: not in the run
+    assert by_id["across-01"]["plan_tells"] and by_id["across-01"]["video_tells"]
+    assert by_id["across-03"]["plan_tells"] and _failing(by_id["across-03"]["video"]) == {"start", "end", "path"}
+    assert not by_id["appears-01"]["plan_tells"] and by_id["appears-01"]["video_tells"]
+    assert by_id["vertical-01"]["plan_tells"] and _failing(by_id["vertical-01"]["video"]) == set(sl.CHECKS) - {
+        "appears",
+        "disappears",
+    }
+    assert bench.director_seconds(run) == 1.5
+
+    report = bench.report(results, sl.KINDS, run)
+    assert "director 1.50 s per prompt" in report
+    assert report.index("### held_out") < report.index("### dev")
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in report.split("### dev")[0].splitlines()
+        if line.startswith("| ") and "kind" not in line
+    }
+    header = ["stories", "plan tells", "video tells", "renderer fails", *sl.CHECKS, "render s/video"]
+    assert set(cells) == {"across", "all"}  # the held-out table: across-03 alone
+    across_held_out = dict(zip(header, cells["across"]))
+    assert across_held_out["renderer fails"] == "1" and across_held_out["path"] == "1/0 of 1"
+    assert across_held_out["appears"] == "–" and across_held_out["render s/video"] == "2.00"
