@@ -15,7 +15,7 @@ from importlib import resources
 from direct2v.director import quality
 from direct2v.director.plan import TokenBudget, parse_frames, quality_findings, quality_problems
 
-TEMPLATE_VERSIONS = ("v1", "v2")
+TEMPLATE_VERSIONS = ("v1", "v2", "shapes")
 CAMERA_INSTRUCTION = "4. Infer the desired camera angles and movements\n"
 # Brief descriptions (the paper's GPT-4 ones are ~150 characters); the cap stays well inside SD's 77
 # CLIP tokens and stops a small model from looping inside one string. v2 asks for one frame at a
@@ -67,6 +67,14 @@ def instruction_text(prompt: str, frames: int, fps: int, camera: bool = True) ->
         fps=fps,
         camera_instruction=CAMERA_INSTRUCTION if camera else "",
         prompt=prompt,
+    ).rstrip("\n")
+
+
+def shape_instruction_text(prompt: str, frames: int, fps: int) -> str:
+    """The shape-world profile's one request (template ``shapes``): the whole list, in the world's
+    words. The shape director model is fine-tuned on exactly this text (``shape_world.director_training``)."""
+    return load_template("frame_director", "shapes").format(
+        frames_in_words=number_in_words(frames), fps=fps, prompt=prompt
     ).rstrip("\n")
 
 
