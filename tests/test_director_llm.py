@@ -1,5 +1,5 @@
-"""The REAL vLLM engine on the bundled SmolLM2-135M-Instruct: a batch planned at F=8 and one
-FPS-doubling round to F=16 (template v2: the doubled round keeps the first round's frames); every
+"""The REAL vLLM engine on the bundled SmolLM2-135M-Instruct: a batch planned at F=8, another at
+F=4 with one FPS-doubling round to F=8 (template v2: the doubled round keeps the first round's frames); every
 plan valid or recorded as failed with a reason; lineage correct; the example prompts get clean
 plans; v1 still plans; the cache answers a repeated request without the engine."""
 
@@ -32,7 +32,7 @@ def director(smollm2_dir, tiny_sd_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def three_requests(director):
     """Three engine calls every test below reads (the engine is slow on a CPU: each call once):
-    ``first``, the example prompts and one more at F=8; ``between``, another request (a batch with
+    ``first``, the example prompts and one more at F=8; ``between``, another request (a batch at F=4 with
     one FPS-doubling round, and its report); ``again``, the first request once more. The plan
     cache is bypassed, so every call reaches the engine (whose prefix cache stays on)."""
     prompts = [*PROMPTS, "A red ball rolls across a table"]
@@ -45,7 +45,7 @@ def three_requests(director):
         director.cache = cache  # (reconfigure keeps a cache only where there is one)
         director.reconfigure(director.settings)  # the same engine and settings, a fresh report for ``between``
         director.cache = None
-        between = director.plan(batch, frames=8, fps=1, seed=11, fps_doublings=1)
+        between = director.plan(batch, frames=4, fps=1, seed=11, fps_doublings=1)
         between_report = director.report.as_dict()
         again = director.plan(records, frames=8, fps=2, seed=0)
     finally:
@@ -62,7 +62,7 @@ def test_batch_with_one_fps_doubling(three_requests, tiny_sd_dir):
         if isinstance(result, PlanFailure):
             assert result.reason and result.attempts >= 1
             continue
-        first_frames = 3 if result.prompt_id == "short" else 8
+        first_frames = 3 if result.prompt_id == "short" else 4
         assert [len(r.frames) for r in result.rounds] == [first_frames, 2 * first_frames]
         assert [r.fps for r in result.rounds] == ([1, 2])
         assert result.rounds[0].parents == [] and result.rounds[1].parents == lineage(2 * first_frames)
@@ -77,9 +77,9 @@ def test_batch_with_one_fps_doubling(three_requests, tiny_sd_dir):
     assert report["prompts"] == 4 and report["accepted_final"] + report["failed"] == 4
     assert report["valid_final"] <= report["accepted_final"] and report["valid_first_try"] <= report["usable_first_try"]
     calls = report["engine_calls"]  # first round, then the doubling round (each with any repair turns)
-    # v2: one answer per frame (8 + 8 + 8 + 3) in the first call; the doubling round asks the 27 between
-    assert len(calls) >= 2 and calls[0]["answers"] == 27 and all(c["tokens"] > 0 for c in calls)
-    assert 27 in [c["answers"] for c in calls[1:]]
+    # v2: one answer per frame (4 + 4 + 4 + 3) in the first call; the doubling round asks the 15 between
+    assert len(calls) >= 2 and calls[0]["answers"] == 15 and all(c["tokens"] > 0 for c in calls)
+    assert 15 in [c["answers"] for c in calls[1:]]
 
 
 def test_the_example_prompts_get_clean_plans(three_requests):
