@@ -42,7 +42,7 @@ def tiny_base(tmp_path_factory) -> Path:
 def _config(**overrides) -> dt.DirectorTrainConfig:
     settings = {"steps": 4, "batch_size": 2, "lr": 2e-2, "warmup": 1, "lora_rank": 4, "lora_alpha": 8,
                 "lora_dropout": 0.1, "frames_choices": (4,), "checkpoint_every": 2, "threads": 1,
-                "adapter_dtype": "float32"}
+                "adapter_dtype": "float32", "compute": "float32"}
     return dt.DirectorTrainConfig(**(settings | overrides))
 
 
@@ -143,3 +143,42 @@ def test_the_merged_model_answers_as_the_adapter_and_builds_the_same_bytes(tiny_
     assert next(merged.parameters()).dtype == torch.float32
     assert (peft_logits - plain).abs().max() > 1e-3  # the adapter does something
     assert torch.allclose(merged_logits, peft_logits, atol=1e-4, rtol=0)
+
+
+def test_micro_batches_accumulate_the_whole_batchs_gradient(tiny_base, tmp_path):
+    """One step over a batch of 4 in passes of 1 or of 4: the same mean over all answer tokens, the same update."""
+    states = []
+    for micro in (1, 4):
+        trainer = dt.DirectorTrainer(_config(batch_size=4, micro_batch=micro, lora_dropout=0.0), tiny_base,
+                                     tmp_path / f"work-{micro}", EXCLUDE)
+        loss = trainer.step(0)
+        trainer.step(1)
+        states.append((loss, trainer.adapter_state()))
+    (loss_1, a), (loss_4, b) = states
+    assert loss_1 == pytest.approx(loss_4, abs=1e-5)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+
+
+def test_the_command_line_trains_merges_and_refuses_in_one_line(tiny_base, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from direct2v.cli import app
+    from direct2v.cli.common import UserError
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runner = CliRunner()
+    adapter, work = tmp_path / "adapter", tmp_path / "work"
+    args = ["models", "train-director", "--base", str(tiny_base), "--out", str(adapter), "--work-dir", str(work),
+            "--steps", "1", "--batch-size", "1", "--micro-batch", "1", "--lora-rank", "2", "--compute", "float32"]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "trained shape-director adapter" in done.output and (adapter / dt.ADAPTER_WEIGHTS).is_file()
+    assert json.loads((adapter / "TRAINING.json").read_text())["config"]["lora_rank"] == 2
+    merged = runner.invoke(app, ["models", "merge-director", "--base", str(tiny_base), "--adapter", str(adapter),
+                                 "--out", str(tmp_path / "merged")])
+    assert merged.exit_code == 0, merged.output
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    other = runner.invoke(app, [*args[:-8], "--steps", "2", "--batch-size", "1", "--lora-rank", "2"])
+    assert isinstance(other.exception, UserError) and "other settings" in str(other.exception)
+    bad = runner.invoke(app, [*args[:-8], "--steps", "0"])
+    assert isinstance(bad.exception, UserError) and "--steps" in str(bad.exception)
