@@ -10,6 +10,10 @@
 
 The tiny random-weight SD (``tiny_models.build_tiny_sd``) stays for the fast unit tests.
 
+:func:`merge_director` folds a LoRA adapter of the director (the shape director,
+``direct2v/shape_world/director_training.py``) into its base model: a plain Hugging Face directory
+again, which vLLM loads like the base.
+
     python -m direct2v models build
 """
 
@@ -83,3 +87,24 @@ def build_default_models(llm_dir: Path, sd_dir: Path, force: bool = False) -> di
         log.info("installing the trained shape-world model -> %s", sd_dir)
         built["renderer"] = install_shape_world(Path(sd_dir))
     return built
+
+
+def merge_director(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    """The base causal LM of ``base_dir`` with the PEFT LoRA adapter of ``adapter_dir`` merged in
+    (``merge_and_unload``), saved to ``out_dir`` as float32 safetensors with the base's tokenizer
+    and chat template. Local files only, no remote code; the same inputs give the same bytes."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from direct2v.core.files import staged_directory
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False,
+                                                dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir, local_files_only=True, is_trainable=False)
+    merged = model.merge_and_unload().to(torch.float32).eval()
+    with staged_directory(out_dir) as staging:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return Path(out_dir)
