@@ -46,7 +46,7 @@ from direct2v.render.encode import EncodeError, read_video
 from direct2v.shape_world import stories as st
 
 STORIES = ROOT / "benchmarks" / "data" / "storylines.jsonl"
-SPLITS = ("held_out", "dev")
+SPLITS = ("held_out", "dev", "example")
 IDEAL_FPS, IDEAL_SEED = 2, 0  # the run defaults' fps and seed
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from direct2v.evaluation import shapes
 from direct2v.evaluation import storylines as sl
@@ -42,9 +43,13 @@ def _failing(checks: dict[str, bool]) -> set[str]:
 # ---------------------------------------------------------------- the data
 
 
-def test_every_kind_has_two_dev_and_four_held_out_stories():
-    counts = Counter((story.kind, story.split) for story in STORIES)
+def test_every_kind_has_two_dev_and_four_held_out_stories_and_the_examples_are_stories():
+    counts = Counter((story.kind, story.split) for story in STORIES if story.split != "example")
     assert counts == {(kind, split): n for kind in st.KINDS for split, n in (("dev", 2), ("held_out", 4))}
+    examples = [story.prompt for story in STORIES if story.split == "example"]
+    shipped = [line for line in (REPO / "prompts_in/examples.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert examples == shipped  # the README's first run is scored as a storyline too
 
 
 def test_prompts_are_one_short_sentence_naming_the_story_in_words_the_captioner_knows():

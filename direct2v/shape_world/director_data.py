@@ -442,7 +442,7 @@ def normalised(prompt: str) -> str:
 
 
 def benchmark_prompts(path: Path = BENCHMARK_STORIES) -> frozenset[str]:
-    """The benchmark's prompts (dev and held-out), normalised: never a training prompt."""
+    """The benchmark's prompts (dev, held-out and the shipped examples), normalised: never a training prompt."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: the training data must exclude the benchmark's prompts "
                                 "(train from a checkout of the repository)")

@@ -107,7 +107,7 @@ class Story(BaseModel):
     id: str
     prompt: str
     kind: Kind
-    split: Literal["dev", "held_out", "train"]  # train: generated (``director_data``), never in the benchmark
+    split: Literal["dev", "held_out", "example", "train"]  # example: prompts_in/examples.*; train: generated (``director_data``), never in the benchmark
     background: str
     background_end: str | None = None
     objects: tuple[StoryObject, ...]
