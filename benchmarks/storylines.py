@@ -1,6 +1,6 @@
 """Storylines, prompt to pixels: does a run tell the stories its prompts ask for (issue #40)?
 
-The storylines of ``benchmarks/data/storylines.jsonl`` (8 kinds x 2 dev + 4 held-out stories: an
+The storylines of ``direct2v/shape_world/storylines.jsonl`` (8 kinds x 2 dev + 4 held-out stories: an
 object crossing, rising or falling, moving diagonally, appearing, disappearing, one object still
 and one moving, two moving, a background changing) are run by the real command line, and every
 story is checked twice with ``direct2v/evaluation/storylines.py``:
@@ -45,7 +45,7 @@ from direct2v.job.rundir import DIRECTOR_REPORT, PLANS_DIR, is_run_dir
 from direct2v.render.encode import EncodeError, read_video
 from direct2v.shape_world import stories as st
 
-STORIES = ROOT / "benchmarks" / "data" / "storylines.jsonl"
+STORIES = st.KNOWN_STORIES
 SPLITS = ("held_out", "dev", "example")
 IDEAL_FPS, IDEAL_SEED = 2, 0  # the run defaults' fps and seed
 

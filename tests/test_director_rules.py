@@ -332,3 +332,13 @@ def test_the_plan_cache_key_changes_with_the_template_text(tmp_path):
     before = files_digest([template])
     template.write_text('{"prompt": "a purple triangle"}')
     assert files_digest([template]) != before
+
+
+def test_a_shape_world_model_anywhere_gets_the_shape_world_director(tmp_path):
+    from direct2v.bundled.models import SHAPE_WORLD_WEIGHTS
+    from direct2v.core.config import is_shape_world_model, load_settings
+
+    assert is_shape_world_model(SHAPE_WORLD_WEIGHTS)  # by its TRAINING.json, wherever it is copied
+    assert load_settings(render={"model_dir": SHAPE_WORLD_WEIGHTS}).director.profile == "shape-world"
+    (tmp_path / "TRAINING.json").write_text('{"command": "accelerate launch train_text_to_image.py"}')
+    assert not is_shape_world_model(tmp_path) and not is_shape_world_model(tmp_path / "missing")

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "shape_world": {"core", "bundled", "director"},
     "job": {"core", "director", "render"},
     "evaluation": {"core", "director", "render", "job", "shape_world"},
-    "publish": {"core", "render", "job"},
+    "publish": {"core", "render", "job", "evaluation", "shape_world"},
     "cli": {"core", "bundled", "director", "render", "job", "evaluation", "publish", "shape_world"},
     "main": {"cli"},
     "flows": {"core", "director", "render", "job", "publish", "evaluation", "flows"},

@@ -20,7 +20,7 @@ from direct2v.shape_world import stories as st
 from direct2v.shape_world import world
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "benchmarks" / "data" / "storylines.jsonl"
+DATA = st.KNOWN_STORIES
 STORIES = st.load_stories(DATA)
 BY_ID = {story.id: story for story in STORIES}
 FRAME_COUNTS = (4, 8, 16)
@@ -348,3 +348,38 @@ def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos
     across_held_out = dict(zip(header, cells["across"]))
     assert across_held_out["renderer fails"] == "1" and across_held_out["path"] == "1/0 of 1"
     assert across_held_out["appears"] == "–" and across_held_out["render s/video"] == "2.00"
+
+
+# ---------------------------------------------------------------- the gallery shows a known storyline's checks
+
+
+def test_the_gallery_shows_the_checks_of_a_known_storyline_and_nothing_for_other_prompts(tmp_path):
+    """A row whose prompt is a known storyline (case and punctuation aside) gets its plan and video
+    checks on the page; its video run backwards fails start/end/path there; another prompt gets none."""
+    from direct2v.job import manifest
+    from direct2v.publish import gallery
+    from direct2v.render.encode import encode_mp4
+
+    story = BY_ID["example-01"]
+    frames = st.ideal_frames(story, 8)
+    drawn = np.stack([world.draw(scene) for scene in st.ideal_scenes(story, 8)])
+    encode_mp4(drawn, tmp_path / "videos" / "told.mp4", fps=2)
+    encode_mp4(drawn[::-1], tmp_path / "videos" / "backwards.mp4", fps=2)
+    encode_mp4(drawn, tmp_path / "videos" / "other.mp4", fps=2)
+
+    def row(prompt_id, prompt):
+        return manifest.ManifestRow(run_id="run", prompt_id=prompt_id, prompt=prompt, status="ok",
+                                    video_path=f"videos/{prompt_id}.mp4", frame_prompts=frames)
+
+    rows = [row("told", story.prompt.upper() + "!"), row("backwards", story.prompt), row("other", "a corgi runs")]
+    told = gallery.storyline_checks(rows[0], tmp_path)
+    assert told is not None and sl.tells_story(told["plan"]) and sl.tells_story(told["video"])
+    backwards = gallery.storyline_checks(rows[1], tmp_path)
+    assert sl.tells_story(backwards["plan"]) and _failing(backwards["video"]) == {"start", "end", "path"}
+    assert gallery.storyline_checks(rows[2], tmp_path) is None
+
+    page = gallery.write_index(tmp_path, rows).read_text()
+    entries = {entry.split('"', 1)[0]: entry for entry in page.split('id="video-')[1:]}
+    assert "video: tells its story" in entries["told"] and "plan: tells its story" in entries["told"]
+    assert "video: does not tell its story" in entries["backwards"] and "start &#10007;" in entries["backwards"]
+    assert "storyline" not in entries["other"]

@@ -11,6 +11,7 @@ its own local Hugging Face directories.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +50,7 @@ class DirectorSettings(_Section):
         "auto", description="which director: shape-world = SmolLM2 fine-tuned on the shape world's storylines with "
         "template shapes (for the embedded shape-world renderer); general = the bundled SmolLM2 with template v2 "
         "(for real Stable Diffusion models); auto = shape-world when render.model_dir is the embedded shape-world "
-        "model, general otherwise. director.model_dir and template_version, where set, win over the profile's",
+        "model (or another made by `direct2v models train-shapes`), general otherwise. director.model_dir and template_version, where set, win over the profile's",
     )
     model_dir: Path = DEFAULT_LLM_DIR
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
@@ -193,6 +194,19 @@ class EvalSettings(_Section):
     max_flicker: float | None = Field(None, ge=0.0, le=1.0, description="reject if the flicker score is higher")
 
 
+def is_shape_world_model(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is the embedded shape-world renderer (its default place, built or not)
+    or any model trained by ``direct2v models train-shapes`` (its TRAINING.json says so)."""
+    model_dir = Path(model_dir)
+    if model_dir.resolve() == DEFAULT_SD_DIR.resolve():
+        return True
+    try:
+        record = json.loads((model_dir / "TRAINING.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "models train-shapes" in str(record.get("command", ""))
+
+
 class Settings(BaseSettings):
     """Everything a run needs; one instance is built per run and recorded with it."""
 
@@ -217,8 +231,7 @@ class Settings(BaseSettings):
         director = self.director
         profile = director.profile
         if profile == "auto":
-            embedded = Path(self.render.model_dir).resolve() == DEFAULT_SD_DIR.resolve()
-            profile = "shape-world" if embedded else "general"
+            profile = "shape-world" if is_shape_world_model(self.render.model_dir) else "general"
         update: dict[str, Any] = {"profile": profile}
         if profile == "shape-world":
             given = director.model_fields_set

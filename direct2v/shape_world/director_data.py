@@ -39,6 +39,7 @@ from direct2v.director.instructions import shape_instruction_text
 from direct2v.shape_world import world
 from direct2v.shape_world.stories import (
     KINDS,
+    KNOWN_STORIES,
     Cell,
     Story,
     StoryObject,
@@ -48,8 +49,8 @@ from direct2v.shape_world.stories import (
     load_stories,
 )
 
-#: The benchmark's stories (a checkout's file; the package alone has none).
-BENCHMARK_STORIES = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "storylines.jsonl"
+#: The stories training must never show: the benchmark's storylines and the shipped examples.
+BENCHMARK_STORIES = KNOWN_STORIES
 #: Frame counts a story is planned for, and how often (8, the default, most).
 FRAMES_CHOICES = (4, 8, 16)
 FRAMES_WEIGHTS = {4: 1.0, 8: 2.0, 16: 1.0}

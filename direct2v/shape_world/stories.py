@@ -12,6 +12,9 @@ Pure functions; no model is loaded here.
 
 from __future__ import annotations
 
+import functools
+import re
+
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -129,6 +132,12 @@ class Story(BaseModel):
         return {obj.colour: obj for obj in self.objects}
 
 
+#: The storylines this project knows: the storyline benchmark's (dev and held out) and the shipped
+#: examples' (``prompts_in/examples.*``), with their truth. In the package, because the gallery
+#: checks a run's videos against them when a prompt is one of them (``known_story``).
+KNOWN_STORIES = Path(__file__).resolve().parent / "storylines.jsonl"
+
+
 def load_stories(path: Path) -> list[Story]:
     """The stories of a JSONL file; ValueError naming the file and line of a bad record or a repeated id."""
     stories: list[Story] = []
@@ -190,3 +199,17 @@ def ideal_frames(story: Story, frames: int) -> list[str]:
     """What a perfect director writes: each ideal scene in the world's canonical words ("a red circle
     on the left and a blue square at the top on a white background")."""
     return [world.caption(scene) for scene in ideal_scenes(story, frames)]
+
+
+def _normalised(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@functools.cache
+def _known_by_prompt() -> dict[str, Story]:
+    return {_normalised(story.prompt): story for story in load_stories(KNOWN_STORIES)}
+
+
+def known_story(prompt: str) -> Story | None:
+    """The known storyline whose prompt this is (case and punctuation aside), if any."""
+    return _known_by_prompt().get(_normalised(prompt))
