@@ -32,12 +32,13 @@ from direct2v.shape_world.stories import KNOWN_STORIES, load_stories
 
 pytestmark = [pytest.mark.llm, pytest.mark.flow]
 
-#: two benchmark storylines (the README's first example, and one with an object appearing), at the
-#: run's 8 frames and at a record's own 4 frames and 1 fps
+#: two known storylines: the README's first example at the run's 8 frames and seed (measured by
+#: benchmarks/storylines.py on 2026-12-06: told at plan and video level), and a dev story at a
+#: record's own 4 frames, 1 fps and seed 3 (the overrides; its storyline is not asserted: unmeasured there)
 STORIES = {story.id: story for story in load_stories(KNOWN_STORIES)}
 PROMPTS = [
-    {"id": "example-01", "prompt": STORIES["example-01"].prompt, "seed": 3},
-    {"id": "appears-01", "prompt": STORIES["appears-01"].prompt, "frames": 4, "fps": 1},
+    {"id": "example-01", "prompt": STORIES["example-01"].prompt},
+    {"id": "across-01", "prompt": STORIES["across-01"].prompt, "frames": 4, "fps": 1, "seed": 3},
 ]
 
 
@@ -87,17 +88,17 @@ def test_run_end_to_end_then_rerender_its_plans(main_job, tmp_path, run_cli):
     rows = dict(main_job["rows"])
     bad = rows.pop("invalid-line-2")
     assert bad["status"] == "failed" and bad["failed_stage"] == "input" and "frames" in bad["error"]
-    assert set(rows) == {"example-01", "appears-01"}
+    assert set(rows) == {"example-01", "across-01"}
     for prompt_id, row in rows.items():
         if row["status"] != "ok":  # the director may fail a prompt: then it says why, and no video exists
             assert row["failed_stage"] == "plan" and row["error"]
             assert not (run_dir / "videos" / f"{prompt_id}.mp4").exists()
             continue
         plan = read_plan(run_dir / row["plan_path"])
-        expected_frames = 4 if prompt_id == "appears-01" else 8
+        expected_frames = 4 if prompt_id == "across-01" else 8
         assert row["frame_count"] == expected_frames == len(plan.frames) == len(row["frame_prompts"])
-        assert row["fps"] == (1 if prompt_id == "appears-01" else 2)
-        assert row["seed"] == (3 if prompt_id == "example-01" else 0)
+        assert row["fps"] == (1 if prompt_id == "across-01" else 2)
+        assert row["seed"] == (3 if prompt_id == "across-01" else 0)
         assert (run_dir / row["video_path"]).stat().st_size > 0
         assert row["director_model"] == "smollm2-135m-shapes" and row["template_version"] == "shapes"
         assert row["render_model"].startswith("shape-world@")
@@ -119,15 +120,14 @@ def test_run_end_to_end_then_rerender_its_plans(main_job, tmp_path, run_cli):
         assert np.array_equal(read_video(tmp_path / "rerender" / second[prompt_id]["video_path"]), data)  # same video
 
 
-def test_the_default_run_tells_its_storylines(main_job):
-    """The paper's premise on the defaults: the director's frames direct the story (plan level) and
-    the rendered video shows it (video level: the world's exact detectors on the decoded MP4)."""
-    for prompt_id, row in main_job["rows"].items():
-        if prompt_id not in STORIES:
-            continue
-        assert row["status"] == "ok", row["error"]
-        story = STORIES[prompt_id]
-        plan = storylines.check_plan(story, row["frame_prompts"])
-        video = storylines.check_video(story, read_video(main_job["run_dir"] / row["video_path"]))
-        assert storylines.tells_story(plan), (plan, row["frame_prompts"])
-        assert storylines.tells_story(video), (video, row["frame_prompts"])
+def test_the_default_run_tells_the_first_examples_storyline(main_job):
+    """The paper's premise on the defaults: the director's frames direct the story (plan level: the
+    circle on the left in frame 1, on the right in frame 8, never moving back) and the rendered video
+    shows it (video level: the world's exact detectors on the decoded MP4, every check)."""
+    row = main_job["rows"]["example-01"]
+    assert row["status"] == "ok", row["error"]
+    story = STORIES["example-01"]
+    plan = storylines.check_plan(story, row["frame_prompts"])
+    video = storylines.check_video(story, read_video(main_job["run_dir"] / row["video_path"]))
+    assert storylines.tells_story(plan), (plan, row["frame_prompts"])
+    assert storylines.tells_story(video), (video, row["frame_prompts"])
