@@ -1,6 +1,6 @@
 """Storylines, prompt to pixels: does a run tell the stories its prompts ask for (issue #40)?
 
-The storylines of ``benchmarks/data/storylines.jsonl`` (8 kinds x 2 dev + 4 held-out stories: an
+The storylines of ``direct2v/shape_world/storylines.jsonl`` (8 kinds x 2 dev + 4 held-out stories: an
 object crossing, rising or falling, moving diagonally, appearing, disappearing, one object still
 and one moving, two moving, a background changing) are run by the real command line, and every
 story is checked twice with ``direct2v/evaluation/storylines.py``:
@@ -43,24 +43,25 @@ from direct2v.evaluation import storylines as sl
 from direct2v.job import manifest
 from direct2v.job.rundir import DIRECTOR_REPORT, PLANS_DIR, is_run_dir
 from direct2v.render.encode import EncodeError, read_video
+from direct2v.shape_world import stories as st
 
-STORIES = ROOT / "benchmarks" / "data" / "storylines.jsonl"
-SPLITS = ("held_out", "dev")
+STORIES = st.KNOWN_STORIES
+SPLITS = ("held_out", "dev", "example")
 IDEAL_FPS, IDEAL_SEED = 2, 0  # the run defaults' fps and seed
 
 
-def select(stories: Sequence[sl.Story], split: str, kinds: Sequence[str]) -> list[sl.Story]:
+def select(stories: Sequence[st.Story], split: str, kinds: Sequence[str]) -> list[st.Story]:
     return [s for s in stories if split in ("all", s.split) and s.kind in kinds]
 
 
-def write_prompts(stories: Sequence[sl.Story], path: Path) -> Path:
+def write_prompts(stories: Sequence[st.Story], path: Path) -> Path:
     """The stories as a prompt file ``direct2v run`` reads (JSONL records ``{"id", "prompt"}``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"id": s.id, "prompt": s.prompt}) + "\n" for s in stories), encoding="utf-8")
     return path
 
 
-def write_ideal_plans(stories: Sequence[sl.Story], frames: int, directory: Path) -> Path:
+def write_ideal_plans(stories: Sequence[st.Story], frames: int, directory: Path) -> Path:
     """What a perfect director would write, as plan files ``direct2v render --plans`` reads."""
     directory.mkdir(parents=True, exist_ok=True)
     for story in stories:
@@ -69,7 +70,7 @@ def write_ideal_plans(stories: Sequence[sl.Story], frames: int, directory: Path)
             "prompt": story.prompt,
             "fps": IDEAL_FPS,
             "seed": IDEAL_SEED,
-            "frames": sl.ideal_frames(story, frames),
+            "frames": st.ideal_frames(story, frames),
         }
         (directory / f"{story.id}.json").write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
     return directory
@@ -84,7 +85,7 @@ def cli(*arguments: object) -> int:
     return subprocess.run(command, cwd=ROOT, env=env, stdout=sys.stderr, check=False).returncode
 
 
-def run_stories(stories: Sequence[sl.Story], out: Path, frames: int, sets: Sequence[str], ideal: bool) -> Path:
+def run_stories(stories: Sequence[st.Story], out: Path, frames: int, sets: Sequence[str], ideal: bool) -> Path:
     """Run the stories with the real command line; returns the run directory."""
     overrides = [item for key_value in sets for item in ("--set", key_value)]
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -106,7 +107,7 @@ def run_stories(stories: Sequence[sl.Story], out: Path, frames: int, sets: Seque
 
 
 def score_run(
-    run_dir: Path, stories: Sequence[sl.Story], read: Callable[[Path], np.ndarray] = read_video
+    run_dir: Path, stories: Sequence[st.Story], read: Callable[[Path], np.ndarray] = read_video
 ) -> list[dict]:
     """Each story of ``stories`` that the run holds, checked at plan and video level. A story
     without a plan fails every check at both levels; one without a video, every video check."""
@@ -193,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stories", type=Path, default=STORIES, help="JSONL storylines")
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
-    parser.add_argument("--kinds", default=",".join(sl.KINDS), help="comma-separated, of: " + ", ".join(sl.KINDS))
+    parser.add_argument("--kinds", default=",".join(st.KINDS), help="comma-separated, of: " + ", ".join(st.KINDS))
     parser.add_argument("--frames", type=int, default=8, help="frames per video (the run default: 8)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "storylines", help="where the runs go")
     parser.add_argument("--ideal", action="store_true", help="render the ideal plans (no director): the renderer alone")
@@ -209,10 +210,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every story's checks here")
     args = parser.parse_args()
     kinds = [kind for kind in args.kinds.split(",") if kind]
-    if unknown := sorted(set(kinds) - set(sl.KINDS)):
-        parser.error(f"unknown kinds {unknown}; choose from {', '.join(sl.KINDS)}")
+    if unknown := sorted(set(kinds) - set(st.KINDS)):
+        parser.error(f"unknown kinds {unknown}; choose from {', '.join(st.KINDS)}")
     try:
-        stories = select(sl.load_stories(args.stories), args.split, kinds)
+        stories = select(st.load_stories(args.stories), args.split, kinds)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     if args.reuse is not None:

@@ -30,6 +30,20 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_models(smollm2_dir) -> dict[str, Path]:
+    """The embedded defaults as ``direct2v models build`` makes them (in ``.state/models``, built
+    once per machine): role -> absolute directory."""
+    from direct2v.bundled.models import build_default_models
+    from direct2v.core.config import DEFAULT_SD_DIR, DEFAULT_SHAPE_DIRECTOR_DIR
+
+    paths = {"director": smollm2_dir, "shape-world director": REPO / DEFAULT_SHAPE_DIRECTOR_DIR,
+             "renderer": REPO / DEFAULT_SD_DIR}
+    build_default_models(llm_dir=paths["director"], shape_director_dir=paths["shape-world director"],
+                         sd_dir=paths["renderer"])
+    return paths
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     from direct2v.bundled.tiny_models import build_tiny_sd
 

@@ -276,3 +276,69 @@ def test_v2_doubling_keeps_the_frames_and_asks_the_ones_between():
     assert plan.frames == ["a corgi sits in the park", "the corgi at moment 2 in the park",
                            "a corgi runs in the grass", "the corgi at moment 4 in the park"]
     assert plan.rounds[1].parents == lineage(4) and plan.fps == 2
+
+
+def test_shapes_template_asks_the_whole_list_in_the_worlds_words_and_keeps_holding_frames():
+    """A shape-world plan holds a cell for a few frames: identical neighbours are the story, not a
+    fault (no repair turn, no warning); a doubling asks the whole list again at twice the frames."""
+    held = ["a red circle on the left on a white background"] * 2 + ["a red circle on the right on a white background"] * 2
+
+    def answer(chat, seed):
+        asked = chat[-1]["content"]
+        assert len(chat) == 1 and "shape world" in asked and "Prompt: a red ball rolls to the right" in asked
+        return json.dumps(held if "four image descriptions" in asked else [f for f in held for _ in (0, 1)])
+
+    director = _scripted_director(answer, template_version="shapes", max_attempts=3)
+    plan = director.plan([PromptRecord(id="p", prompt="a red ball rolls to the right")], frames=4, fps=2, seed=0,
+                         fps_doublings=1)[0]
+    assert director.llm.calls == [1, 1]  # the first list, then the doubled one; no repair
+    assert plan.warnings == [] and plan.template_version == "shapes" and plan.fps == 4
+    assert [len(r.frames) for r in plan.rounds] == [4, 8] and plan.frames[-1] == held[-1]
+
+
+def test_a_shapes_answer_that_breaks_a_hard_rule_is_repaired():
+    answers = iter([json.dumps(["a red circle on the left"]), json.dumps(["a red circle on the left on a white background",
+                                                                          "a red circle on the right on a white background"])])
+    director = _scripted_director(lambda chat, seed: next(answers), template_version="shapes", max_attempts=2)
+    plan = director.plan([PromptRecord(id="p", prompt="a red ball rolls to the right")], frames=2, fps=2, seed=0)[0]
+    assert director.llm.calls == [1, 1] and isinstance(plan, FramePlan) and plan.attempts == 2
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, ("shape-world", ".state/models/smollm2-135m-shapes", "shapes")),
+    ({"render": {"model_dir": "/models/sd15"}}, ("general", ".state/models/smollm2-135m-instruct", "v2")),
+    ({"director": {"profile": "general"}}, ("general", ".state/models/smollm2-135m-instruct", "v2")),
+    ({"director": {"template_version": "v1"}}, ("shape-world", ".state/models/smollm2-135m-shapes", "v1")),
+    ({"render": {"model_dir": "/models/sd15"}, "director": {"profile": "shape-world", "model_dir": "/m/llm"}},
+     ("shape-world", "/m/llm", "shapes")),
+])
+def test_the_director_profile_follows_the_renderer_and_what_the_user_set(given, expected):
+    from direct2v.core.config import Settings, load_settings
+
+    settings = load_settings(**given)
+    director = settings.director
+    assert (director.profile, str(director.model_dir), director.template_version) == expected
+    again = Settings.model_validate(settings.model_dump())  # as a resumed run reads settings.json
+    assert again.director == director
+
+
+def test_the_plan_cache_key_changes_with_the_template_text(tmp_path):
+    from direct2v.director.instructions import files_digest, templates_digest
+
+    director = _scripted_director(lambda chat, seed: "[]")
+    assert director._cache_key("p", 8, 2, 0, 0)["templates"] == templates_digest()
+    template = tmp_path / "example_v2.json"
+    template.write_text('{"prompt": "a snowman"}')
+    before = files_digest([template])
+    template.write_text('{"prompt": "a purple triangle"}')
+    assert files_digest([template]) != before
+
+
+def test_a_shape_world_model_anywhere_gets_the_shape_world_director(tmp_path):
+    from direct2v.bundled.models import SHAPE_WORLD_WEIGHTS
+    from direct2v.core.config import is_shape_world_model, load_settings
+
+    assert is_shape_world_model(SHAPE_WORLD_WEIGHTS)  # by its TRAINING.json, wherever it is copied
+    assert load_settings(render={"model_dir": SHAPE_WORLD_WEIGHTS}).director.profile == "shape-world"
+    (tmp_path / "TRAINING.json").write_text('{"command": "accelerate launch train_text_to_image.py"}')
+    assert not is_shape_world_model(tmp_path) and not is_shape_world_model(tmp_path / "missing")

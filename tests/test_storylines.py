@@ -1,4 +1,4 @@
-"""The storyline benchmark's data and checks (direct2v/evaluation/storylines.py), without any model:
+"""The storyline benchmark's data and checks (direct2v/shape_world/stories.py, direct2v/evaluation/storylines.py), without any model:
 every story's ideal plan tells its story in words and, drawn by the shape world, in pixels; each
 check fails on the plan that breaks it."""
 
@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from direct2v.evaluation import shapes
 from direct2v.evaluation import storylines as sl
+from direct2v.shape_world import stories as st
 from direct2v.shape_world import world
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "benchmarks" / "data" / "storylines.jsonl"
-STORIES = sl.load_stories(DATA)
+DATA = st.KNOWN_STORIES
+STORIES = st.load_stories(DATA)
 BY_ID = {story.id: story for story in STORIES}
 FRAME_COUNTS = (4, 8, 16)
 
@@ -30,7 +32,7 @@ def _seen(scene: world.Scene) -> sl.Observation:
     return sl.observe_video(world.draw(scene)[None])[0]
 
 
-def _video_checks(story: sl.Story, scenes: list[world.Scene]) -> dict[str, bool]:
+def _video_checks(story: st.Story, scenes: list[world.Scene]) -> dict[str, bool]:
     return sl.check_story(story, [_seen(scene) for scene in scenes])
 
 
@@ -41,9 +43,13 @@ def _failing(checks: dict[str, bool]) -> set[str]:
 # ---------------------------------------------------------------- the data
 
 
-def test_every_kind_has_two_dev_and_four_held_out_stories():
-    counts = Counter((story.kind, story.split) for story in STORIES)
-    assert counts == {(kind, split): n for kind in sl.KINDS for split, n in (("dev", 2), ("held_out", 4))}
+def test_every_kind_has_two_dev_and_four_held_out_stories_and_the_examples_are_stories():
+    counts = Counter((story.kind, story.split) for story in STORIES if story.split != "example")
+    assert counts == {(kind, split): n for kind in st.KINDS for split, n in (("dev", 2), ("held_out", 4))}
+    examples = [story.prompt for story in STORIES if story.split == "example"]
+    shipped = [line for line in (REPO / "prompts_in/examples.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert examples == shipped  # the README's first run is scored as a storyline too
 
 
 def test_prompts_are_one_short_sentence_naming_the_story_in_words_the_captioner_knows():
@@ -70,7 +76,7 @@ def test_held_out_prompts_use_words_the_dev_prompts_do_not():
 def test_the_ideal_plans_never_put_two_objects_in_one_cell_and_never_show_an_empty_frame():
     for story in STORIES:
         for frames in FRAME_COUNTS:
-            for scene in sl.ideal_scenes(story, frames):
+            for scene in st.ideal_scenes(story, frames):
                 cells = [obj.cell for obj in scene.objects]
                 assert cells and len(set(cells)) == len(cells), story.id
 
@@ -89,24 +95,24 @@ def test_bad_records_are_reported_with_their_line(tmp_path):
     path = tmp_path / "stories.jsonl"
     path.write_text(good + "\n\n" + json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match=r"stories.jsonl:3: not a story \(objects.0.colour: .*colour must be one of"):
-        sl.load_stories(path)
+        st.load_stories(path)
     path.write_text(good + "\n" + good + "\n")
     with pytest.raises(ValueError, match=r"stories.jsonl:2: story id 'across-01' repeated"):
-        sl.load_stories(path)
+        st.load_stories(path)
     crossed = json.loads(good) | {"objects": [{"colour": "red", "shape": "circle", "start": "left right"}]}
     path.write_text(json.dumps(crossed) + "\n")
     with pytest.raises(ValueError, match=r":1: .*not a cell: 'left right'"):
-        sl.load_stories(path)
+        st.load_stories(path)
 
 
 def test_cells_read_and_written_as_words():
-    assert sl.parse_cell("left") == (0, 1) and sl.parse_cell("top left") == (0, 0)
-    assert sl.parse_cell("center") == (1, 1) and sl.parse_cell("lower right") == (2, 2)
+    assert st.parse_cell("left") == (0, 1) and st.parse_cell("top left") == (0, 0)
+    assert st.parse_cell("center") == (1, 1) and st.parse_cell("lower right") == (2, 2)
     for cell in [(column, row) for column in range(3) for row in range(3)]:
-        assert sl.parse_cell(sl.cell_name(cell)) == cell
+        assert st.parse_cell(st.cell_name(cell)) == cell
     for text in ("", "up", "top bottom"):
         with pytest.raises(ValueError):
-            sl.parse_cell(text)
+            st.parse_cell(text)
 
 
 # ---------------------------------------------------------------- the ideal plan
@@ -114,28 +120,28 @@ def test_cells_read_and_written_as_words():
 
 def test_a_move_of_two_cells_over_eight_frames_is_three_two_three():
     story = BY_ID["across-01"]
-    assert [sl.ideal_cell(story.objects[0], f, 8)[0] for f in range(8)] == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert [st.ideal_cell(story.objects[0], f, 8)[0] for f in range(8)] == [0, 0, 0, 1, 1, 2, 2, 2]
     diagonal = BY_ID["diagonal-01"].objects[0]
-    assert [sl.ideal_cell(diagonal, f, 8) for f in (0, 3, 7)] == [(0, 0), (1, 1), (2, 2)]
+    assert [st.ideal_cell(diagonal, f, 8) for f in (0, 3, 7)] == [(0, 0), (1, 1), (2, 2)]
     for frames in range(2, 17):
-        cells = [sl.ideal_cell(diagonal, f, frames) for f in range(frames)]
+        cells = [st.ideal_cell(diagonal, f, frames) for f in range(frames)]
         assert cells[0] == diagonal.start and cells[-1] == diagonal.end and cells == sorted(cells)
 
 
 def test_ideal_frames_are_the_canonical_captions():
-    frames = sl.ideal_frames(BY_ID["appears-01"], 8)
+    frames = st.ideal_frames(BY_ID["appears-01"], 8)
     assert frames[0] == "a red circle on the left on a white background"
     assert frames[-1] == "a red circle on the left and a blue square on the right on a white background"
     assert frames[3:5] == [frames[0], frames[-1]]  # the blue box enters at frame F // 2
-    change = sl.ideal_frames(BY_ID["background_change-01"], 4)
+    change = st.ideal_frames(BY_ID["background_change-01"], 4)
     assert [sl.background_of(text) for text in change] == ["white", "white", "black", "black"]
 
 
 @pytest.mark.parametrize("frames", FRAME_COUNTS)
 def test_every_ideal_plan_tells_its_story_in_words_and_in_pixels(frames):
     for story in STORIES:
-        plan = sl.check_plan(story, sl.ideal_frames(story, frames))
-        video = _video_checks(story, sl.ideal_scenes(story, frames))
+        plan = sl.check_plan(story, st.ideal_frames(story, frames))
+        video = _video_checks(story, st.ideal_scenes(story, frames))
         assert sl.tells_story(plan) and sl.tells_story(video), (story.id, plan, video)
         assert tuple(plan) == tuple(video) == sl.checks_for(story)
         assert {"start", "end", "path", "background", "extras"} <= set(plan)
@@ -145,9 +151,9 @@ def test_every_ideal_plan_tells_its_story_in_words_and_in_pixels(frames):
 
 def test_observe_video_reads_a_stack_of_frames():
     story = BY_ID["two_moving-01"]
-    frames = np.stack([world.draw(scene) for scene in sl.ideal_scenes(story, 4)])
+    frames = np.stack([world.draw(scene) for scene in st.ideal_scenes(story, 4)])
     observed = sl.observe_video(frames)
-    assert observed == [_seen(scene) for scene in sl.ideal_scenes(story, 4)]
+    assert observed == [_seen(scene) for scene in st.ideal_scenes(story, 4)]
     assert sl.observe_video(frames.repeat(8, axis=1).repeat(8, axis=2)) == observed  # a 512 px video, read at 64 px
     assert sl.observe_video(frames / 255.0) == observed
     assert observed[0] == sl.Observation("white", (sl.Seen("blue", "square", (2, 0)), sl.Seen("red", "circle", (0, 1))))
@@ -180,10 +186,10 @@ def test_an_object_said_at_two_ends_of_an_axis_has_no_cell():
 # ---------------------------------------------------------------- each check fails on its broken plan
 
 
-def _edit(story_id: str, frames: int = 8, **at: str) -> tuple[sl.Story, list[str]]:
+def _edit(story_id: str, frames: int = 8, **at: str) -> tuple[st.Story, list[str]]:
     """The ideal plan of ``story_id`` with frames replaced: ``f3="..."`` replaces frame 3 (0-based)."""
     story = BY_ID[story_id]
-    plan = sl.ideal_frames(story, frames)
+    plan = st.ideal_frames(story, frames)
     for key, text in at.items():
         plan[int(key[1:])] = text
     return story, plan
@@ -201,7 +207,7 @@ def test_an_object_in_two_places_at_once_fails_the_path():
     assert _failing(sl.check_plan(story, plan)) == {"end", "path"}
     story, plan = _edit("across-01", f4=both)
     assert _failing(sl.check_plan(story, plan)) == {"path"}
-    scenes = sl.ideal_scenes(story, 8)
+    scenes = st.ideal_scenes(story, 8)
     twice = world.Scene(scenes[4].objects + (world.ShapeObject("circle", "red", "small", 0, 1),), "white")
     assert _failing(_video_checks(story, scenes[:4] + [twice] + scenes[5:])) == {"path"}
 
@@ -214,7 +220,7 @@ def test_a_path_going_backwards_fails_only_the_path():
     scenes = [world.Scene((world.ShapeObject("circle", "red", "large", c, 1),), "white") for c in columns]
     assert _failing(_video_checks(story, scenes)) == {"path"}
     overshoot = BY_ID["across-06"]  # right -> center: passing it to the left is off the path
-    plan = sl.ideal_frames(overshoot, 8)
+    plan = st.ideal_frames(overshoot, 8)
     plan[5] = plan[5].replace("in the center", "on the left")
     assert _failing(sl.check_plan(overshoot, plan)) == {"path"}
 
@@ -235,21 +241,21 @@ def test_an_object_without_a_position_fails_start_and_path():
 
 def test_an_appearing_object_shown_from_frame_one_or_flickering_fails_appears():
     story = BY_ID["appears-01"]
-    last = sl.ideal_frames(story, 8)[-1]
+    last = st.ideal_frames(story, 8)[-1]
     assert _failing(sl.check_plan(story, [last] * 8)) == {"appears"}
     story, plan = _edit("appears-01", f5="a red circle on the left on a white background")
     assert _failing(sl.check_plan(story, plan)) == {"appears"}
-    scenes = sl.ideal_scenes(story, 8)
+    scenes = st.ideal_scenes(story, 8)
     assert _failing(_video_checks(story, [scenes[-1]] * 8)) == {"appears"}
 
 
 def test_a_disappearing_object_that_stays_or_comes_back_fails_disappears():
     story = BY_ID["disappears-01"]
-    first = sl.ideal_frames(story, 8)[0]
+    first = st.ideal_frames(story, 8)[0]
     assert _failing(sl.check_plan(story, [first] * 8)) == {"disappears"}
     story, plan = _edit("disappears-01", f6=first)
     assert _failing(sl.check_plan(story, plan)) == {"disappears"}
-    assert _failing(_video_checks(story, [sl.ideal_scenes(story, 8)[0]] * 8)) == {"disappears"}
+    assert _failing(_video_checks(story, [st.ideal_scenes(story, 8)[0]] * 8)) == {"disappears"}
 
 
 def test_a_background_that_flips_or_is_not_said_fails_background():
@@ -275,7 +281,7 @@ def test_an_invented_colour_or_a_wrong_shape_fails_extras():
     assert _failing(sl.check_plan(story, plan)) == {"extras"}
     story, plan = _edit("across-01", f3="a red ball on the left on a white background")  # a synonym is the same shape
     assert sl.tells_story(sl.check_plan(story, plan))
-    scenes = sl.ideal_scenes(story, 8)
+    scenes = st.ideal_scenes(story, 8)
     extra = world.Scene(scenes[2].objects + (world.ShapeObject("square", "green", "small", 2, 2),), "white")
     assert _failing(_video_checks(story, scenes[:2] + [extra] + scenes[3:])) == {"extras"}
     squares = [
@@ -307,7 +313,7 @@ def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos
     bench.write_ideal_plans(stories, 8, run / "plans")
     restated = json.loads((run / "plans" / "appears-01.json").read_text())
     (run / "plans" / "appears-01.json").write_text(json.dumps(restated | {"frames": [restated["prompt"]] * 8}))
-    videos = {story.id: np.stack([world.draw(scene) for scene in sl.ideal_scenes(story, 8)]) for story in stories}
+    videos = {story.id: np.stack([world.draw(scene) for scene in st.ideal_scenes(story, 8)]) for story in stories}
     videos["across-03"] = videos["across-03"][::-1]  # right to left: backwards
     rows = [
         manifest.ManifestRow(run_id="run", prompt_id=s.id, status="ok", video_path=f"videos/{s.id}.mp4", render_s=2.0)
@@ -329,7 +335,7 @@ def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos
     }
     assert bench.director_seconds(run) == 1.5
 
-    report = bench.report(results, sl.KINDS, run)
+    report = bench.report(results, st.KINDS, run)
     assert "director 1.50 s per prompt" in report
     assert report.index("### held_out") < report.index("### dev")
     cells = {
@@ -342,3 +348,38 @@ def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos
     across_held_out = dict(zip(header, cells["across"]))
     assert across_held_out["renderer fails"] == "1" and across_held_out["path"] == "1/0 of 1"
     assert across_held_out["appears"] == "–" and across_held_out["render s/video"] == "2.00"
+
+
+# ---------------------------------------------------------------- the gallery shows a known storyline's checks
+
+
+def test_the_gallery_shows_the_checks_of_a_known_storyline_and_nothing_for_other_prompts(tmp_path):
+    """A row whose prompt is a known storyline (case and punctuation aside) gets its plan and video
+    checks on the page; its video run backwards fails start/end/path there; another prompt gets none."""
+    from direct2v.job import manifest
+    from direct2v.publish import gallery
+    from direct2v.render.encode import encode_mp4
+
+    story = BY_ID["example-01"]
+    frames = st.ideal_frames(story, 8)
+    drawn = np.stack([world.draw(scene) for scene in st.ideal_scenes(story, 8)])
+    encode_mp4(drawn, tmp_path / "videos" / "told.mp4", fps=2)
+    encode_mp4(drawn[::-1], tmp_path / "videos" / "backwards.mp4", fps=2)
+    encode_mp4(drawn, tmp_path / "videos" / "other.mp4", fps=2)
+
+    def row(prompt_id, prompt):
+        return manifest.ManifestRow(run_id="run", prompt_id=prompt_id, prompt=prompt, status="ok",
+                                    video_path=f"videos/{prompt_id}.mp4", frame_prompts=frames)
+
+    rows = [row("told", story.prompt.upper() + "!"), row("backwards", story.prompt), row("other", "a corgi runs")]
+    told = gallery.storyline_checks(rows[0], tmp_path)
+    assert told is not None and sl.tells_story(told["plan"]) and sl.tells_story(told["video"])
+    backwards = gallery.storyline_checks(rows[1], tmp_path)
+    assert sl.tells_story(backwards["plan"]) and _failing(backwards["video"]) == {"start", "end", "path"}
+    assert gallery.storyline_checks(rows[2], tmp_path) is None
+
+    page = gallery.write_index(tmp_path, rows).read_text()
+    entries = {entry.split('"', 1)[0]: entry for entry in page.split('id="video-')[1:]}
+    assert "video: tells its story" in entries["told"] and "plan: tells its story" in entries["told"]
+    assert "video: does not tell its story" in entries["backwards"] and "start &#10007;" in entries["backwards"]
+    assert "storyline" not in entries["other"]

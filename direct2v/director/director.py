@@ -35,16 +35,18 @@ from direct2v.director.instructions import (
     TEMPLATE_PRESENCE_PENALTY,
     TEMPLATE_REPAIR_TEMPERATURE,
     frame_chars_limit,
+    templates_digest,
 )
 from direct2v.director.plan import FramePlan, PlanFailure, TokenBudget
 from direct2v.director.prompts import PromptRecord
 from direct2v.director.report import DirectorReport
+from direct2v.director.shapes import ShapeWorldStrategy
 from direct2v.director.strategy import Conversation, Strategy
 from direct2v.director.v1 import WholeListStrategy
 from direct2v.director.v2 import PerFrameStrategy
 
 #: ``director.template_version`` -> how that template asks
-STRATEGIES: dict[str, type[Strategy]] = {"v1": WholeListStrategy, "v2": PerFrameStrategy}
+STRATEGIES: dict[str, type[Strategy]] = {"v1": WholeListStrategy, "v2": PerFrameStrategy, "shapes": ShapeWorldStrategy}
 
 
 class Director:
@@ -188,6 +190,7 @@ class Director:
             "fps_doublings": fps_doublings,
             "camera": s.camera,
             "sampling": self.sampling(),
+            "templates": templates_digest(),  # the text asked with, not only the template's name
             "quality_policy": s.quality_policy,
             "token_limit": self.budget.limit if self.budget else None,
         }

@@ -21,15 +21,15 @@ CAMERA_INSTRUCTION = "4. Infer the desired camera angles and movements\n"
 # CLIP tokens and stops a small model from looping inside one string. v2 asks for one frame at a
 # time and 150 characters measured cleaner plans (benchmarks/quality.py). A renderer whose
 # tokenizer packs fewer characters per token lowers it (TokenBudget.safe_chars).
-TEMPLATE_FRAME_CHARS = {"v1": 200, "v2": 150}
+TEMPLATE_FRAME_CHARS = {"v1": 200, "v2": 150, "shapes": 150}
 SCHEMA_FRAME_CHARS = TEMPLATE_FRAME_CHARS["v1"]
 # vLLM's presence penalty counts only the answer's own tokens, not the prompt's (unlike its
 # repetition penalty): it pushes a frame away from the words it already used, so the model writes
 # a scene instead of one phrase over and over. Measured per template (benchmarks/quality.py).
-TEMPLATE_PRESENCE_PENALTY = {"v1": 0.0, "v2": 1.0}
+TEMPLATE_PRESENCE_PENALTY = {"v1": 0.0, "v2": 1.0, "shapes": 0.0}
 # Asked again greedily, a small model mostly gives the same answer back; v2 samples
 # ``repair_candidates`` answers per repaired frame and keeps the first that breaks no rule.
-TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.5}
+TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.5, "shapes": None}
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -52,6 +52,24 @@ def number_in_words(number: int) -> str:
 def load_template(name: str, version: str = "v1") -> str:
     """Instruction templates are versioned files under direct2v/director/templates/."""
     return resources.files("direct2v.director.templates").joinpath(f"{name}_{version}.txt").read_text("utf-8")
+
+
+def files_digest(paths) -> str:
+    """A short hash of files' names and bytes (in name order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@cache
+def templates_digest() -> str:
+    """The hash of every template file (instructions, worked example): part of the plan cache key,
+    so that an edited template or example is never answered with the old text's cached plans."""
+    folder = resources.files("direct2v.director.templates")
+    return files_digest(path for path in folder.iterdir() if path.name.endswith((".txt", ".json")))
 
 
 @cache

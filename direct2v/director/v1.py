@@ -40,6 +40,10 @@ class WholeListStrategy(Strategy):
         super()._double(conversation)
         conversation.messages.append({"role": "user", "content": doubling_text(conversation.frames, conversation.fps)})
 
+    def _judge(self, answer: str, conversation: ListConversation, finish_reason: str) -> tuple[list[str] | None, dict]:
+        """The answer's frames and the rules it breaks (``instructions.judge_answer``)."""
+        return judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget, finish_reason)
+
     def _run_round(self, conversations: list[ListConversation], first_round: bool) -> None:
         """Ask every conversation's pending turn in one batched call, repairing invalid answers.
 
@@ -61,8 +65,7 @@ class WholeListStrategy(Strategy):
                 unchanged = attempt > 1 and answer == conversation.last_answer
                 conversation.last_answer = answer
                 conversation.messages.append({"role": "assistant", "content": answer})
-                frames, broken = judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget,
-                                              finish_reason)
+                frames, broken = self._judge(answer, conversation, finish_reason)
                 if first_round and attempt == 1:
                     self._count_first_try(broken)
                 blocking = broken if self.settings.quality_policy != "warn" or "hard" in broken else {}

@@ -23,9 +23,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from direct2v.core.files import atomic_path, write_atomically, writing
+from direct2v.evaluation import storylines
 from direct2v.job.manifest import ManifestRow, read_rows
 from direct2v.job.rundir import EVALUATION_JSON
 from direct2v.render.encode import EncodeError, read_video
+from direct2v.shape_world.stories import known_story
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ video{width:256px;background:#000;image-rendering:pixelated}.sheet{max-width:100
 .status-ok{background:#2e7d32}.status-rejected{background:#b26a00}.status-failed{background:#c62828}
 .entry[data-status=ok]{border-left:5px solid #2e7d32}.entry[data-status=rejected]{border-left:5px solid #b26a00}
 .entry[data-status=failed]{border-left:5px solid #c62828}.reason{color:#b26a00}
-.error{color:#c62828;white-space:pre-wrap}.prompt{font-size:15px}
+.error{color:#c62828;white-space:pre-wrap}.prompt{font-size:15px}.story{margin:4px 0;color:#333}
 ol{margin:4px 0 8px;padding-left:28px}.muted{color:#666}.hidden{display:none}
 """
 
@@ -206,6 +208,33 @@ def plan_warnings(run_dir: Path, row: ManifestRow) -> list[str]:
     return [str(warning) for warning in warnings]
 
 
+def storyline_checks(row: ManifestRow, run_dir: Path) -> dict[str, dict[str, bool]] | None:
+    """For a rendered row whose prompt is a known shape-world storyline (``stories.known_story``):
+    the storyline checks of its plan (the frame prompts) and of its video (decoded, read with the
+    world's detectors), ``{"plan": {check: passed}, "video": {...}}``; None for any other row."""
+    story = known_story(row.prompt or "")
+    if story is None or row.status != "ok" or not row.frame_prompts or not row.video_path:
+        return None
+    checks = {"plan": storylines.check_plan(story, row.frame_prompts)}
+    try:
+        checks["video"] = storylines.check_video(story, read_video(Path(run_dir) / row.video_path))
+    except (OSError, EncodeError) as error:
+        log.error("no storyline checks for %s: %s", row.prompt_id, error)
+        return None
+    return checks
+
+
+def _storyline(checks: dict[str, dict[str, bool]] | None) -> str:
+    if checks is None:
+        return ""
+    parts = []
+    for level, results in checks.items():
+        told = "tells its story" if storylines.tells_story(results) else "does not tell its story"
+        marks = " ".join(f"{name} {'&#10003;' if passed else '&#10007;'}" for name, passed in results.items())
+        parts.append(f"{level}: {told} ({marks})")
+    return f'<div class="story">storyline &mdash; {"; ".join(parts)}</div>'
+
+
 def _entry(row: ManifestRow, run_dir: Path) -> str:
     parts = [f'<section class="entry" data-status="{_e(row.status)}" id="video-{_e(row.prompt_id)}">']
     parts.append(f'<h2>{_e(row.prompt_id)} <span class="status status-{_e(row.status)}">{_e(row.status)}</span></h2>')
@@ -217,6 +246,7 @@ def _entry(row: ManifestRow, run_dir: Path) -> str:
         parts.append(f'<div class="reason">QC: {_e(row.qc_reason)}</div>')
     if row.error:
         parts.append(f'<div class="error">{_e(row.failed_stage)}: {_e(row.error)}</div>')
+    parts.append(_storyline(storyline_checks(row, run_dir)))
     media = []
     if row.video_path and (run_dir / row.video_path).is_file():
         media.append(
