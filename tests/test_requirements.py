@@ -24,6 +24,11 @@ def test_the_lock_holds_every_pin_of_the_requirements_at_its_version():
     assert {name: version for name, version in wanted.items() if locked.get(name) != version} == {}
 
 
+def test_the_lock_holds_the_setuptools_that_builds_the_editable_install():
+    # pip freeze leaves setuptools out; the venv's own (65.x) cannot read pyproject's SPDX license
+    assert pins(REPO / "requirements/cpu.lock").get("setuptools") == "78.1.1"
+
+
 def test_the_lock_leaves_out_the_torch_companions_that_break_transformers():
     assert {"torchvision", "torchaudio", "torchcodec"} & set(pins(REPO / "requirements/cpu.lock")) == set()
 
