@@ -16,20 +16,15 @@ from direct2v.bundled.models import merge_director
 from direct2v.shape_world import director_data as dd
 from direct2v.shape_world import director_training as dt
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOLLM2 = ROOT / ".state" / "models" / "smollm2-135m-instruct"
-
-pytestmark = pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(),
-                                reason="needs the SmolLM2 tokenizer (direct2v models build)")
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
+def tiny_base(tmp_path_factory, smollm2_dir) -> Path:
     """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer, saved like the real base."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)  # built from the GGUF if missing
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
