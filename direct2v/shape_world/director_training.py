@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from direct2v.core.files import staged_directory, write_atomically
 from direct2v.shape_world import director_data
-from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate
+from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -276,23 +276,7 @@ def train_director(config: DirectorTrainConfig, base_dir: Path, out_dir: Path, w
     if trainer.load_checkpoint():
         echo(f"resuming from step {trainer.next_step} of {config.steps}")
     started = time.monotonic()
-    first = trainer.next_step
-    try:
-        for step in range(trainer.next_step, config.steps):
-            loss = trainer.step(step)
-            trainer.next_step = step + 1
-            trainer.losses.append((step, loss))
-            if trainer.next_step % config.checkpoint_every == 0:
-                trainer.save_checkpoint()
-            if step % log_every == 0 or step + 1 == config.steps:
-                rate = (step + 1 - first) / max(1e-9, time.monotonic() - started)
-                left = (config.steps - step - 1) / max(rate, 1e-9)
-                echo(f"step {step + 1}/{config.steps} loss {loss:.4f} ({60 * rate:.1f} steps/min, ~{left / 60:.1f} min left)")
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        echo(f"interrupted: checkpoint at step {trainer.next_step}; run the same command again to resume")
-        raise
-    trainer.save_checkpoint()
+    run_steps(trainer, config.steps, config.checkpoint_every, echo, log_every=log_every)
     recent = [loss for _, loss in trainer.losses][-20:]
     provenance = {
         "command": command, "config": config.model_dump(mode="json"), "base_model": trainer.base_dir.name,

@@ -328,6 +328,34 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def run_steps(trainer, total_steps: int, checkpoint_every: int, echo=print, log_every: int = 50,
+              phase=lambda step: "") -> None:
+    """The one resumable loop of this package's trainers: steps ``[trainer.next_step, total_steps)``,
+    each recorded in ``trainer.losses``, a checkpoint every ``checkpoint_every`` steps, on Ctrl-C
+    (then re-raised) and at the end; progress through ``echo`` every ``log_every`` steps.
+    ``trainer``: ``step(step) -> loss``, ``next_step``, ``losses``, ``save_checkpoint()``."""
+    started = time.monotonic()
+    first = trainer.next_step
+    try:
+        for step in range(trainer.next_step, total_steps):
+            loss = trainer.step(step)
+            trainer.next_step = step + 1
+            trainer.losses.append((step, loss))
+            if trainer.next_step % checkpoint_every == 0:
+                trainer.save_checkpoint()
+            if step % log_every == 0 or step + 1 == total_steps:
+                rate = (step + 1 - first) / max(1e-9, time.monotonic() - started)
+                left = (total_steps - step - 1) / max(rate, 1e-9)
+                label = f"{phase(step)} " if phase(step) else ""
+                echo(f"step {step + 1}/{total_steps} {label}loss {loss:.4f} "
+                     f"({60 * rate:.1f} steps/min, ~{left / 60:.1f} min left)")
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        echo(f"interrupted: checkpoint at step {trainer.next_step}; run the same command again to resume")
+        raise
+    trainer.save_checkpoint()
+
+
 def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print) -> Path:
     """Train (resuming from ``work_dir/checkpoint.pt`` when there is one) and save the pipeline to ``out_dir``."""
     if config.threads:
@@ -336,24 +364,8 @@ def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print) -> Pat
     if trainer.load_checkpoint():
         echo(f"resuming from step {trainer.next_step} of {config.total_steps}")
     started = time.monotonic()
-    first = trainer.next_step
-    try:
-        for step in range(trainer.next_step, config.total_steps):
-            loss = trainer.step(step)
-            trainer.next_step = step + 1
-            trainer.losses.append((step, loss))
-            if trainer.next_step % config.checkpoint_every == 0:
-                trainer.save_checkpoint()
-            if step % 50 == 0 or step + 1 == config.total_steps:
-                phase = "vae" if step < config.vae_steps else "unet"
-                rate = (step + 1 - first) / max(1e-9, time.monotonic() - started)
-                left = (config.total_steps - step - 1) / max(rate, 1e-9)
-                echo(f"step {step + 1}/{config.total_steps} {phase} loss {loss:.4f} ({rate:.2f} steps/s, ~{left / 60:.1f} min left)")
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        echo(f"interrupted: checkpoint at step {trainer.next_step}; run the same command again to resume")
-        raise
-    trainer.save_checkpoint()
+    run_steps(trainer, config.total_steps, config.checkpoint_every, echo, log_every=50,
+              phase=lambda step: "vae" if step < config.vae_steps else "unet")
     seconds = time.monotonic() - started
     provenance = {
         "command": "python -m direct2v models train-shapes", "config": config.model_dump(), "commit": _git_commit(),
