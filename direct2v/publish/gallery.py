@@ -208,16 +208,19 @@ def plan_warnings(run_dir: Path, row: ManifestRow) -> list[str]:
     return [str(warning) for warning in warnings]
 
 
-def storyline_checks(row: ManifestRow, run_dir: Path) -> dict[str, dict[str, bool]] | None:
+def storyline_checks(row: ManifestRow, run_dir: Path, frames: np.ndarray | None = None) -> dict[str, dict[str, bool]] | None:
     """For a rendered row whose prompt is a known shape-world storyline (``stories.known_story``):
-    the storyline checks of its plan (the frame prompts) and of its video (decoded, read with the
-    world's detectors), ``{"plan": {check: passed}, "video": {...}}``; None for any other row."""
+    the storyline checks of its plan (the frame prompts) and of its video (``frames``, decoded from
+    its MP4 unless given, read with the world's detectors), ``{"plan": {check: passed}, "video":
+    {...}}``; None for any other row."""
     story = known_story(row.prompt or "")
     if story is None or row.status != "ok" or not row.frame_prompts or not row.video_path:
         return None
     checks = {"plan": storylines.check_plan(story, row.frame_prompts)}
     try:
-        checks["video"] = storylines.check_video(story, read_video(Path(run_dir) / row.video_path))
+        if frames is None:
+            frames = read_video(Path(run_dir) / row.video_path)
+        checks["video"] = storylines.check_video(story, frames)
     except (OSError, EncodeError) as error:
         log.error("no storyline checks for %s: %s", row.prompt_id, error)
         return None
@@ -235,7 +238,7 @@ def _storyline(checks: dict[str, dict[str, bool]] | None) -> str:
     return f'<div class="story">storyline &mdash; {"; ".join(parts)}</div>'
 
 
-def _entry(row: ManifestRow, run_dir: Path) -> str:
+def _entry(row: ManifestRow, run_dir: Path, story_checks: dict | None) -> str:
     parts = [f'<section class="entry" data-status="{_e(row.status)}" id="video-{_e(row.prompt_id)}">']
     parts.append(f'<h2>{_e(row.prompt_id)} <span class="status status-{_e(row.status)}">{_e(row.status)}</span></h2>')
     parts.append(f'<div class="prompt">{_e(row.prompt)}</div>')
@@ -246,7 +249,7 @@ def _entry(row: ManifestRow, run_dir: Path) -> str:
         parts.append(f'<div class="reason">QC: {_e(row.qc_reason)}</div>')
     if row.error:
         parts.append(f'<div class="error">{_e(row.failed_stage)}: {_e(row.error)}</div>')
-    parts.append(_storyline(storyline_checks(row, run_dir)))
+    parts.append(_storyline(story_checks))
     media = []
     if row.video_path and (run_dir / row.video_path).is_file():
         media.append(
@@ -289,9 +292,11 @@ def _summary_table(evaluation: dict) -> str:
     return "<h2>CLIP similarity per frame (paper Table 1 layout)</h2>" + "".join(lines)
 
 
-def write_index(run_dir: Path, rows: Sequence[ManifestRow]) -> Path:
-    """``index.html`` listing every row; reads ``evaluation.json`` for the summary table if present."""
+def write_index(run_dir: Path, rows: Sequence[ManifestRow], story_checks: dict[str, dict | None] | None = None) -> Path:
+    """``index.html`` listing every row; reads ``evaluation.json`` for the summary table if present.
+    ``story_checks``: prompt id -> ``storyline_checks`` (worked out here when not given)."""
     run_dir = Path(run_dir)
+    checks = story_checks if story_checks is not None else {row.prompt_id: storyline_checks(row, run_dir) for row in rows}
     evaluation_file = run_dir / EVALUATION_JSON
     evaluation = json.loads(evaluation_file.read_text(encoding="utf-8")) if evaluation_file.is_file() else {}
     counts: dict[str, int] = {}
@@ -310,7 +315,7 @@ def write_index(run_dir: Path, rows: Sequence[ManifestRow]) -> Path:
 <div>{len(rows)} prompts; {', '.join(f'{_e(s)}: {n}' for s, n in sorted(counts.items()))}</div></header>
 <main><div class="filters">Show: {filters}</div>
 {_summary_table(evaluation)}
-{"".join(_entry(row, run_dir) for row in rows)}
+{"".join(_entry(row, run_dir, checks.get(row.prompt_id)) for row in rows)}
 </main><script>{_SCRIPT}</script></body></html>
 """
     return write_atomically(run_dir / INDEX_HTML, page)
@@ -320,10 +325,13 @@ def write_review(run_dir: Path) -> Path:
     """Contact sheets for every rendered video, then ``index.html``; returns the page's path."""
     run_dir = Path(run_dir)
     rows = read_rows(run_dir)
+    story_checks = {}
     for row in rows:
         if row.video_path and (run_dir / row.video_path).is_file():
             try:
-                write_contact_sheet(row, run_dir)
+                frames = read_video(run_dir / row.video_path)  # decoded once: the sheet and the story checks
+                write_contact_sheet(row, run_dir, frames)
+                story_checks[row.prompt_id] = storyline_checks(row, run_dir, frames)
             except (OSError, ValueError, EncodeError) as error:
                 log.error("no contact sheet for %s: %s", row.prompt_id, error)
-    return write_index(run_dir, rows)
+    return write_index(run_dir, rows, story_checks)
