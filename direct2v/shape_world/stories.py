@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from direct2v.shape_world import world
 
@@ -75,18 +75,12 @@ class StoryObject(BaseModel):
     def _cell(cls, value):
         return parse_cell(value) if isinstance(value, str) else value
 
-    @field_validator("colour")
+    @field_validator("colour", "shape")
     @classmethod
-    def _colour(cls, value: str) -> str:
-        if value not in world.COLOURS:
-            raise ValueError(f"colour must be one of {', '.join(world.COLOURS)}")
-        return value
-
-    @field_validator("shape")
-    @classmethod
-    def _shape(cls, value: str) -> str:
-        if value not in world.SHAPES:
-            raise ValueError(f"shape must be one of {', '.join(world.SHAPES)}")
+    def _in_the_world(cls, value: str, info: ValidationInfo) -> str:
+        names = world.COLOURS if info.field_name == "colour" else world.SHAPES
+        if value not in names:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(names)}")
         return value
 
     @model_validator(mode="after")
