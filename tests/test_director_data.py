@@ -15,6 +15,7 @@ from direct2v.evaluation import shapes
 from direct2v.evaluation import storylines as sl
 from direct2v.shape_world import director_data as dd
 from direct2v.shape_world import stories as st
+from direct2v.shape_world import story_prompts as sp
 
 EXAMPLES = dd.examples(400, seed=11)
 
@@ -78,7 +79,7 @@ def test_stories_are_like_the_benchmarks():
 
 def test_an_unsaid_background_is_white_and_a_said_one_is_named():
     unsaid = [e for e in EXAMPLES if not {"background", "backdrop"} & set(dd.normalised(e.story.prompt).split())]
-    assert unsaid and all(e.story.background == dd.DEFAULT_BACKGROUND for e in unsaid)
+    assert unsaid and all(e.story.background == sp.DEFAULT_BACKGROUND for e in unsaid)
     for example in EXAMPLES:
         if example not in unsaid:
             words = set(dd.normalised(example.story.prompt).split())

@@ -195,15 +195,16 @@ def ideal_frames(story: Story, frames: int) -> list[str]:
     return [world.caption(scene) for scene in ideal_scenes(story, frames)]
 
 
-def _normalised(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+def normalised(prompt: str) -> str:
+    """A prompt without case, punctuation or extra spaces: how prompts are matched to known stories."""
+    return " ".join(re.findall(r"[a-z0-9]+", prompt.lower()))
 
 
 @functools.cache
 def _known_by_prompt() -> dict[str, Story]:
-    return {_normalised(story.prompt): story for story in load_stories(KNOWN_STORIES)}
+    return {normalised(story.prompt): story for story in load_stories(KNOWN_STORIES)}
 
 
 def known_story(prompt: str) -> Story | None:
     """The known storyline whose prompt this is (case and punctuation aside), if any."""
-    return _known_by_prompt().get(_normalised(prompt))
+    return _known_by_prompt().get(normalised(prompt))
