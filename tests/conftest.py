@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One vLLM cache for every engine the suite starts, where the product's default state directory puts
+# it: a cold cache costs each engine start ~10 s (vLLM inspects the model class in a subprocess of its
+# own), and tests give their runs state directories of their own (for a plan cache of their own).
+os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".state" / "vllm-cache"))
 
 
 @pytest.fixture(scope="session")
