@@ -110,9 +110,14 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_does(tiny_base, tmp
     record = json.loads((resumed / "TRAINING.json").read_text())
     assert record["steps"] == 4 and record["config"]["lora_rank"] == 4 and len(record["base_model_sha256"]) == 64
     assert record["final_loss"] > 0 and record["command"].startswith("python -m direct2v models train-director")
-    with pytest.raises(dt.CheckpointError, match="other settings"):
-        dt.train_director(_config(lr=1e-3), tiny_base, tmp_path / "other", tmp_path / "work", echo=said.append,
-                          exclude=EXCLUDE)
+    assert record["config"]["kind_weights"] == dd.KIND_WEIGHTS and len(record["loss_every_10_steps"]) == 1
+    for other in (_config(lr=1e-3), _config(kind_weights={"two_moving": 1.0})):  # other examples: not this run
+        with pytest.raises(dt.CheckpointError, match="other settings"):
+            dt.train_director(other, tiny_base, tmp_path / "other", tmp_path / "work", echo=said.append,
+                              exclude=EXCLUDE)
+    for bad in ({"sideways": 1.0}, {"across": 0.0}, {"across": -1.0, "appears": 2.0}):
+        with pytest.raises(ValueError, match="kind_weights"):
+            _config(kind_weights=bad)
 
 
 def test_the_merged_model_answers_as_the_adapter_and_builds_the_same_bytes(tiny_base, tmp_path):

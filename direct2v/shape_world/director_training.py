@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from direct2v.core.files import staged_directory, write_atomically
 from direct2v.shape_world import director_data
+from direct2v.shape_world.stories import KINDS
 from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class DirectorTrainConfig(BaseModel):
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     max_length: int = Field(640, ge=16, description="most tokens of one example (request + answer); longer is an error")
     frames_choices: tuple[int, ...] = director_data.FRAMES_CHOICES
+    kind_weights: dict[str, float] = Field(default_factory=lambda: dict(director_data.KIND_WEIGHTS),
+                                           description="how often each story kind is drawn, relative to the others")
     compute: Literal["float32", "bfloat16-autocast"] = Field(
         "bfloat16-autocast", description="float32 weights always; bfloat16-autocast runs the matrix products in bf16 "
         "(CPU autocast: ~1.2-1.3x faster per step on avx512_bf16, the same loss at step 0)")
@@ -82,6 +85,15 @@ class DirectorTrainConfig(BaseModel):
     def _frames(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value or any(f < 2 for f in value):
             raise ValueError("frames_choices: one or more frame counts, each at least 2")
+        return value
+
+    @field_validator("kind_weights")
+    @classmethod
+    def _kinds(cls, value: dict[str, float]) -> dict[str, float]:
+        if unknown := sorted(set(value) - set(KINDS)):
+            raise ValueError(f"kind_weights: unknown kinds {unknown}; the kinds are {', '.join(KINDS)}")
+        if any(weight < 0 for weight in value.values()) or not any(weight > 0 for weight in value.values()):
+            raise ValueError("kind_weights: weights of 0 or more, at least one above 0")
         return value
 
     def training_settings(self) -> dict:
@@ -205,7 +217,8 @@ class DirectorTrainer:
     def rows(self, step: int) -> list[tuple[list[int], list[int]]]:
         """Step ``step``'s examples, drawn from ``(seed, step)`` alone, as (input ids, labels)."""
         rng = np.random.default_rng([self.config.seed, step])
-        examples = [director_data.random_example(rng, self.exclude, self.config.frames_choices, step)
+        examples = [director_data.random_example(rng, self.exclude, self.config.frames_choices, step,
+                                                 self.config.kind_weights)
                     for _ in range(self.config.batch_size)]
         return [encode_example(self.tokenizer, e.messages, e.answer, self.config.max_length) for e in examples]
 
@@ -284,5 +297,6 @@ def train_director(config: DirectorTrainConfig, base_dir: Path, out_dir: Path, w
         "final_loss": round(float(np.mean(recent)), 5) if recent else None,
         "train_seconds_this_session": round(time.monotonic() - started, 1), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "excluded_benchmark_prompts": len(trainer.exclude),
+        "loss_every_10_steps": [round(loss, 4) for step, loss in trainer.losses if step % 10 == 0],
     }
     return trainer.save_adapter(out_dir, provenance)
