@@ -37,11 +37,22 @@ def _defaults():
     return RenderCall.from_settings(RenderSettings(num_inference_steps=STEPS))
 
 
-def test_models_build_copies_the_committed_weights(tmp_path):
+def test_models_build_copies_the_committed_weights_and_replaces_a_copy_of_other_weights(tmp_path):
+    import shutil
+
+    from direct2v.bundled.models import MADE_FROM, stale
+
     out = install_shape_world(tmp_path / "shape-world")
-    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == sorted(
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != MADE_FROM) == sorted(
         p.relative_to(SHAPE_WORLD_WEIGHTS) for p in SHAPE_WORLD_WEIGHTS.rglob("*") if p.is_file())
     assert (out / "TRAINING.json").is_file() and not list(out.rglob("*.bin"))
+    assert not stale(out, SHAPE_WORLD_WEIGHTS)
+    newer = tmp_path / "newer"  # a checkout that brought retrained weights
+    shutil.copytree(SHAPE_WORLD_WEIGHTS, newer)
+    (newer / "TRAINING.json").write_text((newer / "TRAINING.json").read_text() + " ")
+    assert stale(out, newer) and not stale(install_shape_world(out, newer), newer)
+    (out / MADE_FROM).unlink()  # made before the stamp existed: made again, to be sure
+    assert stale(out, newer)
 
 
 def test_held_out_captions_render_with_the_asked_colour_and_cell(shape_pipe):

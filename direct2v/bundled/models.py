@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 
 from direct2v.core.config import DEFAULT_LLM_DIR, DEFAULT_SD_DIR, DEFAULT_SHAPE_DIRECTOR_DIR
+from direct2v.core.files import directory_hash
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAPE_WORLD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-world"
 #: the shape-world director's LoRA (``direct2v models train-director``; TRAINING.json says how it was made)
 SHAPE_DIRECTOR_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-director"
+#: The stamp in a directory ``models build`` made from committed weights: the sha256 of their directory.
+MADE_FROM = "MADE_FROM.sha256"
 
 
 def bundled_smollm2_gguf() -> Path:
@@ -78,6 +81,7 @@ def install_shape_world(out_dir: Path, source: Path = SHAPE_WORLD_WEIGHTS) -> Pa
         raise FileNotFoundError(f"the committed shape-world weights are missing from {source}")
     with staged_directory(out_dir) as staging:
         shutil.copytree(source, staging)
+        (Path(staging) / MADE_FROM).write_text(directory_hash(source) + "\n", encoding="utf-8")
     return Path(out_dir)
 
 
@@ -91,15 +95,23 @@ def build_default_models(force: bool = False, llm_dir: Path = DEFAULT_LLM_DIR,
     if force or not (Path(llm_dir) / "config.json").is_file():
         log.info("converting bundled SmolLM2-135M-Instruct GGUF -> %s", llm_dir)
         built["director"] = convert_gguf_to_hf(bundled_smollm2_gguf(), llm_dir)
-    if force or not (Path(shape_director_dir) / "config.json").is_file():
-        if not (Path(adapter_dir) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"the committed shape-director adapter is missing from {adapter_dir}")
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"the committed shape-director adapter is missing from {adapter_dir}")
+    if force or not (Path(shape_director_dir) / "config.json").is_file() or stale(shape_director_dir, adapter_dir):
         log.info("merging the shape-world storyline adapter into SmolLM2 -> %s", shape_director_dir)
         built["shape-world director"] = merge_director(Path(llm_dir), Path(adapter_dir), Path(shape_director_dir))
-    if force or not (Path(sd_dir) / "model_index.json").is_file():
+    if force or not (Path(sd_dir) / "model_index.json").is_file() or stale(sd_dir, SHAPE_WORLD_WEIGHTS):
         log.info("installing the trained shape-world model -> %s", sd_dir)
         built["renderer"] = install_shape_world(Path(sd_dir))
     return built
+
+
+def stale(made: Path, source: Path) -> bool:
+    """Whether ``made`` was made from other committed weights than ``source``'s (a checkout that
+    brought new weights): its ``MADE_FROM`` stamp holds the sha256 of the source directory it was
+    made from. A directory without the stamp (made before stamps existed) is stale too."""
+    stamp = Path(made) / MADE_FROM
+    return not stamp.is_file() or stamp.read_text(encoding="utf-8").strip() != directory_hash(source)
 
 
 def merge_director(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
@@ -120,4 +132,5 @@ def merge_director(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     with staged_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        (Path(staging) / MADE_FROM).write_text(directory_hash(adapter_dir) + "\n", encoding="utf-8")
     return Path(out_dir)

@@ -140,3 +140,14 @@ def render_model_id(model_dir: Path, lora_dir: Path | None = None) -> str:
     if lora_dir is not None:
         name += "+" + model_id(lora_dir, LORA_WEIGHTS)
     return name
+
+
+def directory_hash(path: Path) -> str:
+    """sha256 over a directory's files (names and bytes, sorted): which model a copy was made from."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from direct2v.core.files import staged_directory, write_atomically
+from direct2v.core.files import directory_hash, staged_directory, write_atomically
 from direct2v.shape_world import director_data
 from direct2v.shape_world.stories import KINDS
 from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps
@@ -98,17 +98,6 @@ class DirectorTrainConfig(BaseModel):
 
     def training_settings(self) -> dict:
         return self.model_dump(mode="json", exclude=set(self.OUTPUT_ONLY))
-
-
-def directory_hash(path: Path) -> str:
-    """sha256 over a directory's files (names and bytes, sorted): which base model was tuned."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def request_text(tokenizer, messages: Sequence[dict]) -> str:
