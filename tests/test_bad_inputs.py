@@ -82,7 +82,7 @@ def test_every_error_line_says_where_what_and_how_to_fix():
         ("only-comments.jsonl", "only-comments.jsonl: no prompts"),
         ("prompts.tsv", "prompts.tsv: unsupported prompt file type '.tsv'; use .txt, .jsonl or .csv"),
         ("no-prompt-column.csv", "no-prompt-column.csv:1: no 'prompt' column in the header row ('id', 'frames'); "
-                                 "the first row must name the columns: prompt (required), id, frames, fps, seed"),
+                                 "the first row must name the columns: prompt (required), id, frames, fps, seed, samples"),
         ("a-directory.txt", "a-directory.txt is a directory; give a .txt, .jsonl or .csv prompt file"),
         ("missing.jsonl", "prompt file not found: missing.jsonl"),
     ],
@@ -132,4 +132,4 @@ def test_a_csv_header_with_an_unknown_column_is_a_whole_file_error(monkeypatch):
     with pytest.raises(PromptFileError) as error:
         check_prompt_file(Path("unknown-column.csv"))
     assert str(error.value) == ("unknown-column.csv:1: unknown column 'colour' in the header row ('prompt', 'colour'); "
-                                "the first row must name the columns: prompt (required), id, frames, fps, seed")
+                                "the first row must name the columns: prompt (required), id, frames, fps, seed, samples")

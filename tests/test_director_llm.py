@@ -134,3 +134,17 @@ def test_cache_answers_a_repeated_request(director):
         assert again.prompt_id == "again" and again.frames == first.frames
     else:  # failures are not cached: the request is planned again
         assert director.report.cached == cached_before
+
+
+def test_the_samples_of_a_prompt_are_different_plans_asked_in_one_call(director):
+    from direct2v.director.prompts import sample_records
+
+    samples = sample_records(PromptRecord(id="dolphins", prompt=PROMPTS[2]), 3, seed=0)  # (not planned at F=4 before)
+    director.reconfigure(director.settings)  # a fresh report
+    results = director.plan(samples, frames=4, fps=2, seed=0)
+    assert all(isinstance(result, FramePlan) for result in results), [getattr(r, "reason", "") for r in results]
+    assert len({tuple(result.frames) for result in results}) == 3  # three storylines, not one three times
+    report = director.report.as_dict()
+    assert report["cached"] == 0 and report["engine_calls"][0]["answers"] == 3 * 4  # v2: a request per frame, one call
+    assert [r.director_sampling["sample"] for r in results] == [0, 1, 2]
+    assert {r.director_sampling["sample_of"] for r in results} == {"dolphins"}

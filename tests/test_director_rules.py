@@ -216,12 +216,13 @@ class _ScriptedEngine:
     """Stands in for vLLM's LLM: answers every chat with ``answer(chat, seed)``, counting calls."""
 
     def __init__(self, answer):
-        self.answer, self.calls = answer, []
+        self.answer, self.calls, self.params = answer, [], []
 
     def chat(self, chats, params, use_tqdm=False):
         from types import SimpleNamespace
 
         self.calls.append(len(chats))
+        self.params.append(params)
         return [SimpleNamespace(outputs=[SimpleNamespace(text=self.answer(chat, p.seed), token_ids=[0] * 5,
                                                          finish_reason="stop")])
                 for chat, p in zip(chats, params, strict=True)]
@@ -326,7 +327,7 @@ def test_the_plan_cache_key_changes_with_the_template_text(tmp_path):
     from direct2v.director.instructions import files_digest, templates_digest
 
     director = _scripted_director(lambda chat, seed: "[]")
-    assert director._cache_key("p", 8, 2, 0, 0)["templates"] == templates_digest()
+    assert director._cache_key(PromptRecord(id="p", prompt="p"), 8, 2, 0, 0)["templates"] == templates_digest()
     template = tmp_path / "example_v2.json"
     template.write_text('{"prompt": "a snowman"}')
     before = files_digest([template])
@@ -342,3 +343,64 @@ def test_a_shape_world_model_anywhere_gets_the_shape_world_director(tmp_path):
     assert load_settings(render={"model_dir": SHAPE_WORLD_WEIGHTS}).director.profile == "shape-world"
     (tmp_path / "TRAINING.json").write_text('{"command": "accelerate launch train_text_to_image.py"}')
     assert not is_shape_world_model(tmp_path) and not is_shape_world_model(tmp_path / "missing")
+
+
+# --- samples: several plans of one prompt -------------------------------------------------------
+
+
+def shape_frames(*cells):
+    return json.dumps([f"a red circle {cell} on a white background" for cell in cells])
+
+
+def test_the_samples_of_a_prompt_go_out_in_one_call_sample_0_as_a_prompt_of_one_video():
+    from direct2v.director.prompts import sample_records
+
+    answers = {0: shape_frames("on the left", "on the right")}  # greedy (seed 0): sample 0
+    director = _scripted_director(lambda chat, seed: answers.get(seed, shape_frames("at the top", f"seed {seed}")),
+                                  template_version="shapes")
+    record = PromptRecord(id="c", prompt="a red circle moves", seed=7)
+    samples = sample_records(record, 3, seed=0)
+    results = director.plan(samples, frames=2, fps=2, seed=0)
+    assert director.llm.calls == [3]  # one batched call for the three samples
+    params = director.llm.params[0]
+    assert [p.temperature for p in params] == [0.0, 0.8, 0.8] and [p.top_p for p in params] == [1.0, 0.95, 0.95]
+    assert len({p.seed for p in params}) == 3
+    assert [r.prompt_id for r in results] == ["c-s0", "c-s1", "c-s2"] and [r.seed for r in results] == [
+        7, *(s.seed for s in samples[1:])]
+    assert len({tuple(r.frames) for r in results}) == 3
+    sampling = [r.director_sampling for r in results]
+    assert [(d["sample"], d["sample_of"]) for d in sampling] == [(0, "c"), (1, "c"), (2, "c")]
+    assert "sample_seed" not in sampling[0] and sampling[1]["sample_seed"] == params[1].seed
+    assert sampling[1]["sample_temperature"] == 0.8 and sampling[1]["redraws"] == 0
+
+    alone = _scripted_director(lambda chat, seed: answers[seed], template_version="shapes")
+    [plan] = alone.plan([record], frames=2, fps=2, seed=0)  # one video: as before samples existed
+    assert plan.frames == results[0].frames and not {"sample", "sample_of"} & set(plan.director_sampling)
+    key = alone._cache_key
+    assert key(record, 2, 2, 7, 0) == key(samples[0], 2, 2, 7, 0) != key(samples[1], 2, 2, 7, 0)
+
+
+def test_a_sample_that_repeats_an_earlier_one_is_drawn_again_then_kept_and_marked():
+    from direct2v.director.prompts import sample_records
+
+    def answer(chat, seed):
+        if seed == 0:
+            return shape_frames("on the left", "on the right")
+        return shape_frames("at the top", "at the bottom") if len(director.llm.calls) == 1 else shape_frames(
+            "in the center", f"seed {seed}")
+
+    director = _scripted_director(answer, template_version="shapes")
+    results = director.plan(sample_records(PromptRecord(id="c", prompt="a red circle moves"), 3, 0), 2, 2, 0)
+    assert director.llm.calls == [3, 1]  # sample 2 repeated sample 1: drawn again, alone
+    assert results[1].frames != results[2].frames and results[2].director_sampling["redraws"] == 1
+    assert results[1].director_sampling["redraws"] == 0 and "repeats" not in results[2].director_sampling
+    report = director.report.as_dict()
+    assert (report["redraws"], report["repeated_samples"], report["valid_first_try"]) == (1, 0, 3)
+
+    director = _scripted_director(lambda chat, seed: shape_frames("on the left", "at the top") if seed else
+                                  shape_frames("on the left", "on the right"), template_version="shapes",
+                                  sample_redraws=2)
+    results = director.plan(sample_records(PromptRecord(id="c", prompt="a red circle moves"), 3, 0), 2, 2, 0)
+    assert director.llm.calls == [3, 1, 1]  # sample 2 again and again: the draws are bounded
+    assert results[2].director_sampling["repeats"] == "c-s1" and results[2].director_sampling["redraws"] == 2
+    assert (director.report.redraws, director.report.repeated_samples) == (2, 1)

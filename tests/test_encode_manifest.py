@@ -63,6 +63,8 @@ def test_manifest_schema_and_last_row_wins(tmp_path):
 MANIFEST_COLUMNS = [
     ("run_id", pa.string(), False),
     ("prompt_id", pa.string(), False),
+    ("sample", pa.int32(), True),
+    ("sample_of", pa.string(), True),
     ("prompt", pa.string(), True),
     ("source", pa.string(), True),
     ("frame_prompts", pa.list_(pa.string()), True),

@@ -52,7 +52,8 @@ def test_webdataset_shards_read_back_with_every_field_of_the_manifest(run_dir):
         assert sample["txt"] == row.prompt  # the caption: the user prompt
         metadata = sample["json"]
         assert metadata == {
-            "prompt_id": row.prompt_id, "prompt": row.prompt, "frame_prompts": row.frame_prompts, "fps": row.fps,
+            "prompt_id": row.prompt_id, "sample": 0, "sample_of": row.prompt_id, "prompt": row.prompt,
+            "frame_prompts": row.frame_prompts, "fps": row.fps,
             "frame_count": row.frame_count, "seed": row.seed, "director_model": row.director_model,
             "render_model": row.render_model, "template_version": row.template_version,
             "plan_warnings": row.plan_warnings, "video_hash": row.video_hash, "status": "ok",
@@ -136,6 +137,29 @@ def test_hf_layout_loads_with_datasets_offline(run_dir, monkeypatch):
             row.fps, row.frame_count, row.seed, row.video_hash)
         video = result.out_dir / item["video"]
         assert video.read_bytes() == (run_dir / row.video_path).read_bytes()
+        assert (item["sample"], item["sample_of"]) == (0, row.prompt_id)  # one video per prompt
+
+
+def test_the_samples_of_a_prompt_carry_their_number_and_prompt_in_both_formats(run_dir, tmp_path, monkeypatch):
+    import datasets
+
+    rows = read_rows(run_dir)
+    samples = [row.model_copy(update={"prompt_id": f"idea-s{k}", "sample": k, "sample_of": "idea"})
+               for k, row in enumerate(r for r in rows if r.status == "ok")]
+    run = tmp_path / "samples"
+    run.mkdir()
+    append_rows(run, samples)
+    for video in {row.video_path for row in samples}:
+        (run / video).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run_dir / video, run / video)
+    shards = export_run(run, tmp_path / "wds")
+    read = read_shards([shards.out_dir / name for name in shards.files])
+    assert [(s["__key__"], s["json"]["sample"], s["json"]["sample_of"]) for s in read] == [
+        ("idea-s0", 0, "idea"), ("idea-s1", 1, "idea")]
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    dataset = datasets.load_dataset(str(export_run(run, tmp_path / "hf", format="hf").out_dir), split="train")
+    assert list(zip(dataset["sample"], dataset["sample_of"], strict=True)) == [(0, "idea"), (1, "idea")]
 
 
 def test_nothing_to_export_and_bad_options_are_one_clear_error(run_dir, tmp_path, run_cli):
@@ -185,3 +209,17 @@ def test_the_gallery_shows_the_directors_warnings_beside_the_status(run_dir):
     assert 'class="reason warnings">director: static_video: frames 1-3 say the same</div>' in boat
     fox = page[page.index('id="video-fox"'):]
     assert "director:" not in fox[:fox.index("</section>")]  # a clean plan shows none
+
+
+def test_the_gallery_shows_the_samples_of_a_prompt_side_by_side(run_dir):
+    from direct2v.publish.gallery import write_index
+
+    ok = [row for row in read_rows(run_dir) if row.status == "ok"]
+    samples = [row.model_copy(update={"prompt_id": f"idea-s{k}", "sample": k, "sample_of": "idea"})
+               for k, row in enumerate(ok)]
+    page = write_index(run_dir, [samples[1], ok[0], samples[0]]).read_text()
+    assert page.count('class="samples"') == 1  # the prompt of one video is an entry of its own
+    group = page[page.index('<section class="samples" id="samples-idea">'):]
+    assert group.startswith('<section class="samples" id="samples-idea"><h2>idea: 2 samples</h2><div class="sample-row">')
+    assert group.index('id="video-idea-s0"') < group.index('id="video-idea-s1"')  # by sample number
+    assert f'id="video-{ok[0].prompt_id}"' not in group[:group.index("</div></section>")]

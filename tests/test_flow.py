@@ -25,6 +25,7 @@ from conftest import REPO, summary_of
 from test_airgap import air_gapped, check_air_gapped, namespace_unavailable
 
 from direct2v.director.plan import read_plan
+from direct2v.director.prompts import sample_seed
 from direct2v.evaluation import storylines
 from direct2v.job.manifest import SCHEMA
 from direct2v.render.encode import read_video
@@ -34,12 +35,14 @@ pytestmark = [pytest.mark.llm, pytest.mark.flow]
 
 #: two known storylines: the README's first example at the run's 8 frames and seed (measured by
 #: benchmarks/storylines.py on 2026-12-06: told at plan and video level), and a dev story at a
-#: record's own 4 frames, 1 fps and seed 3 (the overrides; its storyline is not asserted: unmeasured there)
+#: record's own 4 frames, 1 fps and seed 3, two videos of it (the overrides and ``samples``; its
+#: storyline is not asserted: unmeasured there)
 STORIES = {story.id: story for story in load_stories(KNOWN_STORIES)}
 PROMPTS = [
     {"id": "example-01", "prompt": STORIES["example-01"].prompt},
-    {"id": "across-01", "prompt": STORIES["across-01"].prompt, "frames": 4, "fps": 1, "seed": 3},
+    {"id": "across-01", "prompt": STORIES["across-01"].prompt, "frames": 4, "fps": 1, "seed": 3, "samples": 2},
 ]
+ACROSS = ("across-01-s0", "across-01-s1")
 
 
 @pytest.fixture(scope="module")
@@ -80,25 +83,31 @@ def test_main_job_runs_air_gapped_without_any_network_attempt(main_job):
 
 def test_run_end_to_end_then_rerender_its_plans(main_job, tmp_path, run_cli):
     summary, prompt_file, run_dir = main_job["summary"], main_job["prompt_file"], main_job["run_dir"]
-    assert (summary["total"], summary["shards"], summary["input_problems"]) == (3, 1, 1)
-    assert summary["planned"] + summary["plan_failed"] == 2 and summary["render_ok"] == summary["planned"] == summary["ok"]
+    assert (summary["total"], summary["shards"], summary["input_problems"]) == (4, 1, 1)
+    assert summary["planned"] + summary["plan_failed"] == 3 and summary["render_ok"] == summary["planned"] == summary["ok"]
     assert (run_dir / "director.log").read_text().count("--- exit code") == 1  # one director, all prompts batched
 
     assert pq.read_table(run_dir / "manifest.parquet").schema.equals(SCHEMA)
     rows = dict(main_job["rows"])
     bad = rows.pop("invalid-line-2")
     assert bad["status"] == "failed" and bad["failed_stage"] == "input" and "frames" in bad["error"]
-    assert set(rows) == {"example-01", "across-01"}
+    assert set(rows) == {"example-01", *ACROSS}
+    assert [(rows[i]["sample"], rows[i]["sample_of"]) for i in ("example-01", *ACROSS)] == [
+        (0, "example-01"), (0, "across-01"), (1, "across-01")]
     for prompt_id, row in rows.items():
         if row["status"] != "ok":  # the director may fail a prompt: then it says why, and no video exists
             assert row["failed_stage"] == "plan" and row["error"]
             assert not (run_dir / "videos" / f"{prompt_id}.mp4").exists()
             continue
         plan = read_plan(run_dir / row["plan_path"])
-        expected_frames = 4 if prompt_id == "across-01" else 8
+        expected_frames = 4 if prompt_id in ACROSS else 8
         assert row["frame_count"] == expected_frames == len(plan.frames) == len(row["frame_prompts"])
-        assert row["fps"] == (1 if prompt_id == "across-01" else 2)
-        assert row["seed"] == (3 if prompt_id == "across-01" else 0)
+        assert row["fps"] == (1 if prompt_id in ACROSS else 2)
+        assert row["seed"] == {"across-01-s0": 3, "across-01-s1": sample_seed(3, 1)}.get(prompt_id, 0)
+        if prompt_id in ACROSS:  # the second sample is drawn, at the sample temperature
+            sampling = plan.director_sampling
+            assert (sampling["sample"], sampling["sample_of"]) == (int(prompt_id[-1]), "across-01")
+            assert ("sample_temperature" in sampling) == (prompt_id == "across-01-s1")
         assert (run_dir / row["video_path"]).stat().st_size > 0
         assert row["director_model"] == "smollm2-135m-shapes" and row["template_version"] == "shapes"
         assert row["render_model"].startswith("shape-world@")

@@ -102,3 +102,40 @@ def test_example_files_parse_cleanly():
     for name in ("prompts_in/examples.txt", "prompts_in/examples.jsonl", "prompts_in/examples.csv"):
         items = list(read_prompt_file(name))
         assert items and all(isinstance(i, PromptRecord) for i in items), name
+
+
+# --- samples: several videos of one prompt --------------------------------------------------------
+
+
+def test_samples_come_from_a_jsonl_field_or_a_csv_column_and_nothing_else_of_a_sample_does(tmp_path):
+    records, problems = parse(tmp_path, "p.jsonl", '{"id": "a", "prompt": "a corgi", "samples": 3}\n'
+                              '{"id": "b", "prompt": "a cat", "samples": 0}\n'
+                              '{"id": "c", "prompt": "a cat", "samples": true}\n'
+                              '{"id": "d", "prompt": "a cat", "sample": 2}\n')
+    assert [(r.id, r.samples, r.sample, r.sample_of) for r in records] == [("a", 3, 0, None)]
+    assert [p.message for p in problems] == [
+        "samples: must be at least 1 (got 0); use a whole number from 1 to 64, or leave it out for the run's default",
+        "samples: expected a whole number, got a boolean; use a whole number from 1 to 64, or leave it out for the "
+        "run's default",
+        "unknown field 'sample'; remove it (allowed fields: prompt, id, frames, fps, seed, samples; for several "
+        "videos of a prompt: samples)"]
+    records, problems = parse(tmp_path, "p.csv", "prompt,samples\na corgi,2\na cat,\n")
+    assert [r.samples for r in records] == [2, None] and problems == []
+
+
+def test_each_sample_of_a_prompt_is_a_record_of_its_own_and_one_sample_is_the_prompt_itself():
+    from direct2v.director.prompts import sample_records, sample_seed
+
+    record = PromptRecord(id="corgi", prompt="a corgi runs", frames=4)
+    assert sample_records(record, 1, seed=5) == [record]  # ids, seeds and plans as without samples
+    samples = sample_records(record, 3, seed=5)
+    assert [(s.id, s.sample, s.sample_of, s.frames) for s in samples] == [
+        ("corgi-s0", 0, "corgi", 4), ("corgi-s1", 1, "corgi", 4), ("corgi-s2", 2, "corgi", 4)]
+    assert samples[0].seed == 5 and [s.seed for s in samples[1:]] == [sample_seed(5, 1), sample_seed(5, 2)]
+    assert len({s.seed for s in samples}) == 3 and all(0 <= s.seed < 2**32 for s in samples)
+    assert sample_seed(5, 1) not in (6, 5 + 1) and sample_seed(5, 1) == sample_seed(5, 1)
+    seeded = sample_records(record.model_copy(update={"seed": 9}), 2, seed=5)
+    assert [s.seed for s in seeded] == [9, sample_seed(9, 1)]  # the record's own seed wins over the run's
+    with pytest.raises(ValueError, match="too long for 10 samples"):
+        sample_records(PromptRecord(id="x" * 78, prompt="a corgi"), 10, seed=0)
+    assert len(sample_records(PromptRecord(id="x" * 77, prompt="a corgi"), 10, seed=0)) == 10

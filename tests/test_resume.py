@@ -359,6 +359,37 @@ def test_director_killed_by_a_signal_is_retried_once_then_its_prompts_fail(tmp_p
     assert "exit code -9" in rows[0].error and "resume" in rows[0].error
 
 
+def test_more_samples_on_a_resume_plan_only_the_new_ones_and_a_failed_sample_says_whose_it_is(tmp_path, monkeypatch):
+    settings = Settings(frames=2, fps=2, samples=3, render=RenderSettings(model_dir=tmp_path / "none"))
+    records = [PromptRecord(id="a", prompt="a a"), PromptRecord(id="b", prompt="a b", samples=1),
+               PromptRecord(id="c" * 79, prompt="a c")]
+    asked = []
+
+    def director(records_file, run_dir, timeout_s=None):  # plans every record but "a-s2" the first time
+        lines = [PromptRecord.model_validate_json(line) for line in Path(records_file).read_text().splitlines()]
+        asked.append([record.id for record in lines])
+        for record in lines:
+            if record.id != "a-s2" or len(asked) > 1:
+                write_plan(FramePlan(prompt_id=record.id, prompt=record.prompt, fps=2, seed=record.seed or 0,
+                                     frames=["a red circle", "a blue circle"]), Path(run_dir) / "plans")
+        return 0, ""
+
+    monkeypatch.setattr(planning, "plan_in_subprocess", director)
+
+    def plan_stage(settings):
+        expanded, problems = planning.expand_samples(records, settings)
+        reused, to_plan = planning.reusable_plans(expanded, tmp_path, settings)
+        planned, failed = planning.plan_records(to_plan, tmp_path, settings)
+        return problems, {p.prompt_id for p in reused}, {p.prompt_id for p in planned}, failed
+
+    problems, reused, planned, failed = plan_stage(settings)
+    assert [p.id for p in problems] == ["c" * 79] and "too long for 3 samples" in problems[0].message
+    assert asked == [["a-s0", "a-s1", "a-s2", "b"]] and reused == set() and planned == {"a-s0", "a-s1", "b"}
+    assert [(r.prompt_id, r.sample, r.sample_of, r.failed_stage) for r in failed] == [("a-s2", 2, "a", "plan")]
+    problems, reused, planned, failed = plan_stage(settings.model_copy(update={"samples": 4}))
+    assert asked[-1] == ["a-s2", "a-s3"] and reused == {"a-s0", "a-s1", "b"} and failed == []
+
+
 HUNG_DIRECTOR = """
 import subprocess, sys, time
 engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

@@ -383,3 +383,34 @@ def test_the_gallery_shows_the_checks_of_a_known_storyline_and_nothing_for_other
     assert "video: tells its story" in entries["told"] and "plan: tells its story" in entries["told"]
     assert "video: does not tell its story" in entries["backwards"] and "start &#10007;" in entries["backwards"]
     assert "storyline" not in entries["other"]
+
+
+def test_the_samples_benchmark_counts_distinct_plans_their_distance_and_the_stories_they_tell(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("samples_benchmark", ROOT / "benchmarks" / "samples.py")
+        samples = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(samples)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert samples.frame_distance(["a red circle"], ["a red circle"]) == 0.0
+    assert samples.frame_distance(["a red circle"], ["blue squares"]) == 1.0
+    assert samples.frame_distance(["a red circle", "x"], ["a blue circle", "x"]) == pytest.approx((1 - 2 / 4) / 2)
+
+    story = BY_ID["across-01"]
+    ideal = st.ideal_frames(story, 8)
+    plans = tmp_path / "run" / "plans"
+    plans.mkdir(parents=True)
+    for k, (frames, sampling) in enumerate([(ideal, {}), (ideal[::-1], {"redraws": 1}), (ideal, {"repeats": "x-s0"})]):
+        plan = {"prompt_id": f"{story.id}-s{k}", "frames": frames,
+                "director_sampling": {"sample": k, "sample_of": story.id, **sampling}}
+        (plans / f"{story.id}-s{k}.json").write_text(json.dumps(plan))
+    results = samples.score(tmp_path / "run", [story, BY_ID["across-03"]])
+    assert [r["id"] for r in results] == [story.id]  # across-03 has no samples in the run
+    assert [(s["sample"], s["plan_tells"], s["video_tells"]) for s in results[0]["samples"]] == [
+        (0, True, None), (1, False, None), (2, True, None)]
+    distance = samples.frame_distance(ideal, ideal[::-1])
+    row = samples.table(results, [story.kind]).splitlines()[2]
+    assert row == f"| across | 1 | 3 | 2.00 | {2 * distance / 3:.3f} | 1/1 | 1/2 | – | – | 1 | 1 |"

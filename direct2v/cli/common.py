@@ -76,6 +76,9 @@ SetOption = Annotated[
 FramesOption = Annotated[Optional[int], typer.Option(help="frames per video (default from settings: 8)")]
 FpsOption = Annotated[Optional[int], typer.Option(help="frame rate given to the director and the MP4")]
 SeedOption = Annotated[Optional[int], typer.Option(help="seed for prompts without their own")]
+SamplesOption = Annotated[Optional[int], typer.Option(
+    help="videos per prompt without its own samples (default from settings: 1): a plan and a video each, ids "
+    "<prompt id>-s<k>; on a resume, raising it adds the missing samples only")]
 DoublingsOption = Annotated[
     Optional[int], typer.Option(min=0, max=6, help="FPS-doubling rounds F -> 2F -> 4F ... (setting fps_doublings, default 0)")
 ]

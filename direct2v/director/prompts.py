@@ -1,7 +1,7 @@
 """Prompt records: the first stage's contract, and what a line that cannot be one becomes.
 
 A ``PromptRecord`` is one video idea as the director receives it (prompt, id, frames, fps, seed,
-and the file and line it came from); a ``PromptProblem`` names the file and line of a line that is
+samples, and the file and line it came from; ``sample_records`` makes one record per sample); a ``PromptProblem`` names the file and line of a line that is
 not one, in our words. Ids are checked to be safe file names. ``prompt_files`` reads the three
 prompt file formats into these.
 """
@@ -14,6 +14,7 @@ import unicodedata
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from direct2v.core.config import MAX_SAMPLES
 from direct2v.core.errors import Direct2VError
 
 MAX_PROMPT_CHARS = 2000
@@ -36,7 +37,11 @@ class PromptRecord(BaseModel):
     frames: int | None = Field(None, ge=2, le=512)
     fps: int | None = Field(None, ge=1, le=120)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    samples: int | None = Field(None, ge=1, le=MAX_SAMPLES, description="videos of this prompt (None: the run's)")
     source: str = Field("", description="file:line the record came from")
+    # Set by ``sample_records`` only (a prompt file cannot: prompt_files.INTERNAL_FIELDS):
+    sample: int = Field(0, ge=0, description="which of the prompt's samples this record asks for")
+    sample_of: str | None = Field(None, description="the id of the prompt this record is a sample of")
 
     @field_validator("prompt")
     @classmethod
@@ -51,7 +56,7 @@ class PromptRecord(BaseModel):
             raise ValueError(f"contains {describe_character(unreadable)}, which is not text")
         return value
 
-    @field_validator("frames", "fps", "seed", mode="before")
+    @field_validator("frames", "fps", "seed", "samples", mode="before")
     @classmethod
     def _no_booleans(cls, value: object) -> object:
         if isinstance(value, bool):  # JSON true/false would otherwise pass as 1/0
@@ -62,6 +67,37 @@ class PromptRecord(BaseModel):
     @classmethod
     def _safe_id(cls, value: str) -> str:
         return check_safe_id(value)
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The render seed of sample ``sample`` of a prompt seeded ``seed``: ``seed`` itself for sample
+    0 (a prompt asked for one video is rendered as it always was), else 32 bits of
+    sha256("seed:sample") -- not ``seed + sample``, which would be the next prompt's seed in a list
+    numbered 0, 1, 2..."""
+    if sample == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample}".encode()).digest()[:4], "big")
+
+
+def sample_id(prompt_id: str, sample: int) -> str:
+    return f"{prompt_id}-s{sample}"
+
+
+def sample_records(record: PromptRecord, samples: int, seed: int) -> list[PromptRecord]:
+    """``record`` as the ``samples`` records of its videos: itself when ``samples`` is 1 (ids,
+    seeds and plans exactly as without samples), else one per sample k with id ``<id>-s<k>``, the
+    render seed ``sample_seed(record's seed or seed, k)``, ``sample`` k and ``sample_of`` the id.
+    Raises ValueError when an id would be too long to be a file name."""
+    if samples == 1:
+        return [record]
+    base = record.seed if record.seed is not None else seed
+    longest = sample_id(record.id, samples - 1)
+    if not is_safe_id(longest):
+        raise ValueError(f"id {quoted(record.id, 100)} is too long for {samples} samples (their ids end in "
+                         f"-s0 ... -s{samples - 1}, at most 80 characters in all); give the prompt a shorter id")
+    return [record.model_copy(update={"id": sample_id(record.id, k), "seed": sample_seed(base, k), "samples": None,
+                                      "sample": k, "sample_of": record.id})
+            for k in range(samples)]
 
 
 def first_unprintable(text: str) -> str | None:

@@ -16,7 +16,9 @@ class DirectorReport:
     plan that reached the renderer (with or without warnings, per the quality policy).
     ``truncated`` counts engine answers cut off at their token cap (``finish_reason`` "length")
     or ended by an engine error, among ``answers``; ``unchanged_repairs`` the repair turns that
-    got the same answer back (the repair stops there).
+    got the same answer back (the repair stops there); ``redraws`` the samples drawn again for
+    repeating an earlier sample of their prompt (their first answers are not counted as first
+    tries: those are the prompts'), ``repeated_samples`` those still repeating one in the end.
     """
 
     prompts: int = 0
@@ -29,6 +31,8 @@ class DirectorReport:
     answers: int = 0
     truncated: int = 0
     unchanged_repairs: int = 0
+    redraws: int = 0  # samples drawn again for repeating an earlier sample of their prompt
+    repeated_samples: int = 0  # samples that still repeat one after their redraws
     first_try_rules: Counter = field(default_factory=Counter)
     final_rules: Counter = field(default_factory=Counter)
     engine_calls: list[dict] = field(default_factory=list)  # one per batched call: answers, tokens, seconds
@@ -47,6 +51,8 @@ class DirectorReport:
             "answers": self.answers,
             "truncated": self.truncated,
             "unchanged_repairs": self.unchanged_repairs,
+            "redraws": self.redraws,
+            "repeated_samples": self.repeated_samples,
             "valid_rate_first_try": round(self.valid_first_try / planned, 4),
             "usable_rate_first_try": round(self.usable_first_try / planned, 4),
             "valid_rate_final": round(self.valid_final / planned, 4),

@@ -19,12 +19,24 @@ from direct2v.director.prompts import PromptRecord
 from direct2v.director.report import DirectorReport
 
 
+@dataclass(frozen=True)
+class Draw:
+    """How sample k >= 1 of a prompt is asked for (``samples``): every answer of its conversation,
+    repairs too, sampled at this temperature and top-p from this seed."""
+
+    temperature: float
+    top_p: float
+    seed: int
+
+
 class Ask(Protocol):
     """The engine as a strategy sees it (``Director._ask``): one batched call, the repair turns at
-    the repair temperature; per chat, ``candidates`` answers as (text, finish_reason)."""
+    the repair temperature, a chat with a ``Draw`` at its own; per chat, ``candidates`` answers as
+    (text, finish_reason)."""
 
     def __call__(self, chats: list[list[dict]], schemas: list[dict], max_tokens: list[int], repair: bool,
-                 candidates: int = 1, attempt: int = 1) -> list[list[tuple[str, str]]]: ...
+                 candidates: int = 1, attempt: int = 1,
+                 draws: Sequence[Draw | None] | None = None) -> list[list[tuple[str, str]]]: ...
 
 
 @dataclass
@@ -35,6 +47,7 @@ class Conversation:
     frames: int
     fps: int
     seed: int
+    draw: Draw | None = None  # a sample >= 1 of its prompt: how its answers are sampled
     rounds: list[PlanRound] = field(default_factory=list)
     attempts: int = 0
     problems: list[str] = field(default_factory=list)

@@ -58,6 +58,7 @@ class WholeListStrategy(Strategy):
             answers = self.ask(
                 [c.messages for c in pending], [frames_schema(c.frames, self.frame_chars) for c in pending],
                 [max_answer_tokens(c.frames, self.frame_chars) for c in pending], repair=attempt > 1,
+                draws=[c.draw for c in pending],
             )
             retry = []
             for conversation, [(answer, finish_reason)] in zip(pending, answers, strict=True):

@@ -127,7 +127,7 @@ class PerFrameStrategy(Strategy):
             repair = attempt > 1
             answers = self.ask([r.messages for _, r in pending], [schema] * len(pending), [cap] * len(pending),
                                repair=repair, candidates=self.settings.repair_candidates if repair else 1,
-                               attempt=attempt)
+                               attempt=attempt, draws=[c.draw for c, _ in pending])
             asked: dict[int, FrameConversation] = {}
             unchanged: dict[int, set[int]] = {}
             for (conversation, request), candidates in zip(pending, answers, strict=True):

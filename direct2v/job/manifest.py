@@ -57,6 +57,9 @@ class _PromptOutcome(BaseModel):
 
     run_id: str
     prompt_id: str
+    sample: Int32 = Field(0, description="which video of its prompt this is (setting samples), from 0")
+    sample_of: str = Field("", description="the id of the prompt this video is a sample of (its own prompt_id when "
+                           "the prompt asked for one video): group or hold out by it")
     prompt: str | None = None
     source: str = ""
     frame_prompts: list[str] = Field(default_factory=list)
@@ -168,7 +171,9 @@ class ManifestError(Direct2VError, ValueError):
 def plan_row(run_id: str, plan: FramePlan, source: str = "", **fields) -> ManifestRow:
     """The row of a prompt that has a plan: the plan's fields, then ``fields`` (status, video...)."""
     return ManifestRow(
-        run_id=run_id, prompt_id=plan.prompt_id, prompt=plan.prompt, source=source, frame_prompts=plan.frames,
+        run_id=run_id, prompt_id=plan.prompt_id, sample=plan.director_sampling.get("sample", 0),
+        sample_of=plan.director_sampling.get("sample_of", plan.prompt_id), prompt=plan.prompt, source=source,
+        frame_prompts=plan.frames,
         fps=plan.fps, seed=plan.seed, director_model=plan.director_model, template_version=plan.template_version,
         director_sampling=json.dumps(plan.director_sampling, sort_keys=True) if plan.director_sampling else "",
         plan_warnings=plan.warnings, plan_path=f"{PLANS_DIR}/{plan.prompt_id}.json", **fields,
@@ -176,10 +181,10 @@ def plan_row(run_id: str, plan: FramePlan, source: str = "", **fields) -> Manife
 
 
 def failed_row(run_id: str, prompt_id: str, stage: Stage, error: str, source: str = "",
-               prompt: str | None = None) -> ManifestRow:
+               prompt: str | None = None, sample: int = 0, sample_of: str | None = None) -> ManifestRow:
     """The row of a prompt that has no plan: an unreadable line or plan file, a failed director."""
-    return ManifestRow(run_id=run_id, prompt_id=prompt_id, prompt=prompt, source=source, status="failed",
-                       failed_stage=stage, error=error)
+    return ManifestRow(run_id=run_id, prompt_id=prompt_id, sample=sample, sample_of=sample_of or prompt_id,
+                       prompt=prompt, source=source, status="failed", failed_stage=stage, error=error)
 
 
 # --- journals and parts --------------------------------------------------------------------------

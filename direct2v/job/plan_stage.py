@@ -62,16 +62,18 @@ class PlanStage:
 
     def _plan_prompts(self, shard: shards.PromptShard) -> tuple[shards.ShardWork, Counter]:
         run = self.run
-        rows = [planning.problem_row(run.id, problem, index) for index, problem in enumerate(shard.problems)]
-        for problem in shard.problems:
+        records, unsampled = planning.expand_samples(shard.records, run.settings)
+        problems = [*shard.problems, *unsampled]
+        rows = [planning.problem_row(run.id, problem, index) for index, problem in enumerate(problems)]
+        for problem in problems:
             log.error("%s", problem)
-        reused, to_plan = planning.reusable_plans(shard.records, run.dir, run.settings)
+        reused, to_plan = planning.reusable_plans(records, run.dir, run.settings)
         planned, failed = planning.plan_records(to_plan, run.dir, run.settings)
         for row in failed:
             log.error("%s (%s): planning failed: %s", row.prompt_id, row.source, row.error)
         have_plan = {plan.prompt_id for plan in (*reused, *planned)}
-        work = shards.ShardWork(shard.index, [(r.id, r.source) for r in shard.records if r.id in have_plan], rows + failed)
-        return work, Counter(prompts=len(shard.records) + len(shard.problems), input_problems=len(shard.problems),
+        work = shards.ShardWork(shard.index, [(r.id, r.source) for r in records if r.id in have_plan], rows + failed)
+        return work, Counter(prompts=len(shard.records) + len(shard.problems), input_problems=len(problems),
                              plans_reused=len(reused), planned=len(planned), plan_failed=len(failed))
 
     def _import_plan_files(self, index: int, paths: list[Path]) -> tuple[shards.ShardWork, Counter]:

@@ -26,7 +26,7 @@ from direct2v.core.config import Settings
 from direct2v.core.environment import offline_environment
 from direct2v.core.files import DiskFullError, write_atomically, writing
 from direct2v.director.plan import FramePlan, PlanFailure, PlanFileError, TokenBudget, read_plan, write_plan
-from direct2v.director.prompts import PromptProblem, PromptRecord
+from direct2v.director.prompts import PromptProblem, PromptRecord, sample_records
 from direct2v.job.manifest import ManifestRow, failed_row
 from direct2v.job.rundir import DIRECTOR_LOG, PLAN_FAILURES, PLANS_DIR, RECORDS
 
@@ -42,6 +42,18 @@ def problem_row(run_id: str, problem: PromptProblem, index: int) -> ManifestRow:
     line = problem.source.rsplit(":", 1)[-1]
     prompt_id = f"invalid-line-{line}" if line.isdigit() else f"invalid-{index}"
     return failed_row(run_id, prompt_id, "input", problem.message, problem.source, problem.prompt)
+
+
+def expand_samples(records: list[PromptRecord], settings: Settings) -> tuple[list[PromptRecord], list[PromptProblem]]:
+    """Each record as the records of its samples (``prompts.sample_records``: itself when the
+    prompt asks for one video), and a problem for a record whose sample ids cannot be file names."""
+    expanded, problems = [], []
+    for record in records:
+        try:
+            expanded += sample_records(record, record.samples or settings.samples, settings.seed)
+        except ValueError as error:
+            problems.append(PromptProblem(source=record.source, message=str(error), id=record.id, prompt=record.prompt))
+    return expanded, problems
 
 
 def token_budget(settings: Settings) -> TokenBudget | None:
@@ -145,7 +157,8 @@ def plan_records(records: list[PromptRecord], run_dir: Path, settings: Settings)
                       "then resume the run to plan it again")
         else:
             reason = f"the director wrote no plan for this prompt; see {DIRECTOR_LOG}"
-        rows.append(failed_row(run_dir.name, record.id, "plan", reason, record.source, record.prompt))
+        rows.append(failed_row(run_dir.name, record.id, "plan", reason, record.source, record.prompt, record.sample,
+                               record.sample_of))
     return [plans[r.id] for r in records if r.id in plans], rows
 
 

@@ -20,7 +20,8 @@ export of the same samples are kept, checked by their sha256 in ``export-progres
 
 A WebDataset key is the text before the first dot of a member's name, so a prompt id with dots
 gets them replaced and a short hash of the id appended (``sample_key``); ``prompt_id`` is in the
-JSON either way.
+JSON either way. Several videos of one prompt (the setting ``samples``) carry ``sample`` (0, 1, ...)
+and ``sample_of`` (the prompt's id), in the JSON and the Parquet rows: group or hold out by it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def sample_key(prompt_id: str) -> str:
 def sample_metadata(row: ManifestRow) -> dict:
     """A sample's JSON: what made the video and what it shows, from its manifest row."""
     metadata = {
-        "prompt_id": row.prompt_id, "prompt": row.prompt, "frame_prompts": list(row.frame_prompts),
+        "prompt_id": row.prompt_id, "sample": row.sample, "sample_of": row.sample_of or row.prompt_id,
+        "prompt": row.prompt, "frame_prompts": list(row.frame_prompts),
         "fps": row.fps, "frame_count": row.frame_count, "seed": row.seed,
         "director_model": row.director_model, "render_model": row.render_model,
         "template_version": row.template_version, "plan_warnings": list(row.plan_warnings),
@@ -166,7 +168,8 @@ def write_tar(path: Path, samples: Iterable[Sample], progress: Callable[[], None
 
 HF_SCHEMA = pa.schema([
     pa.field("key", pa.string()), pa.field("video", pa.string()), pa.field("caption", pa.string()),
-    pa.field("prompt_id", pa.string()), pa.field("frame_prompts", pa.list_(pa.string())),
+    pa.field("prompt_id", pa.string()), pa.field("sample", pa.int64()), pa.field("sample_of", pa.string()),
+    pa.field("frame_prompts", pa.list_(pa.string())),
     pa.field("fps", pa.int64()), pa.field("frame_count", pa.int64()), pa.field("seed", pa.int64()),
     pa.field("director_model", pa.string()), pa.field("render_model", pa.string()),
     pa.field("template_version", pa.string()), pa.field("plan_warnings", pa.list_(pa.string())),

@@ -167,6 +167,8 @@ video{width:256px;background:#000;image-rendering:pixelated}.sheet{max-width:100
 .entry[data-status=failed]{border-left:5px solid #c62828}.reason{color:#b26a00}
 .error{color:#c62828;white-space:pre-wrap}.prompt{font-size:15px}.story{margin:4px 0;color:#333}
 ol{margin:4px 0 8px;padding-left:28px}.muted{color:#666}.hidden{display:none}
+.samples>h2{font-size:16px;margin:20px 0 0}.sample-row{display:flex;gap:12px;overflow-x:auto;align-items:flex-start}
+.sample-row .entry{flex:0 0 440px;margin:8px 0}
 """
 
 _SCRIPT = """
@@ -292,6 +294,24 @@ def _summary_table(evaluation: dict) -> str:
     return "<h2>CLIP similarity per frame (paper Table 1 layout)</h2>" + "".join(lines)
 
 
+def _by_prompt(rows: Sequence[ManifestRow]) -> list[list[ManifestRow]]:
+    """Rows in order, the samples of one prompt (``sample_of``) together, by sample number."""
+    groups: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        groups.setdefault(row.sample_of or row.prompt_id, []).append(row)
+    return [sorted(group, key=lambda row: row.sample) for group in groups.values()]
+
+
+def _group(rows: list[ManifestRow], run_dir: Path, checks: dict) -> str:
+    """One prompt's videos: its entry, or its samples side by side under the prompt's id."""
+    entries = "".join(_entry(row, run_dir, checks.get(row.prompt_id)) for row in rows)
+    if len(rows) == 1:
+        return entries
+    prompt_id = rows[0].sample_of or rows[0].prompt_id
+    return (f'<section class="samples" id="samples-{_e(prompt_id)}"><h2>{_e(prompt_id)}: {len(rows)} samples</h2>'
+            f'<div class="sample-row">{entries}</div></section>')
+
+
 def write_index(run_dir: Path, rows: Sequence[ManifestRow], story_checks: dict[str, dict | None] | None = None) -> Path:
     """``index.html`` listing every row; reads ``evaluation.json`` for the summary table if present.
     ``story_checks``: prompt id -> ``storyline_checks`` (worked out here when not given)."""
@@ -315,7 +335,7 @@ def write_index(run_dir: Path, rows: Sequence[ManifestRow], story_checks: dict[s
 <div>{len(rows)} prompts; {', '.join(f'{_e(s)}: {n}' for s, n in sorted(counts.items()))}</div></header>
 <main><div class="filters">Show: {filters}</div>
 {_summary_table(evaluation)}
-{"".join(_entry(row, run_dir, checks.get(row.prompt_id)) for row in rows)}
+{"".join(_group(group, run_dir, checks) for group in _by_prompt(rows))}
 </main><script>{_SCRIPT}</script></body></html>
 """
     return write_atomically(run_dir / INDEX_HTML, page)
