@@ -17,7 +17,6 @@ module ties them together: settings, cache lookups, and the plans.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -185,7 +184,9 @@ class Director:
         self.report.cached += len(records) - len(planned)
         self.strategy.run([conversation for conversation, _ in planned], fps_doublings)
         results.update({conversation.record.id: self._result(conversation) for conversation, _ in planned})
-        self._redraw_repeated_samples(records, results, {c.record.id for c, _ in planned}, requested, fps_doublings)
+        redraws = self._redraw_repeated_samples(records, results, {c.record.id for c, _ in planned}, requested,
+                                                fps_doublings)
+        self._mark_samples(records, results, redraws)
         for conversation, key in planned:
             result = results[conversation.record.id]
             if isinstance(result, FramePlan):
@@ -210,30 +211,32 @@ class Director:
             return None
         s = self.settings
         digest = hashlib.sha256(f"{s.seed}:{seed}:{redraw}".encode()).digest()
-        return Draw(s.sample_temperature, s.sample_top_p, int.from_bytes(digest[:4], "big") & 0x7FFFFFFF)
+        return Draw(s.sample_temperature, s.sample_top_p, int.from_bytes(digest[:4], "big") & 0x7FFFFFFF, redraw)
 
     def _redraw_repeated_samples(self, records: Sequence[PromptRecord], results: dict, fresh: set[str],
-                                 requested: dict, fps_doublings: int) -> None:
+                                 requested: dict, fps_doublings: int) -> dict[str, int]:
         """A sample (k >= 1, planned now) whose frames are an earlier sample's of the same prompt is
         drawn again with the next seed, all such samples in one batch, up to
-        ``director.sample_redraws`` times; a redraw that fails keeps the plan it would replace. What
-        was kept is in the plan's ``director_sampling`` (``redraws``, and ``repeats`` if it still does)."""
+        ``director.sample_redraws`` times; a redraw that fails keeps the plan it would replace.
+        Returns sample id -> the redraw whose plan was kept."""
         redraws: dict[str, int] = {}
         for redraw in range(1, self.settings.sample_redraws + 1):
             repeated = [record for record, _ in self._repeated_samples(records, results) if record.id in fresh]
             if not repeated:
                 break
             conversations = [self._start(record, requested[record.id], redraw) for record in repeated]
-            report = self.report
-            first_tries = (report.valid_first_try, report.usable_first_try, Counter(report.first_try_rules))
             self.strategy.run(conversations, fps_doublings)
-            report.valid_first_try, report.usable_first_try, report.first_try_rules = first_tries
-            report.redraws += len(conversations)
+            self.report.redraws += len(conversations)
             for conversation in conversations:
                 again = self._result(conversation)
                 if isinstance(again, FramePlan):
                     results[conversation.record.id] = again
                     redraws[conversation.record.id] = redraw
+        return redraws
+
+    def _mark_samples(self, records: Sequence[PromptRecord], results: dict, redraws: dict[str, int]) -> None:
+        """Each plan says whether, and how, it is one of several samples of a prompt (``_sample_plan``;
+        a plan from the cache may carry another request's marks), and which still repeats an earlier one."""
         for record in records:
             result = results[record.id]
             if isinstance(result, FramePlan):

@@ -27,6 +27,7 @@ class Draw:
     temperature: float
     top_p: float
     seed: int
+    redraw: int = 0  # drawn again for repeating an earlier sample: its first answer is not the prompt's first try
 
 
 class Ask(Protocol):
@@ -91,7 +92,9 @@ class Strategy(ABC):
     def _run_round(self, conversations: list[Conversation], first_round: bool) -> None:
         """Ask every conversation's round in one batched call, with repairs; ``_settle`` each."""
 
-    def _count_first_try(self, broken: dict[str, str]) -> None:
+    def _count_first_try(self, conversation: Conversation, broken: dict[str, str]) -> None:
+        if conversation.draw is not None and conversation.draw.redraw:
+            return  # the prompt's first try was counted when it was first drawn
         self.report.first_try_rules.update(broken.keys())
         self.report.valid_first_try += not broken
         self.report.usable_first_try += "hard" not in broken

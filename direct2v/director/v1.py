@@ -68,7 +68,7 @@ class WholeListStrategy(Strategy):
                 conversation.messages.append({"role": "assistant", "content": answer})
                 frames, broken = self._judge(answer, conversation, finish_reason)
                 if first_round and attempt == 1:
-                    self._count_first_try(broken)
+                    self._count_first_try(conversation, broken)
                 blocking = broken if self.settings.quality_policy != "warn" or "hard" in broken else {}
                 self.report.unchanged_repairs += unchanged
                 if blocking and not unchanged and attempt < self.settings.max_attempts:

@@ -155,7 +155,7 @@ class PerFrameStrategy(Strategy):
                     policy_blocks = self.settings.quality_policy != "warn"
                     repairs = frames_to_repair(conversation.current, conversation.record.prompt, fixed[key]) if policy_blocks else set()
                 if first_round and attempt == 1:
-                    self._count_first_try(broken)
+                    self._count_first_try(conversation, broken)
                 repairs -= unchanged.get(key, set())
                 if repairs and attempt < self.settings.max_attempts:
                     retry += [(conversation, request) for request in conversation.requests if request.index in repairs]
