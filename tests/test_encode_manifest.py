@@ -195,3 +195,11 @@ def test_a_manifest_written_before_plan_warnings_existed_still_reads(tmp_path):
     result = compact(tmp_path)
     rows = read_manifest(result.path).to_pylist()
     assert rows[0]["prompt_id"] == "old" and rows[0]["plan_warnings"] is None and result.ok_with_plan_warnings == 0
+
+
+def test_a_row_of_one_video_is_its_own_prompts_sample_also_when_read_from_an_older_manifest():
+    from direct2v.job.manifest import row_from_record
+
+    old = row_from_record({"run_id": "r", "prompt_id": "boat", "status": "ok"})  # written before the columns
+    assert (old.sample, old.sample_of) == (0, "boat")
+    assert ManifestRow(run_id="r", prompt_id="boat-s1", sample=1, sample_of="boat", status="ok").sample_of == "boat"

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from direct2v.core.errors import Direct2VError
 from direct2v.core.files import atomic_path, writing
@@ -59,7 +59,8 @@ class _PromptOutcome(BaseModel):
     prompt_id: str
     sample: Int32 = Field(0, description="which video of its prompt this is (setting samples), from 0")
     sample_of: str = Field("", description="the id of the prompt this video is a sample of (its own prompt_id when "
-                           "the prompt asked for one video): group or hold out by it")
+                           "the prompt asked for one video, or in a manifest older than the column): group or "
+                           "hold out by it")
     prompt: str | None = None
     source: str = ""
     frame_prompts: list[str] = Field(default_factory=list)
@@ -84,6 +85,11 @@ class _PromptOutcome(BaseModel):
     render_s: float | None = None
     encode_s: float | None = None
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @model_validator(mode="after")
+    def _one_video_is_its_own_sample(self) -> "_PromptOutcome":
+        self.sample_of = self.sample_of or self.prompt_id
+        return self
 
 
 class VideoMetrics(BaseModel):
@@ -172,7 +178,7 @@ def plan_row(run_id: str, plan: FramePlan, source: str = "", **fields) -> Manife
     """The row of a prompt that has a plan: the plan's fields, then ``fields`` (status, video...)."""
     return ManifestRow(
         run_id=run_id, prompt_id=plan.prompt_id, sample=plan.director_sampling.get("sample", 0),
-        sample_of=plan.director_sampling.get("sample_of", plan.prompt_id), prompt=plan.prompt, source=source,
+        sample_of=plan.director_sampling.get("sample_of", ""), prompt=plan.prompt, source=source,
         frame_prompts=plan.frames,
         fps=plan.fps, seed=plan.seed, director_model=plan.director_model, template_version=plan.template_version,
         director_sampling=json.dumps(plan.director_sampling, sort_keys=True) if plan.director_sampling else "",
@@ -183,7 +189,7 @@ def plan_row(run_id: str, plan: FramePlan, source: str = "", **fields) -> Manife
 def failed_row(run_id: str, prompt_id: str, stage: Stage, error: str, source: str = "",
                prompt: str | None = None, sample: int = 0, sample_of: str | None = None) -> ManifestRow:
     """The row of a prompt that has no plan: an unreadable line or plan file, a failed director."""
-    return ManifestRow(run_id=run_id, prompt_id=prompt_id, sample=sample, sample_of=sample_of or prompt_id,
+    return ManifestRow(run_id=run_id, prompt_id=prompt_id, sample=sample, sample_of=sample_of or "",
                        prompt=prompt, source=source, status="failed", failed_stage=stage, error=error)
 
 

@@ -85,7 +85,7 @@ def sample_key(prompt_id: str) -> str:
 def sample_metadata(row: ManifestRow) -> dict:
     """A sample's JSON: what made the video and what it shows, from its manifest row."""
     metadata = {
-        "prompt_id": row.prompt_id, "sample": row.sample, "sample_of": row.sample_of or row.prompt_id,
+        "prompt_id": row.prompt_id, "sample": row.sample, "sample_of": row.sample_of,
         "prompt": row.prompt, "frame_prompts": list(row.frame_prompts),
         "fps": row.fps, "frame_count": row.frame_count, "seed": row.seed,
         "director_model": row.director_model, "render_model": row.render_model,

@@ -298,7 +298,7 @@ def _by_prompt(rows: Sequence[ManifestRow]) -> list[list[ManifestRow]]:
     """Rows in order, the samples of one prompt (``sample_of``) together, by sample number."""
     groups: dict[str, list[ManifestRow]] = {}
     for row in rows:
-        groups.setdefault(row.sample_of or row.prompt_id, []).append(row)
+        groups.setdefault(row.sample_of, []).append(row)
     return [sorted(group, key=lambda row: row.sample) for group in groups.values()]
 
 
@@ -307,7 +307,7 @@ def _group(rows: list[ManifestRow], run_dir: Path, checks: dict) -> str:
     entries = "".join(_entry(row, run_dir, checks.get(row.prompt_id)) for row in rows)
     if len(rows) == 1:
         return entries
-    prompt_id = rows[0].sample_of or rows[0].prompt_id
+    prompt_id = rows[0].sample_of
     return (f'<section class="samples" id="samples-{_e(prompt_id)}"><h2>{_e(prompt_id)}: {len(rows)} samples</h2>'
             f'<div class="sample-row">{entries}</div></section>')
 
