@@ -8,13 +8,12 @@ import pytest
 from pydantic import BaseModel, Field
 
 from direct2v.core.config import Settings
+from direct2v.core.columns import Int32, arrow_schema
 from direct2v.job.manifest import (
     SCHEMA,
-    Int32,
     ManifestRow,
     VideoMetrics,
     append_rows,
-    arrow_schema,
     compact,
     read_manifest,
 )

@@ -1,6 +1,7 @@
 """The foundation every stage shares: settings (``config``), the step schedule they resolve to
 (``schedule``), durable writes and model ids (``files``), the process environment
-(``environment``), validation messages in our words (``messages``) and the error base (``errors``).
+(``environment``), validation messages in our words (``messages``), Parquet columns from pydantic
+models (``columns``) and the error base (``errors``).
 
 Imports nothing of DirecT2V: everything else may import it.
 """
