@@ -3,6 +3,7 @@ libraries that read it (huggingface_hub, vLLM, Prefect) are imported."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -34,7 +35,13 @@ def offline_environment(env: MutableMapping[str, str] | None = None) -> MutableM
 def configure_prefect_environment(state_dir: Path = Path(".state")) -> None:
     """Offline Prefect: state under ``.state/prefect`` unless the user chose a ``PREFECT_HOME``."""
     offline_environment()
-    os.environ.setdefault("PREFECT_HOME", str((Path(state_dir) / "prefect").resolve()))
+    if "PREFECT_HOME" not in os.environ:
+        home = (Path(state_dir) / "prefect").resolve()
+        # Prefect makes only the last level of its home: from a directory without .state (a Dask worker's, a
+        # new working directory) its temporary server could not open its database and retried for minutes.
+        with contextlib.suppress(OSError):  # an unwritable directory: Prefect's own warning says so
+            home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
     # The temporary server migrates a fresh database before it answers; on a loaded 2-core machine
     # that takes longer than Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
