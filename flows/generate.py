@@ -15,8 +15,6 @@ loads the SD pipeline once. On GPUs they are tagged ``gpu`` for a Prefect tag co
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import time
 from collections import deque
@@ -34,7 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from direct2v.core.config import RenderSettings  # noqa: E402
 from direct2v.director.plan import FramePlan  # noqa: E402
-from direct2v.job import manifest, render_stage, summary, videos  # noqa: E402
+from direct2v.job import cluster, manifest, render_stage, summary, videos  # noqa: E402
 from direct2v.job.plan_stage import PlanStage  # noqa: E402
 from direct2v.job.request import JobRequest, resolve_run, start_run  # noqa: E402
 from direct2v.job.rundir import run_dir_lock, run_log  # noqa: E402
@@ -48,15 +46,22 @@ def plan_shard(stage: PlanStage, unit, unit_index: int):
 
 
 @task(name="render-video", task_run_name="render-{plan.prompt_id}", cache_policy=NO_CACHE)
-def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings, source: str) -> dict:
+def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings, source: str, checkout: dict) -> dict:
     from direct2v.render.renderer import cached_renderer  # loaded once per worker process, reused by later tasks
 
+    worker = cluster.worker_name()
+    run_id = Path(run_dir).name
+    if checkout != cluster.checkout():  # a worker that joined a running cluster after the check
+        row = manifest.plan_row(run_id, plan, source, status="failed", failed_stage="render", worker=worker,
+                                error=f"worker {worker} refused: it runs {cluster.checkout()}, this job {checkout}")
+        return {"row": row, "worker": worker, "renderer_loads": 0}
     try:
         row = videos.render_plan(plan, Path(run_dir), cached_renderer(render_settings), source)
-    except (OSError, ValueError, RuntimeError) as error:  # a missing or broken model directory
-        row = manifest.plan_row(Path(run_dir).name, plan, source, status="failed", failed_stage="render",
-                                error=f"cannot load the renderer: {error}")
-    return {"row": row, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    except (OSError, ValueError, RuntimeError) as error:  # a missing or broken model directory on this worker
+        row = manifest.plan_row(run_id, plan, source, status="failed", failed_stage="render",
+                                error=f"worker {worker} cannot load the renderer: {error}")
+    return {"row": row.model_copy(update={"worker": worker}), "worker": worker,
+            "renderer_loads": cached_renderer.cache_info().misses}
 
 
 @task(name="gallery", cache_policy=NO_CACHE)
@@ -87,7 +92,8 @@ def finishing_step(step, name: str, failed_steps: dict[str, BaseException], *arg
 @flow(name="direct2v-render", log_prints=True)
 def render_videos(run_dir: str, render_settings: RenderSettings, verify_videos: bool, reuse_from: list[str],
                   total: int, progress: bool, tags: list[str]) -> render_stage.RenderProgress:
-    """Every shard's videos; two shards in flight, so the workers never wait at a shard boundary."""
+    """Every shard's videos; two shards in flight, so the workers never wait at a shard boundary.
+    ``run_dir`` is absolute: a Dask worker runs in a working directory of its own."""
     from tqdm import tqdm
 
     reuse = videos.ReuseIndex(reuse_from, exclude=Path(run_dir)) if reuse_from else None
@@ -97,15 +103,22 @@ def render_videos(run_dir: str, render_settings: RenderSettings, verify_videos: 
 
     def submit(work):
         shard = render_stage.open_shard(work, Path(run_dir), render_settings, verify_videos, reuse, counted)
-        return shard, {render.submit(plan, run_dir, render_settings, source): (plan, source) for plan, source in shard.todo}
+        return shard, {render.submit(plan, run_dir, render_settings, source, checkout): (plan, source)
+                       for plan, source in shard.todo}
 
     def finish(shard, futures) -> None:
         for future in as_completed(list(futures)):
-            render_stage.close_video(shard, Path(run_dir), *futures[future], future.result(raise_on_failure=False), counted)
+            result = runners.task_result(future, counted.cluster_address, run_dir, unrecorded())
+            render_stage.close_video(shard, Path(run_dir), *futures.pop(future), result, counted)
+            runners.release(future)
         render_stage.close_shard(shard, Path(run_dir), counted)
 
+    def unrecorded() -> int:
+        return sum(len(futures) for _, futures in in_flight)
+
+    checkout = cluster.checkout()
     in_flight: deque = deque()
-    with runners.api_shared_with_workers(), runners.cancelled_on_error(in_flight):
+    with runners.api_shared_with_workers(), runners.checked_cluster(counted), runners.cancelled_on_error(in_flight):
         for path in shard_files(Path(run_dir)):
             in_flight.append(submit(read_shard_file(path)))
             if len(in_flight) > 1:
@@ -137,7 +150,7 @@ def generate(job: JobRequest) -> dict:
         plan_counts = stage.close()
         planned = time.perf_counter()
         rendered = render_videos.with_options(task_runner=runner)(
-            str(run.dir), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"],
+            str(run.dir.resolve()), run.settings.render, run.job.verify_videos, run.job.reuse_from, plan_counts["to_render"],
             job.progress, runners.render_tags(run.settings.render, job.dask_address, job.dask_cluster))
         compacting = time.perf_counter()
         compacted = manifest.compact(run.dir)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from concurrent.futures import CancelledError
 
 from direct2v.core.environment import configure_prefect_environment
 
@@ -11,6 +13,9 @@ configure_prefect_environment()
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402  (environment first)
 
 from direct2v.core.config import ConfigError  # noqa: E402
+from direct2v.job import cluster  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def task_runner(dask_address: str | None, dask_workers: int | None, dask_cluster: str = "local"):
@@ -26,13 +31,19 @@ def task_runner(dask_address: str | None, dask_workers: int | None, dask_cluster
             import dask_cuda  # noqa: F401  (only on GPU hosts: pip install dask-cuda)
         except ImportError:
             raise ConfigError("dask_cluster='cuda' needs dask-cuda on this host: pip install dask-cuda") from None
-        kwargs = {"n_workers": dask_workers} if dask_workers else {}  # default: one worker per visible GPU
-        return (DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs),
+        return (DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=cluster_kwargs("cuda", dask_workers)),
                 f"dask-cuda LocalCUDACluster ({dask_workers or 'one per GPU'} workers)")
-    kwargs = {"n_workers": dask_workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-              "dashboard_address": "127.0.0.1:0"}
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs), \
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs("local", dask_workers)), \
         f"dask LocalCluster ({dask_workers} workers)"
+
+
+def cluster_kwargs(dask_cluster: str, dask_workers: int | None) -> dict:
+    """The cluster a job starts: every listener (scheduler, workers, dashboard) on 127.0.0.1 only --
+    Dask's defaults would serve the dashboard on every interface (``:8787``)."""
+    loopback = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    if dask_cluster == "cuda":  # default: one worker per visible GPU
+        return {**loopback, **({"n_workers": dask_workers} if dask_workers else {})}
+    return {**loopback, "n_workers": dask_workers, "threads_per_worker": 1, "processes": True}
 
 
 @contextlib.contextmanager
@@ -48,6 +59,48 @@ def cancelled_on_error(in_flight):
                 with contextlib.suppress(Exception):
                     future.wrapped_future.cancel()  # concurrent.futures or distributed: not yet running only
         raise
+
+
+@contextlib.contextmanager
+def checked_cluster(rendered):
+    """On Dask: before any render, every worker checked (``cluster.check_cluster``); after the stage,
+    the workers that left the cluster are ``rendered.workers_lost``. On a thread: nothing to check."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    runner = FlowRunContext.get().task_runner
+    if not hasattr(runner, "client"):  # not a DaskTaskRunner
+        yield
+        return
+    client = runner.client
+    watch = cluster.check_cluster(client, PREFECT_API_URL.value())
+    rendered.cluster_address = watch.address
+    yield
+    lost = watch.lost(client, set(rendered.workers))
+    if lost:
+        log.warning("%d Dask worker(s) left the cluster during the render stage: %s; the renders they had not "
+                    "finished were sent to the other workers", len(lost), ", ".join(lost))
+    rendered.workers_lost = lost
+
+
+def task_result(future, address: str, run_dir, left: int):
+    """A render task's result, or the error that ended it (a crashed task: its video's failed row).
+    A scheduler that went away is the stage's end: one ``ClusterError`` (resumable)."""
+    try:
+        return future.result(raise_on_failure=False)
+    except CancelledError as error:
+        if "scheduler" in str(getattr(error, "reason", "")):
+            raise cluster.scheduler_lost(error, address, run_dir, left) from None
+        return error
+    except Exception as error:  # e.g. KilledWorker: the task took down worker after worker
+        return error
+
+
+def release(future) -> None:
+    """Forget a recorded render's result on the cluster: Dask would otherwise render it again if the
+    worker holding the result were lost."""
+    with contextlib.suppress(Exception):
+        future.wrapped_future.release()
 
 
 @contextlib.contextmanager

@@ -84,6 +84,7 @@ MANIFEST_COLUMNS = [
     ("error", pa.string(), True),
     ("render_s", pa.float64(), True),
     ("encode_s", pa.float64(), True),
+    ("worker", pa.string(), True),
     ("finished_at", pa.timestamp("us", tz="UTC"), True),
     # direct2v eval: VideoMetrics, then who measured and why QC rejected
     ("clip_frame_scores", pa.list_(pa.float64()), True),

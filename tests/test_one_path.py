@@ -18,7 +18,8 @@ FRAMES = ["a paper boat on a pond", "the boat drifts to the left", "the boat rea
 #: What every job command prints, and the run's Prefect artifact holds: one set of names.
 SUMMARY_FIELDS = {"run_id", "run_dir", "resumed", "task_runner", "total", "ok", "ok_with_plan_warnings", "failed",
                   "rejected", "failed_by_stage", "input_problems", "plans_reused", "planned", "plan_failed", "rendered", "render_ok", "render_failed",
-                  "skipped_finished", "adopted", "reused_videos", "shards", "workers_used", "plan_s", "render_s",
+                  "skipped_finished", "adopted", "reused_videos", "shards", "workers_used", "renderer_loads", "workers_lost",
+                  "plan_s", "render_s",
                   "compact_s", "finish_s", "total_s", "render_s_per_video", "wall_s_per_video", "manifest",
                   "gallery", "export_index", "skipped", "disk_full"}
 

@@ -128,18 +128,34 @@ def run(
                          export=check_export(export)), strict)
 
 
+DaskWorkersOption = Annotated[
+    Optional[int], typer.Option(min=1, help="render on a local Dask cluster of N worker processes")
+]
+DaskAddressOption = Annotated[
+    Optional[str], typer.Option(help="render on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+]
+DaskCudaOption = Annotated[
+    bool, typer.Option("--dask-cuda", help="one Dask worker per GPU (dask-cuda LocalCUDACluster; GPU hosts)")
+]
+
+
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="an earlier run's directory, e.g. outputs/20260101-120000-abcdef")],
     sets: SetOption = None,
+    dask_workers: DaskWorkersOption = None,
+    dask_address: DaskAddressOption = None,
+    dask_cuda: DaskCudaOption = False,
     strict: StrictOption = False,
     gallery: GalleryOption = True,
     export: ExportOption = None,
 ) -> None:
-    """Finish an interrupted or partly failed run in place, with its own job (job.json) and settings."""
+    """Finish an interrupted or partly failed run in place, with its own job (job.json) and settings
+    (renders on one thread, or on Dask as ``dataset`` does: a cluster is not part of a run)."""
     if not (run_dir / "settings.json").is_file():
         raise UserError(f"{run_dir}: not a run directory (it has no settings.json)")
-    start_job(JobRequest(run_dir=str(run_dir), settings=parse_overrides(sets), gallery=gallery,
+    start_job(JobRequest(run_dir=str(run_dir), settings=parse_overrides(sets), dask_address=dask_address,
+                         dask_workers=dask_workers, dask_cluster="cuda" if dask_cuda else "local", gallery=gallery,
                          export=check_export(export)), strict)
 
 
@@ -162,15 +178,9 @@ def dataset(
     run_id: Annotated[
         Optional[str], typer.Option("--run-id", help="run directory name under output_root; an existing one is resumed")
     ] = None,
-    dask_workers: Annotated[
-        Optional[int], typer.Option(min=1, help="render on a local Dask cluster of N worker processes")
-    ] = None,
-    dask_address: Annotated[
-        Optional[str], typer.Option(help="render on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    ] = None,
-    dask_cuda: Annotated[
-        bool, typer.Option("--dask-cuda", help="one Dask worker per GPU (dask-cuda LocalCUDACluster; GPU hosts)")
-    ] = False,
+    dask_workers: DaskWorkersOption = None,
+    dask_address: DaskAddressOption = None,
+    dask_cuda: DaskCudaOption = False,
     reuse_from: ReuseOption = None,
     verify_videos: Annotated[
         Optional[bool], typer.Option(help="on a resume, decode every finished MP4 before keeping it (slow for large runs)")

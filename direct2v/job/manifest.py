@@ -80,6 +80,8 @@ class _PromptOutcome(BaseModel):
     error: str = ""
     render_s: float | None = None
     encode_s: float | None = None
+    worker: str = Field("", description="the process that rendered the video: a Dask worker's address, or host:pid "
+                        "(empty for a video kept, adopted or reused)")
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     @model_validator(mode="after")

@@ -33,7 +33,9 @@ class RenderProgress:
     """What the render stage counted, across shards."""
 
     counts: Counter = field(default_factory=Counter)
-    workers: set[str] = field(default_factory=set)
+    workers: dict[str, int] = field(default_factory=dict)  # worker -> renderer loads it reported (the most seen)
+    cluster_address: str = ""  # the Dask scheduler's, on a cluster
+    workers_lost: list[str] = field(default_factory=list)  # Dask workers that left the cluster mid-stage
     busy_s: float = 0.0
     bar: Any = None
     total: int = 0  # videos of the run's plans, finished or not
@@ -101,7 +103,8 @@ def close_video(shard: OpenShard, run_dir: Path, plan, source: str, result: Any,
         raise result
     if isinstance(result, dict) and isinstance(result.get("row"), ManifestRow):
         row = result["row"]
-        progress.workers.add(result["worker"])
+        worker = result["worker"]
+        progress.workers[worker] = max(progress.workers.get(worker, 0), result.get("renderer_loads", 0))
     else:  # the task itself crashed (a lost worker after Dask's retries, a bug)
         row = manifest.plan_row(Path(run_dir).name, plan, source, status="failed", failed_stage="render",
                                 error=f"the render task failed: {result}")

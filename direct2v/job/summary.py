@@ -40,7 +40,10 @@ class RunSummary(BaseModel):
     adopted: int = Field(0, description="finished MP4s whose row a crash had kept from the manifest")
     reused_videos: int = Field(0, description="finished videos of other runs, hard-linked")
     shards: int = 0
-    workers_used: int = 0
+    workers_used: int = Field(0, description="processes that rendered (threads of one process count once)")
+    renderer_loads: int = Field(0, description="times a render process loaded the pipeline (once per worker)")
+    workers_lost: list[str] = Field(default_factory=list, description="Dask workers that left the cluster during "
+                                    "the render stage (their unfinished renders went to the other workers)")
     plan_s: float = 0.0
     render_s: float = 0.0
     compact_s: float = 0.0
@@ -71,7 +74,8 @@ def summarise(run: Run, task_runner: str, plan_counts: Counter, render: RenderPr
         **{key: plan_counts[key] for key in ("input_problems", "plans_reused", "planned", "plan_failed", "shards")},
         **{key: render.counts[key] for key in ("rendered", "render_ok", "render_failed", "skipped_finished",
                                                "adopted", "reused_videos")},
-        workers_used=len(render.workers), **{key: round(value, 2) for key, value in timings.items()},
+        workers_used=len(render.workers), renderer_loads=sum(render.workers.values()),
+        workers_lost=render.workers_lost, **{key: round(value, 2) for key, value in timings.items()},
         render_s_per_video=round(render.busy_s / max(rendered, 1), 3),
         wall_s_per_video=round(timings.get("render_s", 0.0) / max(rendered, 1), 3),
         manifest=str(compacted.path), gallery=gallery, export_index=export_index,
