@@ -314,3 +314,40 @@ def test_a_worker_without_the_model_fails_its_videos_and_another_checkout_is_ref
                            "direct2v 0.0.0-old-"), last
     assert "Traceback" not in done.stderr
     assert not list((job_host / "outputs" / "refused" / "videos").glob("*.mp4"))
+
+
+def test_clusters_the_job_starts_listen_on_loopback_only():
+    from flows.runners import cluster_kwargs
+
+    for kind, workers in (("local", 2), ("cuda", None), ("cuda", 4)):
+        kwargs = cluster_kwargs(kind, workers)
+        assert kwargs["host"] == "127.0.0.1" and kwargs["dashboard_address"] == "127.0.0.1:0", kind
+    assert "n_workers" not in cluster_kwargs("cuda", None)  # dask-cuda: one worker per visible GPU
+
+
+def test_a_worker_is_refused_for_another_checkout_an_unreachable_api_or_no_answer():
+    from direct2v.job import cluster
+
+    ours = cluster.checkout()
+    api = "http://127.0.0.1:4200/api"
+    reports = {"tcp://a:1": {"checkout": ours, "api_problem": ""},
+               "tcp://b:1": {"checkout": {**ours, "video_hash_version": 1}, "api_problem": ""},
+               "tcp://c:1": {"checkout": ours, "api_problem": "Connection refused"},
+               "tcp://d:1": AttributeError("module 'direct2v.job' has no attribute 'cluster'")}
+    reasons = cluster.refusals(reports, api)
+    assert len(reasons) == 3 and not any(reason.startswith("tcp://a:1") for reason in reasons)
+    assert reasons[0].startswith("tcp://b:1 runs direct2v ") and "video_hash_version 1; this job needs" in reasons[0]
+    assert reasons[1].startswith(f"tcp://c:1 cannot reach the Prefect API at {api} (Connection refused)")
+    assert reasons[2].startswith("tcp://d:1 could not say which checkout it runs") and "AttributeError" in reasons[2]
+
+
+def test_a_job_started_outside_the_checkout_makes_its_prefect_home(tmp_path):
+    """Prefect makes only the last level of its home; a directory without .state/ (a new working
+    directory, a worker's) once kept the temporary server from opening its database."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    code = ("import os; from direct2v.core.environment import configure_prefect_environment as c; c(); "
+            "print(os.environ['PREFECT_HOME'])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == tmp_path / ".state" / "prefect" and (tmp_path / ".state" / "prefect").is_dir()
