@@ -143,15 +143,14 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def run_cli(cli_env):
-    """``run_cli(args, env=None, cwd=None)``: ``python -m direct2v ARGS`` in ``cli_env`` plus ``env``."""
-    import subprocess
-    import sys
+    """``run_cli(args, env=None, cwd=None, timeout=900)``: ``python -m direct2v ARGS`` in ``cli_env``
+    plus ``env``, as a fork of one warm process (tests/warm_cli.py says what that changes, and when
+    a command runs as a plain subprocess instead)."""
+    from warm_cli import WarmCli
 
-    def run(args, env=None, cwd=None, timeout=900):
-        return subprocess.run([sys.executable, "-m", "direct2v", *map(str, args)], env={**cli_env, **(env or {})},
-                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-    return run
+    warm = WarmCli(cli_env)
+    yield warm.run
+    warm.close()
 
 
 @pytest.fixture(scope="session")
