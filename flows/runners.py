@@ -69,10 +69,14 @@ def checked_cluster(rendered):
     from prefect.settings import PREFECT_API_URL
 
     runner = FlowRunContext.get().task_runner
-    if not hasattr(runner, "client"):  # not a DaskTaskRunner
+    if not hasattr(type(runner), "client"):  # not a DaskTaskRunner (the property itself would connect)
         yield
         return
-    client = runner.client
+    try:
+        client = runner.client  # connects (or starts the LocalCluster)
+    except (OSError, TimeoutError) as error:
+        where = f"reach the Dask scheduler at {runner.address}" if runner.address else "start the Dask cluster"
+        raise cluster.ClusterError(f"cannot {where}: {error}") from None
     watch = cluster.check_cluster(client, PREFECT_API_URL.value())
     rendered.cluster_address = watch.address
     yield

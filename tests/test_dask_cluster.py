@@ -221,19 +221,27 @@ def test_a_killed_worker_and_then_a_lost_scheduler_lose_nothing(tmp_path, cluste
                            env=job_env, cwd=job_host, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     victim = cluster.worker_addresses["w0"]
-    deadline = time.monotonic() + JOB_S
+    started = time.monotonic()
+    deadline = started + JOB_S
     while not any(row["worker"] == victim and row["status"] == "ok" for row in journal_rows(run_dir)):
         assert job.poll() is None, f"the job ended before w0 rendered: {job.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, cluster.logs()
         time.sleep(0.05)
-    cluster.kill("w0")
+    recorded = {row["prompt_id"]: row["worker"] for row in journal_rows(run_dir)}
+    killed_at = cluster.kill("w0") - started
     out, err = job.communicate(timeout=JOB_S)
     assert job.returncode == 0, err[-4000:]
     summary = json.loads(out)
+    print(f"worker loss: w0 killed {killed_at:.1f} s into the job, when {len(recorded)} videos were recorded "
+          f"({recorded}); the job ended {time.monotonic() - started:.1f} s in")
+    print("scheduler:", [line.split(" - ", 3)[-1][:160] for line in (tmp_path / "cluster" / "scheduler.log")
+                         .read_text().splitlines() if "Remove worker" in line or "lose" in line])
     assert summary["workers_lost"] == [victim]
     assert (summary["total"], summary["ok"], summary["rendered"], summary["workers_used"]) == (8, 8, 8, 2)
     rows = assert_complete(run_dir, 8)
     by_victim = {pid for pid, row in rows.items() if row["worker"] == victim}
+    print("rendered by w0:", sorted(by_victim), "by w1:", sorted(set(rows) - by_victim), "summary:",
+          {key: summary[key] for key in ("total", "ok", "failed", "rendered", "workers_used", "workers_lost")})
     assert by_victim and len(by_victim) < 8
     # Nothing rendered twice: the survivor never ran a render whose video the killed worker had made.
     survivor_log = (tmp_path / "cluster" / "w1.log").read_text()
@@ -242,6 +250,7 @@ def test_a_killed_worker_and_then_a_lost_scheduler_lose_nothing(tmp_path, cluste
     # The scheduler killed mid-run: one line, exit 2; a new scheduler and `direct2v resume` finish the run.
     for video in (run_dir / "videos").glob("boat-[4-7].mp4"):
         video.unlink()
+    kept = {path.name: path.stat().st_mtime_ns for path in (run_dir / "videos").glob("boat-[0-3].mp4")}
     job = subprocess.Popen([sys.executable, "-m", "direct2v", "resume", str(run_dir), "--dask-address", cluster.address],
                            env=job_env, cwd=job_host, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
@@ -265,6 +274,7 @@ def test_a_killed_worker_and_then_a_lost_scheduler_lose_nothing(tmp_path, cluste
     assert summary["rendered"] + summary["skipped_finished"] + summary["adopted"] == 8
     assert summary["rendered"] <= 4  # only what the lost scheduler left unfinished
     assert_complete(run_dir, 8)
+    assert {name: (run_dir / "videos" / name).stat().st_mtime_ns for name in kept} == kept  # kept, not redone
 
 
 def other_checkout(root: Path) -> Path:
@@ -351,3 +361,13 @@ def test_a_job_started_outside_the_checkout_makes_its_prefect_home(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == tmp_path / ".state" / "prefect" and (tmp_path / ".state" / "prefect").is_dir()
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path, run_cli, job_env):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**job_env, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}  # Dask's own setting (default 30 s)
+    done = run_cli(["dataset", "--plans", write_plans(tmp_path / "plans", 1), "--dask-address", address], env,
+                   cwd=tmp_path, timeout=JOB_S)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot reach the Dask scheduler at {address}: ")
+    assert "Traceback" not in done.stderr

@@ -83,7 +83,7 @@ class WarmCli:
     def __init__(self, base_env: dict[str, str]):
         self.base_env = base_env
         self.process: subprocess.Popen | None = None
-        self.usable = True
+        self.usable = os.environ.get("DIRECT2V_TESTS_WARM_CLI", "1") != "0"  # 0: every command a plain subprocess
         self.scratch = Path(tempfile.mkdtemp(prefix="warm-cli-"))
 
     def _start(self) -> None:
