@@ -50,16 +50,17 @@ def render_video(plan: FramePlan, run_dir: str, render_settings: RenderSettings,
     from direct2v.render.renderer import cached_renderer  # loaded once per worker process, reused by later tasks
 
     worker = cluster.worker_name()
-    run_id = Path(run_dir).name
-    if checkout != cluster.checkout():  # a worker that joined a running cluster after the check
-        row = manifest.plan_row(run_id, plan, source, status="failed", failed_stage="render", worker=worker,
-                                error=f"worker {worker} refused: it runs {cluster.checkout()}, this job {checkout}")
-        return {"row": row, "worker": worker, "renderer_loads": 0}
-    try:
-        row = videos.render_plan(plan, Path(run_dir), cached_renderer(render_settings), source)
-    except (OSError, ValueError, RuntimeError) as error:  # a missing or broken model directory on this worker
-        row = manifest.plan_row(run_id, plan, source, status="failed", failed_stage="render",
-                                error=f"worker {worker} cannot load the renderer: {error}")
+    # A worker that joined a running cluster after the check (cluster.check_cluster) renders nothing either.
+    refused = cluster.refusals({worker: cluster.worker_report(None)}, None, expected=checkout)
+    if refused:
+        row = manifest.plan_row(Path(run_dir).name, plan, source, status="failed", failed_stage="render",
+                                error=f"refused: {refused[0]}")
+    else:
+        try:
+            row = videos.render_plan(plan, Path(run_dir), cached_renderer(render_settings), source)
+        except (OSError, ValueError, RuntimeError) as error:  # a missing or broken model directory on this worker
+            row = manifest.plan_row(Path(run_dir).name, plan, source, status="failed", failed_stage="render",
+                                    error=f"worker {worker} cannot load the renderer: {error}")
     return {"row": row.model_copy(update={"worker": worker}), "worker": worker,
             "renderer_loads": cached_renderer.cache_info().misses}
 

@@ -88,15 +88,13 @@ def checked_cluster(rendered):
 
 
 def task_result(future, address: str, run_dir, left: int):
-    """A render task's result, or the error that ended it (a crashed task: its video's failed row).
-    A scheduler that went away is the stage's end: one ``ClusterError`` (resumable)."""
+    """A render task's result, or the error that ended it (a crashed task, e.g. ``KilledWorker``: its
+    video's failed row). A scheduler that went away is the stage's end: one ``ClusterError`` (resumable)."""
     try:
         return future.result(raise_on_failure=False)
-    except CancelledError as error:
-        if "scheduler" in str(getattr(error, "reason", "")):
+    except Exception as error:
+        if isinstance(error, CancelledError) and "scheduler" in str(getattr(error, "reason", "")):
             raise cluster.scheduler_lost(error, address, run_dir, left) from None
-        return error
-    except Exception as error:  # e.g. KilledWorker: the task took down worker after worker
         return error
 
 

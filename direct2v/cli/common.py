@@ -168,36 +168,20 @@ def load_generate_flow():
     return flow
 
 
-#: How long the Prefect server may take to answer its health check.
-PREFECT_HEALTH_TIMEOUT_S = 5.0
-
-
 def check_prefect_server() -> None:
     """With ``PREFECT_API_URL`` set (in the environment or a Prefect profile), its server must
     answer ``GET <url>/health`` before anything starts: Prefect finds out only once the run has
     begun, with hundreds of lines of traceback. Without it, the flow starts a temporary server."""
-    import urllib.error
-    import urllib.request
-
-    from direct2v.core.environment import configure_prefect_environment
+    from direct2v.core.environment import configure_prefect_environment, prefect_api_problem
 
     configure_prefect_environment()
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
-    if not url:
-        return
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PREFECT_HEALTH_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError as error:  # it answers: reachable, unless a gateway speaks for it
-        if error.code < 500:
-            return
-        reason = f"HTTP {error.code} {error.reason}"
-    except (urllib.error.URLError, OSError, ValueError) as error:  # refused, unknown host, timed out, bad URL
-        reason = str(getattr(error, "reason", error))
-    raise PrefectServerError(f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}); start it "
-                             "(prefect server start), or unset PREFECT_API_URL to run on a temporary local server")
+    reason = prefect_api_problem(url) if url else ""
+    if reason:
+        raise PrefectServerError(f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}); start it "
+                                 "(prefect server start), or unset PREFECT_API_URL to run on a temporary local server")
 
 
 def start_job(request: JobRequest, strict: bool) -> dict:

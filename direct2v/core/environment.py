@@ -47,3 +47,21 @@ def configure_prefect_environment(state_dir: Path = Path(".state")) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # The UI is not needed for a batch run and its static build is not shipped offline.
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+
+
+#: How long a Prefect server may take to answer its health check.
+PREFECT_HEALTH_TIMEOUT_S = 5.0
+
+
+def prefect_api_problem(url: str, timeout: float = PREFECT_HEALTH_TIMEOUT_S) -> str:
+    """Why the Prefect API at ``url`` does not answer ``GET <url>/health`` (empty when it does)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
+            return ""
+    except urllib.error.HTTPError as error:  # it answers: reachable, unless a gateway speaks for it
+        return "" if error.code < 500 else f"HTTP {error.code} {error.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as error:  # refused, unknown host, timed out, bad URL
+        return str(getattr(error, "reason", error))

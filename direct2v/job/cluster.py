@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import os
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 import direct2v
+from direct2v.core.environment import prefect_api_problem
 from direct2v.core.errors import Direct2VError
 from direct2v.job.videos import VIDEO_HASH_VERSION
 
 #: How long the render stage waits for a running scheduler to have a worker (a cluster still
 #: starting up) before it stops with one line instead of waiting for ever.
 WORKER_WAIT_S = 120.0
-#: How long a worker may take to answer ``GET <Prefect API>/health``.
-API_CHECK_TIMEOUT_S = 5.0
 
 
 class ClusterError(Direct2VError, RuntimeError):
@@ -54,36 +51,29 @@ def worker_name() -> str:
 def worker_report(api_url: str | None) -> dict[str, Any]:
     """Run on each worker (``Client.run``): its checkout, and why it cannot reach the Prefect API
     (empty when it can, or when there is no API to reach)."""
-    return {"checkout": checkout(), "api_problem": api_problem(api_url) if api_url else ""}
+    return {"checkout": checkout(), "api_problem": prefect_api_problem(api_url) if api_url else ""}
 
 
-def api_problem(api_url: str) -> str:
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=API_CHECK_TIMEOUT_S):
-            return ""
-    except urllib.error.HTTPError as error:
-        return "" if error.code < 500 else f"HTTP {error.code}"
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return str(getattr(error, "reason", error))
-
-
-def refusals(reports: dict[str, Any], api_url: str | None) -> list[str]:
+def refusals(reports: dict[str, Any], api_url: str | None, expected: dict[str, Any] | None = None) -> list[str]:
     """One reason per worker that must not render (``reports``: address -> ``worker_report`` or the
-    error its call raised, e.g. an older checkout without the function)."""
-    ours = checkout()
+    error its call raised, e.g. an older checkout without the function); ``expected``: the job's
+    checkout (default: this process's)."""
+    ours = expected or checkout()
     reasons = []
     for address, report in sorted(reports.items()):
         if not isinstance(report, dict) or "checkout" not in report:
             reasons.append(f"{address} could not say which checkout it runs ({report!r}): a different direct2v")
         elif report["checkout"] != ours:
-            theirs = ", ".join(f"{key} {value}" for key, value in sorted(report["checkout"].items()))
-            reasons.append(f"{address} runs {theirs}; this job needs "
-                           + ", ".join(f"{key} {value}" for key, value in sorted(ours.items())))
+            reasons.append(f"{address} runs {_described(report['checkout'])}; this job needs {_described(ours)}")
         elif report["api_problem"]:
             reasons.append(f"{address} cannot reach the Prefect API at {api_url} ({report['api_problem']}), where "
                            "render tasks report: run a Prefect server the workers reach and set PREFECT_API_URL "
                            "to its address")
     return reasons
+
+
+def _described(checkout_: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(checkout_.items()))
 
 
 @dataclass
