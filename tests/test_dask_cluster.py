@@ -111,6 +111,15 @@ class Cluster:
                 assert time.monotonic() < deadline, f"workers {names} did not join: {self.logs()}"
                 time.sleep(0.2)
 
+    def start_two_workers(self, job_host: Path) -> Path:
+        """A scheduler and workers w0 and w1, both joined; returns ``job_host``, made (the job's directory)."""
+        self.start_scheduler()
+        self.start_worker("w0")
+        self.start_worker("w1")
+        self.wait_for_workers("w0", "w1")
+        job_host.mkdir()
+        return job_host
+
     def kill(self, name: str) -> float:
         """SIGKILL the process group (a worker's nanny and worker: the host is gone)."""
         os.killpg(self.processes[name].pid, signal.SIGKILL)
@@ -180,12 +189,7 @@ def assert_complete(run_dir: Path, plan_count: int) -> dict[str, dict]:
 
 def test_the_documented_two_host_commands_render_what_one_process_renders(tmp_path, cluster, run_cli, job_env):
     plans = write_plans(tmp_path / "plans", 6)
-    cluster.start_scheduler()
-    cluster.start_worker("w0")
-    cluster.start_worker("w1")
-    cluster.wait_for_workers("w0", "w1")
-    job_host = tmp_path / "job-host"
-    job_host.mkdir()
+    job_host = cluster.start_two_workers(tmp_path / "job-host")
     done = run_cli(cluster.job_args(plans, "cats-1"), job_env, cwd=job_host, timeout=JOB_S)
     summary = summary_of(done)
     assert summary["task_runner"] == f"dask scheduler {cluster.address}"
@@ -208,12 +212,7 @@ def test_the_documented_two_host_commands_render_what_one_process_renders(tmp_pa
 
 def test_a_killed_worker_and_then_a_lost_scheduler_lose_nothing(tmp_path, cluster, run_cli, job_env):
     plans = write_plans(tmp_path / "plans", 8)
-    cluster.start_scheduler()
-    cluster.start_worker("w0")
-    cluster.start_worker("w1")
-    cluster.wait_for_workers("w0", "w1")
-    job_host = tmp_path / "job-host"
-    job_host.mkdir()
+    job_host = cluster.start_two_workers(tmp_path / "job-host")
     run_dir = job_host / "outputs" / "lose-a-worker"
 
     # A worker killed right after its first video: its queued renders go to the other worker.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +72,6 @@ def _child(request: dict) -> None:
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     sys.argv = ["direct2v", *request["args"]]
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     from direct2v.cli import main
 
     main()  # exits through SystemExit: the interpreter's normal exit
@@ -140,3 +140,4 @@ class WarmCli:
         if self.process is not None:
             self.process.stdin.close()
             self.process.wait(timeout=30)
+        shutil.rmtree(self.scratch, ignore_errors=True)
