@@ -75,6 +75,7 @@ MANIFEST_COLUMNS = [
     ("director_sampling", pa.string(), True),
     ("plan_warnings", pa.list_(pa.string()), True),
     ("render_model", pa.string(), True),
+    ("render_architecture", pa.string(), True),
     ("video_path", pa.string(), True),
     ("plan_path", pa.string(), True),
     ("video_hash", pa.string(), True),

@@ -266,6 +266,79 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     return path
 
 
+#: SD 2.x differs from 1.x in its text encoder (OpenCLIP's, in CLIPTextModel form: GELU), a UNet with
+#: linear projections and more heads, and (2.1, 768 px) v-prediction with SD 2.1's DDIM scheduler.
+SD2_UNET = {**TINY_UNET, "use_linear_projection": True, "attention_head_dim": (2, 4, 8, 8)}
+SD2_SCHEDULER = {**SD15_SCHEDULER, "prediction_type": "v_prediction", "clip_sample": False}
+
+#: SDXL's layout (two attention levels in three, the top one attention-free), with tiny sizes: the
+#: UNet's context is the two text encoders side by side (32 + 32), its added embedding takes 6 time ids
+#: of 8 channels each plus the second encoder's 32-wide pooled projection.
+SDXL_UNET = {
+    "in_channels": 4, "out_channels": 4, "sample_size": 8,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 32, 64), "layers_per_block": 1, "transformer_layers_per_block": (1, 1, 2),
+    "attention_head_dim": (2, 4, 4), "cross_attention_dim": 64, "use_linear_projection": True,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 80,
+    "norm_num_groups": 8,
+}
+#: SDXL's VAE scales latents by 0.13025 and overflows in fp16 (force_upcast).
+SDXL_VAE = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}
+#: SDXL 1.0's scheduler configuration (Euler, "leading" timesteps).
+SDXL_SCHEDULER = {**SD15_SCHEDULER, "timestep_spacing": "leading", "interpolation_type": "linear",
+                  "use_karras_sigmas": False, "clip_sample": False}
+
+
+def build_tiny_sd2(path: Path, seed: int = 0) -> Path:
+    """The tiny model shaped like Stable Diffusion 2.1 (v-prediction, linear projections, GELU text
+    encoder), saved like ``build_tiny_sd``'s (a ``StableDiffusionPipeline`` directory)."""
+    from diffusers import DDIMScheduler
+
+    path = Path(path)
+    with staged_directory(path) as staging:
+        tokenizer = build_clip_tokenizer(staging / "tokenizer")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **SD2_UNET)
+            vae = AutoencoderKL(**SD_VAE_LAYOUT, **TINY_VAE)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer), hidden_act="gelu"))
+        pipeline = sd_pipeline(unet, vae, text_encoder, tokenizer)
+        pipeline.scheduler = DDIMScheduler.from_config(SD2_SCHEDULER)
+        pipeline.register_modules(scheduler=pipeline.scheduler)
+        pipeline.save_pretrained(staging, safe_serialization=True)
+    return path
+
+
+def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
+    """The tiny model shaped like SDXL 1.0 base, saved as ``StableDiffusionXLPipeline.save_pretrained``
+    writes it: two CLIP text encoders (the second with a projection, its tokenizer padding with "!"
+    as SDXL's does), the text-time UNet, SDXL's VAE scaling and Euler scheduler. The same ``seed``
+    gives the same files; the global torch RNG is left as it was."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    path = Path(path)
+    with staged_directory(path) as staging:
+        tokenizer = build_clip_tokenizer(staging / "tokenizer")
+        tokenizer_2 = build_clip_tokenizer(staging / "tokenizer_2")
+        tokenizer_2.pad_token = "!"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel(**SDXL_UNET)
+            vae = AutoencoderKL(**SD_VAE_LAYOUT, **SDXL_VAE)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
+            text_encoder_2 = CLIPTextModelWithProjection(
+                CLIPTextConfig(**tiny_text_config(tokenizer_2), projection_dim=32, hidden_act="gelu"))
+        StableDiffusionXLPipeline(
+            vae=vae.eval(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet.eval(),
+            scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER), force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
+        ).save_pretrained(staging, safe_serialization=True)
+    return path
+
+
 def sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
     """SD-1.x components as the ``StableDiffusionPipeline`` whose ``save_pretrained`` writes SD 1.5's
     directory layout: SD 1.5's PNDM scheduler, no safety checker, and a stock CLIP image processor as

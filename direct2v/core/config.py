@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from direct2v.core.errors import Direct2VError
@@ -143,7 +143,11 @@ class RenderSettings(_Section):
         4, ge=1, description="RVM period m in steps of a 100-step run, scaled to num_inference_steps; inf = Text2Video-Zero"
     )
     rvm_period_steps: int | None = Field(None, ge=1, description="absolute RVM period in steps; overrides rvm_period")
-    rvm_blocks: Literal["up", "all"] = Field("up", description="'up': up_blocks.2/.3 (authors); 'all'")
+    rvm_blocks: Literal["up", "all"] | tuple[str, ...] = Field(
+        "up", description="'up': the self-attention of the two highest-resolution up blocks with attention (SD 1.x/2.x: "
+        "up_blocks.2/.3, the authors' choice; SDXL: up_blocks.0/.1); 'all': every attention layer; or block names, "
+        "a list or comma-separated (e.g. up_blocks.1,mid_block): the self-attention inside them",
+    )
     value_mapping: Literal["rotational", "random"] = Field(
         "rotational", description="reference frame per step: RVM, or the paper's random-VM ablation (seeded)"
     )
@@ -164,6 +168,16 @@ class RenderSettings(_Section):
     negative_prompt: str = ""
     motion_strength_x: float = 0.0
     motion_strength_y: float = 0.0
+
+    @field_validator("rvm_blocks", mode="before")
+    @classmethod
+    def _block_names(cls, value):
+        """``--set render.rvm_blocks=up_blocks.1,mid_block`` is a string: a list of names, comma-separated."""
+        if isinstance(value, str) and value not in ("up", "all"):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("name at least one block (or 'up', 'all')")
+        return value
 
     @model_validator(mode="after")
     def _check_schedule(self) -> "RenderSettings":

@@ -69,6 +69,8 @@ class _PromptOutcome(BaseModel):
     plan_warnings: list[str] = Field(default_factory=list, description="soft rules the plan broke and was accepted "
                                      "with (director.quality_policy); empty = a clean plan")
     render_model: str = ""
+    render_architecture: str = Field("", description="the render model's family, as its model_index.json names it: "
+                                     "sd (Stable Diffusion 1.x/2.x) or sdxl (empty in a manifest older than the column)")
     video_path: str = ""
     plan_path: str = ""
     video_hash: str = Field("", description="identity of the video made (videos.video_hash); a resume keeps a "

@@ -24,6 +24,7 @@ from direct2v.director.plan import FramePlan, PlanFileError, read_plan
 from direct2v.job import manifest, shards, videos
 from direct2v.job.manifest import ManifestRow
 from direct2v.job.rundir import PLANS_DIR, VIDEOS_DIR
+from direct2v.render.model_dir import read_architecture
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def open_shard(work: shards.ShardWork, run_dir: Path, render_settings: RenderSet
         progress.space_checked = check_free_space(run_dir, progress.total)
     shard = OpenShard(work.index, rows=list(work.rows))
     model = render_model_id(render_settings.model_dir, render_settings.lora_dir)
+    architecture = read_architecture(render_settings.model_dir).name
     previous = manifest.lookup_rows(run_dir / manifest.MANIFEST_NAME, [prompt_id for prompt_id, _ in work.to_render])
     candidates = []
     for prompt_id, source in work.to_render:
@@ -75,7 +77,7 @@ def open_shard(work: shards.ShardWork, run_dir: Path, render_settings: RenderSet
         if reason is None:
             _tick(progress, "skipped_finished")
             continue
-        adopted = videos.adopt_video(plan, run_dir, expected, model, source)
+        adopted = videos.adopt_video(plan, run_dir, expected, model, source, architecture)
         if adopted is not None:
             shard.rows.append(adopted)
             _tick(progress, "adopted")
@@ -85,7 +87,8 @@ def open_shard(work: shards.ShardWork, run_dir: Path, render_settings: RenderSet
         candidates.append((plan, source, expected))
     hits = reuse.find(expected for _, _, expected in candidates) if reuse else {}
     for plan, source, expected in candidates:
-        row = videos.reused_row(hits[expected], plan, run_dir, expected, model, source) if expected in hits else None
+        row = (videos.reused_row(hits[expected], plan, run_dir, expected, model, source, architecture)
+               if expected in hits else None)
         if row is not None:
             log.info("%s: reusing the finished video of %s", plan.prompt_id, hits[expected][0])
             shard.rows.append(row)

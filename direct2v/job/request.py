@@ -102,7 +102,7 @@ def check_job(run: Run) -> None:
     """What can be checked before Prefect or any model starts: the prompt file or plan directory,
     and the model directories (a ConfigError names the setting)."""
     from direct2v.director.engine import check_model_dir
-    from direct2v.render.model_dir import missing_model_files
+    from direct2v.render import model_dir
 
     if run.job.prompt_file:
         path = Path(run.job.prompt_file)
@@ -117,11 +117,17 @@ def check_job(run: Run) -> None:
     root = Path(run.settings.render.model_dir)
     if not root.is_dir():
         raise ConfigError(f"render.model_dir: directory not found: {root} (run `direct2v models build` for the tiny "
-                          "default, or set render.model_dir to a local diffusers Stable Diffusion 1.x directory)")
-    missing = missing_model_files(root)
-    if missing:
-        raise ConfigError(f"render.model_dir: {root} is not a complete diffusers Stable Diffusion directory "
-                          f"(safetensors only); missing: {', '.join(missing)}")
+                          f"default, or set render.model_dir to a local diffusers {model_dir.SUPPORTED} directory)")
+    try:
+        model_dir.check_model_dir(root)
+    except (FileNotFoundError, model_dir.ModelDirError) as error:
+        raise ConfigError(f"render.model_dir: {error}") from None
+    blocks = run.settings.render.rvm_blocks
+    if isinstance(blocks, tuple):
+        unknown = [block for block in blocks if block.rstrip(".") not in model_dir.attention_blocks(root)]
+        if unknown:
+            raise ConfigError(f"render.rvm_blocks: {', '.join(unknown)} hold no attention layers in {root}; "
+                              f"blocks that do: {', '.join(model_dir.attention_blocks(root))}")
     lora = run.settings.render.lora_dir
     if lora is not None and not (Path(lora) / LORA_WEIGHTS).is_file():
         raise ConfigError(f"render.lora_dir: no LoRA at {lora}: expected {Path(lora) / LORA_WEIGHTS} "

@@ -115,7 +115,8 @@ def unfinished_reason(row: ManifestRow | None, plan: FramePlan, run_dir: Path, e
     return _reads_back(path, plan) if verify else None
 
 
-def adopt_video(plan: FramePlan, run_dir: Path, expected_hash: str, render_model: str, source: str = "") -> ManifestRow | None:
+def adopt_video(plan: FramePlan, run_dir: Path, expected_hash: str, render_model: str, source: str = "",
+                render_architecture: str = "") -> ManifestRow | None:
     """The ok row of a video that was finished (renamed into place, read back) but whose row a
     crash kept from the manifest: its MP4 carries this video hash in its comment tag and reads back
     with the plan's frame count and fps. None if there is no such video."""
@@ -130,7 +131,8 @@ def adopt_video(plan: FramePlan, run_dir: Path, expected_hash: str, render_model
         return None
     log.info("%s: %s was finished before the interruption; recording it instead of rendering it again",
              plan.prompt_id, video_rel)
-    return plan_row(Path(run_dir).name, plan, source, render_model=render_model, video_hash=expected_hash,
+    return plan_row(Path(run_dir).name, plan, source, render_model=render_model,
+                    render_architecture=render_architecture, video_hash=expected_hash,
                     status="ok", frame_count=len(plan.frames), video_path=video_rel)
 
 
@@ -199,7 +201,7 @@ def link_video(source: Path, target: Path) -> Path:
 
 
 def reused_row(hit: tuple[Path, dict], plan: FramePlan, run_dir: Path, expected_hash: str, render_model: str,
-               source: str = "") -> ManifestRow | None:
+               source: str = "", render_architecture: str = "") -> ManifestRow | None:
     """The row of a video reused (hard-linked) from another run with the same video hash."""
     other_run, record = hit
     video = other_run / record["video_path"]
@@ -207,7 +209,8 @@ def reused_row(hit: tuple[Path, dict], plan: FramePlan, run_dir: Path, expected_
         return None
     video_rel = video_file(plan.prompt_id)
     link_video(video, Path(run_dir) / video_rel)
-    return plan_row(Path(run_dir).name, plan, source, render_model=render_model, video_hash=expected_hash,
+    return plan_row(Path(run_dir).name, plan, source, render_model=render_model,
+                    render_architecture=render_architecture, video_hash=expected_hash,
                     status="ok", frame_count=len(plan.frames), video_path=video_rel,
                     render_batch_size=record.get("render_batch_size"))
 
@@ -279,7 +282,7 @@ def render_plan(plan: FramePlan, run_dir: Path, renderer, source: str = "") -> M
     run_dir = Path(run_dir)
     settings = renderer.settings
     requested_hash = video_hash(plan, settings, renderer.model_id)
-    row = dict(render_model=renderer.model_id, video_hash=requested_hash)
+    row = dict(render_model=renderer.model_id, render_architecture=renderer.architecture, video_hash=requested_hash)
     started = time.perf_counter()
 
     def failed(stage: str, error: str, **times) -> ManifestRow:

@@ -18,6 +18,7 @@ here are the processors that use them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -36,8 +37,10 @@ from direct2v.render.dsf import (
 )
 from direct2v.render.reference import FrameReference
 
-#: Self-attention layers the authors put RVM on: the two highest-resolution decoder stages of SD 1.x.
-AUTHORS_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
+#: How many of the highest-resolution decoder stages with attention get RVM by default: the authors put
+#: it on SD 1.x's up_blocks.2/.3 (32 and 64 latent pixels at 512 px), the last two of its three
+#: attention up blocks. The same rule picks SDXL's up_blocks.0/.1 (32 and 64 latent pixels at 1024 px).
+DEFAULT_RVM_STAGES = 2
 
 # --- the processors ------------------------------------------------------------------------------
 
@@ -314,17 +317,53 @@ def _(mask: torch.Tensor, mapped: torch.Tensor, query: torch.Tensor, key: torch.
     return torch.empty_like(mapped, memory_format=torch.contiguous_format)
 
 
+def default_rvm_blocks(unet: UNet2DConditionModel) -> tuple[str, ...]:
+    """The up blocks ``rvm_blocks="up"`` means for this UNet: the ``DEFAULT_RVM_STAGES``
+    highest-resolution decoder stages that have attention, read from its ``up_block_types``
+    (SD 1.x/2.x: ``up_blocks.2``, ``up_blocks.3``; SDXL: ``up_blocks.0``, ``up_blocks.1``)."""
+    with_attention = [f"up_blocks.{i}" for i, kind in enumerate(unet.config.up_block_types) if "Attn" in kind]
+    return tuple(with_attention[-DEFAULT_RVM_STAGES:])
+
+
+def rvm_layer_names(unet: UNet2DConditionModel, blocks: Literal["up", "all"] | Sequence[str]) -> list[str]:
+    """The attention processors (by name) that ``blocks`` puts RVM on.
+
+    ``"up"``: the self-attention (attn1) layers of :func:`default_rvm_blocks`; block names (e.g.
+    ``("up_blocks.1", "mid_block")``): the self-attention layers inside each; ``"all"``: every
+    attention layer (cross-attention passes through unchanged).
+
+    Raises:
+        ValueError: an unknown ``blocks``, or a named block without self-attention layers (the
+            message lists the blocks that have them).
+    """
+    names = list(unet.attn_processors)
+    if blocks == "all":
+        return names
+    if blocks == "up":
+        blocks = default_rvm_blocks(unet)
+    elif isinstance(blocks, str) or not blocks or not all(isinstance(block, str) and block for block in blocks):
+        raise ValueError(f"rvm_blocks must be 'up', 'all' or a list of block names, got {blocks!r}")
+    self_attention = [name for name in names if ".attn1." in name]
+    chosen = []
+    for block in blocks:
+        inside = [name for name in self_attention if name.startswith(block.rstrip(".") + ".")]
+        if not inside:
+            having = sorted({name.split(".attentions.")[0] for name in self_attention})
+            raise ValueError(f"rvm_blocks: this UNet has no self-attention layers in {block!r}; "
+                             f"blocks that have them: {', '.join(having)}")
+        chosen += [name for name in inside if name not in chosen]
+    return chosen
+
+
 def install_rvm(
     unet: UNet2DConditionModel,
-    blocks: Literal["up", "all"],
+    blocks: Literal["up", "all"] | Sequence[str],
     state: FrameReference,
     dsf_quantile: float | None = None,
 ) -> list[str]:
-    """Put an RVM processor, reading ``state``, on the chosen attention layers of ``unet``.
+    """Put an RVM processor, reading ``state``, on the attention layers ``blocks`` names (:func:`rvm_layer_names`).
 
-    ``"up"``: the self-attention (attn1) layers of up_blocks.2 and up_blocks.3, as the authors did.
-    ``"all"``: every attention layer (cross-attention passes through unchanged), which with the
-    reference pinned to frame 0 is exactly Text2Video-Zero's cross-frame attention.
+    With the reference pinned to frame 0, ``"all"`` is exactly Text2Video-Zero's cross-frame attention.
     ``dsf_quantile``: None for plain RVM, else dual-softmax filtering with that quantile phi.
     Every other layer gets diffusers' default ``AttnProcessor2_0``. Each chosen layer gets a
     processor of its own, named after the layer (the anchor cache's key). The caller saves
@@ -333,10 +372,9 @@ def install_rvm(
     Returns:
         the names of the layers that got the RVM processor.
     Raises:
-        ValueError: for an unknown ``blocks``, a bad quantile, or a UNet without the layers it names.
+        ValueError: for a bad ``blocks`` or quantile.
     """
-    if blocks not in ("up", "all"):
-        raise ValueError(f"blocks must be 'up' or 'all', got {blocks!r}")
+    chosen = rvm_layer_names(unet, blocks)
     default = AttnProcessor2_0()
 
     def rvm(name: str) -> RotationalValueMappingProcessor:
@@ -344,11 +382,6 @@ def install_rvm(
             return RotationalValueMappingProcessor(state, layer=name)
         return DualSoftmaxFilterProcessor(state, quantile=dsf_quantile, layer=name)
 
-    def wanted(name: str) -> bool:
-        return blocks == "all" or (name.startswith(AUTHORS_BLOCKS) and ".attn1." in name)
-
-    chosen = [name for name in unet.attn_processors if wanted(name)]
-    if not chosen:
-        raise ValueError(f"this UNet has no attention layers for rvm_blocks={blocks!r} (looked for {AUTHORS_BLOCKS})")
-    unet.set_attn_processor({name: rvm(name) if wanted(name) else default for name in unet.attn_processors})
+    wanted = set(chosen)
+    unet.set_attn_processor({name: rvm(name) if name in wanted else default for name in unet.attn_processors})
     return chosen

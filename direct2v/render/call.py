@@ -39,7 +39,10 @@ class RenderCall:
         height, width: pixels, multiples of the VAE scale factor; None: the model's native size.
         rvm_period: the RVM period m in steps; ``math.inf`` keeps frame 0 as the reference
             (Text2Video-Zero).
-        rvm_blocks: ``"up"`` (up_blocks.2/.3 self-attention, the authors' choice) or ``"all"``.
+        rvm_blocks: ``"up"`` (the self-attention of the two highest-resolution up blocks with
+            attention: SD 1.x's up_blocks.2/.3, the authors' choice; SDXL's up_blocks.0/.1),
+            ``"all"``, or a tuple of block names (``("up_blocks.1", "mid_block")``: their
+            self-attention; :func:`direct2v.render.attention.rvm_layer_names`).
         value_mapping: ``"rotational"`` (RVM) or ``"random"`` (the paper's ablation: a random
             reference every joint step, drawn from the render's ``reference_generator``;
             ``rvm_period`` unused).
@@ -67,7 +70,7 @@ class RenderCall:
     height: int | None = None
     width: int | None = None
     rvm_period: float = 4
-    rvm_blocks: Literal["up", "all"] = "up"
+    rvm_blocks: Literal["up", "all"] | tuple[str, ...] = "up"
     value_mapping: Literal["rotational", "random"] = "rotational"
     dsf: bool = True
     dsf_quantile: float = 0.05
@@ -144,8 +147,10 @@ class RenderCall:
         if height <= 0 or width <= 0 or height % factor or width % factor:
             raise ValueError(f"height and width must be positive multiples of {factor}, got {height}x{width}")
         rvm_reference_frame(0, len(frame_prompts), self.rvm_period)  # raises ValueError for a bad period
-        if self.rvm_blocks not in ("up", "all"):
-            raise ValueError(f"rvm_blocks must be 'up' or 'all', got {self.rvm_blocks!r}")
+        blocks = self.rvm_blocks
+        named = isinstance(blocks, tuple) and blocks and all(isinstance(block, str) and block for block in blocks)
+        if blocks not in ("up", "all") and not named:
+            raise ValueError(f"rvm_blocks must be 'up', 'all' or a tuple of block names, got {blocks!r}")
         if not (math.isfinite(self.motion_strength_x) and math.isfinite(self.motion_strength_y)):
             raise ValueError(f"motion strengths must be finite, got {self.motion_strength_x}, {self.motion_strength_y}")
         if self.output_type not in ("np", "latent"):

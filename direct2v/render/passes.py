@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from direct2v.render.conditioning import TextConditioning
 from direct2v.render.reference import AnchorKVCache, FrameReference
 
 
@@ -28,8 +29,8 @@ class DenoisePass:
     """One denoising segment of a batch of frames: frame 1 alone, the joint pass, or (chunked) the
     anchors or one section."""
 
-    negative: torch.Tensor  # (frames, 77, dim) negative-prompt embeddings
-    positive: torch.Tensor  # (frames, 77, dim) one frame prompt per row
+    negative: TextConditioning  # the negative prompt's, one row per frame
+    positive: TextConditioning  # one frame prompt per row
     guidance_scale: float
     generator: torch.Generator | None
     state: FrameReference

@@ -58,8 +58,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from direct2v.core.files import LORA_WEIGHTS
 from direct2v.render.attention import install_rvm
 from direct2v.render.call import RenderCall
+from direct2v.render.conditioning import TextConditioning
 from direct2v.render.latent_schedule import Segments, translate_latents
-from direct2v.render.model_dir import load_components, missing_model_files  # noqa: F401 (re-exported)
+from direct2v.render.model_dir import SD, Architecture, ModelDirError, load_components
 from direct2v.render.passes import DenoisePass, Progress
 from direct2v.render.reference import AnchorKVCache, FrameReference
 from direct2v.render.rvm import ChunkPlan, cached_anchor_steps, chunk_plan, reference_schedule
@@ -79,9 +80,15 @@ def frame_faults(frames: np.ndarray) -> tuple[bool, list[int]]:
 
 
 class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
-    """Stable Diffusion 1.x turned into a video renderer: one prompt per frame, RVM self-attention."""
+    """Stable Diffusion 1.x/2.x turned into a video renderer: one prompt per frame, RVM self-attention.
+
+    The SDXL pipeline (:mod:`direct2v.render.pipeline_xl`) is this one with its own text conditioning
+    and VAE decode; the latent schedule, attention and chunking are shared.
+    """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    #: The model family this class renders (``model_index.json``'s class, :mod:`direct2v.render.model_dir`).
+    architecture: Architecture = SD
 
     def __init__(
         self,
@@ -99,13 +106,19 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def from_local_dir(
         cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> DirecT2VPipeline:
-        """Load a local diffusers-format Stable Diffusion 1.x directory, offline and safetensors only.
+        """Load a local diffusers directory of this class's architecture, offline and safetensors only
+        (:func:`direct2v.render.renderer.load_pipeline` picks the class a directory needs).
 
         Raises:
             FileNotFoundError: the directory, a component subfolder or a required file is missing
                 (the message lists every missing item; :func:`direct2v.render.model_dir.load_components`).
+            ModelDirError: the directory is another architecture, or none this renderer runs.
         """
-        return cls(**load_components(path, torch_dtype)).to(device)
+        architecture, components = load_components(path, torch_dtype)
+        if architecture is not cls.architecture:
+            raise ModelDirError(f"{path} is a {architecture.label} model; {cls.__name__} renders "
+                                f"{cls.architecture.label}")
+        return cls(**components).to(device)
 
     #: The compiled UNet (``compile_unet``); None: every call runs eagerly.
     compiled_unet: torch.nn.Module | None = None
@@ -229,7 +242,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         use_cfg = guidance_scale > 1.0
         plan = chunk_plan(num_frames, call.batch_size)
 
-        negative, positive = self._frame_embeddings(frame_prompts, call.negative_prompt)
+        negative, positive = self._frame_conditioning(frame_prompts, call)
         scheduler = self.make_scheduler(call.scheduler)
         scheduler.set_timesteps(call.num_inference_steps, device=device)
         segments = Segments.split(scheduler.timesteps, call.t0, call.t1)
@@ -323,13 +336,15 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         config = {key: value for key, value in self.scheduler.config.items() if key in accepted}
         return cls.from_config({**config, **overrides})
 
-    def _frame_embeddings(self, frame_prompts: list[str], negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(negative, positive) embeddings, ``(F, 77, dim)`` each; each distinct text is encoded once."""
-        texts = list(dict.fromkeys([negative_prompt, *frame_prompts]))
-        embeddings = self.encode_prompts(texts)
+    def _frame_conditioning(
+        self, frame_prompts: list[str], call: RenderCall
+    ) -> tuple[TextConditioning, TextConditioning]:
+        """(negative, positive) conditioning, F rows each; each distinct text is encoded once."""
+        texts = list(dict.fromkeys([call.negative_prompt, *frame_prompts]))
+        embeddings = TextConditioning(self.encode_prompts(texts))
         row = {text: i for i, text in enumerate(texts)}
         positive = embeddings[[row[prompt] for prompt in frame_prompts]]
-        negative = embeddings[[row[negative_prompt]] * len(frame_prompts)]
+        negative = embeddings[[row[call.negative_prompt]] * len(frame_prompts)]
         return negative, positive
 
     def _denoise(
@@ -342,7 +357,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         the segment, instead of being decoded into garbage (or black) frames.
         """
         use_cfg = run.guidance_scale > 1.0
-        context = torch.cat([run.negative, run.positive]) if use_cfg else run.positive
+        context = TextConditioning.cat([run.negative, run.positive]) if use_cfg else run.positive
         seed = run.generator.initial_seed() if run.generator is not None else None
         run.state.record_to, run.state.anchors = run.record_to, run.anchors
         try:
@@ -352,7 +367,7 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 run.state.point_to(run.reference(i), i)
                 model_input = torch.cat([latents] * 2) if use_cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                noise = self._unet(model_input, t, encoder_hidden_states=context).sample
+                noise = self._unet(model_input, t, **context.unet_kwargs()).sample
                 if use_cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + run.guidance_scale * (cond - uncond)

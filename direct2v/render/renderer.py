@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ from direct2v.core.errors import Direct2VError
 from direct2v.core.files import render_model_id
 from direct2v.director.plan import FramePlan
 from direct2v.render.call import RenderCall
+from direct2v.render.model_dir import check_model_dir
 from direct2v.render.pipeline import DirecT2VPipeline, frame_faults
+from direct2v.render.pipeline_xl import DirecT2VXLPipeline
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,23 @@ def resolve_device(settings: RenderSettings) -> tuple[torch.device, torch.dtype]
     return device, dtype
 
 
+#: The pipeline class of each architecture (``direct2v.render.model_dir``).
+PIPELINES: dict[str, type[DirecT2VPipeline]] = {cls.architecture.name: cls for cls in (DirecT2VPipeline, DirecT2VXLPipeline)}
+
+
+def load_pipeline(
+    model_dir: str | Path, torch_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> DirecT2VPipeline:
+    """The pipeline of the architecture ``model_dir``'s ``model_index.json`` names, loaded offline.
+
+    Raises:
+        FileNotFoundError: the directory or a required file is missing (all named).
+        direct2v.render.model_dir.ModelDirError: a pipeline class this renderer does not run.
+    """
+    architecture = check_model_dir(Path(model_dir))
+    return PIPELINES[architecture.name].from_local_dir(model_dir, torch_dtype=torch_dtype, device=device)
+
+
 class Renderer:
     """Holds one loaded pipeline; ``render`` may be called for many plans."""
 
@@ -50,7 +70,8 @@ class Renderer:
         self.settings = settings
         self.device, self.dtype = resolve_device(settings)
         self.model_id = render_model_id(settings.model_dir, settings.lora_dir)
-        self.pipeline = DirecT2VPipeline.from_local_dir(settings.model_dir, torch_dtype=self.dtype, device=self.device)
+        self.pipeline = load_pipeline(settings.model_dir, torch_dtype=self.dtype, device=self.device)
+        self.architecture = self.pipeline.architecture.name
         if settings.lora_dir is not None:
             self.pipeline.fuse_local_lora(settings.lora_dir, settings.lora_scale)
         on_gpu = self.device.type == "cuda"
