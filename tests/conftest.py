@@ -55,6 +55,20 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    from direct2v.bundled.tiny_models import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory) -> Path:
+    from direct2v.bundled.tiny_models import build_tiny_sd2
+
+    return build_tiny_sd2(tmp_path_factory.mktemp("models") / "tiny-sd2", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     from direct2v.bundled.tiny_clip import build_tiny_clip
 

@@ -107,14 +107,19 @@ def test_unusable_prompt_files_stop_the_cli_with_one_line(tmp_path, run_cli, nam
         (["--config", "bad-key.toml"], {}, "render.colour"),
         (["--config", "bad-syntax.toml"], {}, "invalid configuration file"),
         ([], {"DIRECT2V_DIRECTOR__MODEL_DIR": "no/such/llm"}, "director.model_dir: director model directory not found"),
-        ([], {"DIRECT2V_RENDER__MODEL_DIR": "half-model"}, "render.model_dir: half-model is not a complete diffusers"),
+        ([], {"DIRECT2V_RENDER__MODEL_DIR": "half-model"}, "render.model_dir: half-model is not a complete diffusers "
+                                                           "Stable Diffusion 1.x / 2.x directory"),
+        ([], {"DIRECT2V_RENDER__MODEL_DIR": "flux-model"}, "render.model_dir: flux-model is a FluxPipeline, which this "
+                                                           "renderer does not run; it runs StableDiffusionPipeline"),
     ],
 )
 def test_a_bad_config_names_the_key_before_any_model_loads(tmp_path, run_cli, smollm2_dir, args, env, message):
     (tmp_path / "bad-key.toml").write_text("[render]\ncolour = 'red'\n")
     (tmp_path / "bad-syntax.toml").write_text("[render\nsteps = \n")
     (tmp_path / "half-model" / "unet").mkdir(parents=True)
-    (tmp_path / "half-model" / "model_index.json").write_text("{}")
+    (tmp_path / "half-model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (tmp_path / "flux-model").mkdir()
+    (tmp_path / "flux-model" / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     shutil.copy(CORPUS / "records.jsonl", tmp_path / "records.jsonl")
     base = {"DIRECT2V_DIRECTOR__MODEL_DIR": str(smollm2_dir), "DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs")}
     done = run_cli(["run", "records.jsonl", *args], {**base, **env}, cwd=tmp_path)
