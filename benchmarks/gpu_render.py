@@ -25,6 +25,11 @@ pydantic or pyarrow: the GPU image has none; the report lists the direct2v modul
 ``--tiny`` runs the same code on a CPU with tiny components, 4 frames (8 chunked with batch 4),
 6 steps and dynamo's ``eager`` compile backend (inductor needs minutes to compile on a CPU): the
 test suite runs it.
+
+``--sdxl`` measures the SDXL path instead, on SDXL-1.0-architecture random weights (two text
+encoders, 2.6 B-parameter UNet), fp16, 1024 px, 8 frames, 50 PNDM steps: diffusers'
+``TextToVideoZeroSDXLPipeline`` and ours (RVM + DSF, the defaults), eager, in the same process, with
+seconds, peak memory and NaN/black frames each (``--tiny --sdxl``: the tiny SDXL on a CPU, in the suite).
 """
 
 from __future__ import annotations
@@ -45,14 +50,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the renderer mod
 import numpy as np
 import torch
 import torch._dynamo
-from diffusers import AutoencoderKL, PNDMScheduler, TextToVideoZeroPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    PNDMScheduler,
+    TextToVideoZeroPipeline,
+    TextToVideoZeroSDXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.models.attention_processor import AttnProcessor2_0
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from direct2v.bundled.tiny_models import (
     SD15_SCHEDULER,
     SD_UNET_LAYOUT,
     SD_VAE_LAYOUT,
+    SDXL_UNET,
+    SDXL_VAE,
     TINY_UNET,
     TINY_VAE,
     build_clip_tokenizer,
@@ -60,6 +73,7 @@ from direct2v.bundled.tiny_models import (
 )
 from direct2v.core.schedule import resolve_schedule
 from direct2v.render.pipeline import DirecT2VPipeline, frame_faults
+from direct2v.render.pipeline_xl import DirecT2VXLPipeline
 
 FORBIDDEN = ("prefect", "vllm", "pydantic", "pyarrow")
 
@@ -73,6 +87,22 @@ ARCHITECTURES = {
          "projection_dim": 768, "hidden_act": "quick_gelu", "vocab_size": 49408},
     ),
     "tiny": (TINY_UNET, TINY_VAE, {}),
+}
+
+#: (unet, vae, text encoder, text encoder 2) of SDXL 1.0 base, and of the tiny SDXL (``tiny_models``)
+SDXL_ARCHITECTURES = {
+    "sdxl": (
+        {**SDXL_UNET, "sample_size": 128, "block_out_channels": (320, 640, 1280), "layers_per_block": 2,
+         "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20), "cross_attention_dim": 2048,
+         "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32},
+        {**SDXL_VAE, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32,
+         "sample_size": 1024},
+        {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "hidden_act": "quick_gelu", "vocab_size": 49408},
+        {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+         "projection_dim": 1280, "hidden_act": "gelu", "vocab_size": 49408},
+    ),
+    "tiny-sdxl": (SDXL_UNET, SDXL_VAE, {}, {"projection_dim": 32, "hidden_act": "gelu"}),
 }
 
 PROMPTS = [
@@ -105,6 +135,26 @@ def build(architecture: str, device: torch.device, dtype: torch.dtype, workdir: 
     return {
         "unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
         "tokenizer": tokenizer, "scheduler": PNDMScheduler(**SD15_SCHEDULER),
+    }
+
+
+def build_sdxl(architecture: str, device: torch.device, dtype: torch.dtype, workdir: Path, seed: int = 0) -> dict:
+    """Random-weight SDXL components on ``device``; the scheduler is PNDM with SDXL's training schedule."""
+    unet_config, vae_config, text_config, text_config_2 = SDXL_ARCHITECTURES[architecture]
+    tokenizer = build_clip_tokenizer(workdir / "tokenizer")
+    tokenizer_2 = build_clip_tokenizer(workdir / "tokenizer_2")
+    tokenizer_2.pad_token = "!"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**SD_VAE_LAYOUT, **vae_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**{**tiny_text_config(tokenizer), **text_config}))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**{**tiny_text_config(tokenizer_2),
+                                                                        **text_config_2}))
+    return {
+        "unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
+        "text_encoder_2": text_encoder_2.to(dtype).eval(), "tokenizer": tokenizer, "tokenizer_2": tokenizer_2,
+        "scheduler": PNDMScheduler(**SD15_SCHEDULER),
     }
 
 
@@ -254,6 +304,86 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_sdxl(args: argparse.Namespace) -> dict:
+    """The SDXL rows: diffusers' Text2Video-Zero SDXL, then ours with the defaults (RVM + DSF), eager."""
+    device = torch.device("cpu" if args.tiny else "cuda")
+    dtype = torch.float32 if args.tiny else torch.float16
+    architecture = "tiny-sdxl" if args.tiny else "sdxl"
+    size, steps, frames = args.size, args.steps, args.frames
+    window = resolve_schedule(steps)
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "python": platform.python_version(),
+        "diffusers": __import__("diffusers").__version__, "transformers": __import__("transformers").__version__,
+        "architecture": architecture, "dtype": str(dtype).removeprefix("torch."), "size": size, "frames": frames,
+        "steps": steps, "t0": window.t0, "t1": window.t1, "guidance_scale": args.guidance_scale, "variants": {},
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        components = build_sdxl(architecture, device, dtype, Path(workdir))
+    unet_calls = []
+    handle = components["unet"].register_forward_pre_hook(lambda module, inputs: unet_calls.append(1))
+
+    def record(name: str, result: tuple[np.ndarray, float, float | None]) -> None:
+        images, seconds, peak = result
+        not_finite, black = frame_faults(images)
+        report["variants"][name] = {"frames": frames, "s_per_video": seconds, "unet_calls": len(unet_calls),
+                                    "s_per_step": ratio(seconds, len(unet_calls)), "peak_gib": peak,
+                                    "nan": not_finite, "black_frames": black}
+        print(f"{name}: {seconds:.2f} s, peak {peak if peak is None else round(peak, 2)} GiB", flush=True)
+        report["direct2v_modules"] = sorted(name for name in sys.modules if name.split(".")[0] == "direct2v")
+        report["forbidden_modules"] = sorted(name for name in FORBIDDEN if name in sys.modules)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated pipeline; fp16 on CPU
+        t2vz = TextToVideoZeroSDXLPipeline(**components, force_zeros_for_empty_prompt=True, add_watermarker=False)
+    t2vz.set_progress_bar_config(disable=True)
+
+    def t2vz_render(num_steps: int, t0: int, t1: int) -> np.ndarray:
+        unet_calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return t2vz(PROMPTS[0], video_length=frames, height=size, width=size, num_inference_steps=num_steps,
+                        guidance_scale=args.guidance_scale, motion_field_strength_x=0, motion_field_strength_y=0,
+                        t0=t0, t1=t1, generator=torch.Generator(device=device).manual_seed(0), output_type="np").images
+
+    t2vz_render(4, 1, 2)  # warm-up
+    record("sdxl_t2vz", measure(device, lambda: t2vz_render(steps, window.t0, window.t1)))
+    components["unet"].set_attn_processor(AttnProcessor2_0())  # T2V-Z left its processors installed
+
+    ours = DirecT2VXLPipeline(**components)
+
+    def ours_render(num_steps: int = steps) -> np.ndarray:
+        unet_calls.clear()
+        return ours(PROMPTS[:frames], num_inference_steps=num_steps, guidance_scale=args.guidance_scale, height=size,
+                    width=size, batch_size=frames, generator=torch.Generator().manual_seed(0))
+
+    ours_render(4)  # warm-up
+    record("sdxl_rvm_dsf", measure(device, ours_render))
+    handle.remove()
+    rows = report["variants"]
+    rows["sdxl_rvm_dsf"]["ratio_to_t2vz"] = ratio(rows["sdxl_rvm_dsf"]["s_per_video"], rows["sdxl_t2vz"]["s_per_video"])
+    rows["sdxl_t2vz"]["ratio_to_t2vz"] = 1.0
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def sdxl_table(report: dict) -> str:
+    def cell(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = [f"{report['device']}, {report['architecture']} {report['dtype']} {report['size']} px, "
+             f"{report['steps']} steps, CFG {report['guidance_scale']}, torch {report['torch']}",
+             "| variant | frames | s/video | s/step | peak GiB | x T2V-Z | NaN | black |", "|---|---:|---:|---:|---:|---:|---|---|"]
+    for name, row in report["variants"].items():
+        lines.append(f"| {name} | {row['frames']} | {cell(row['s_per_video'])} | {cell(row['s_per_step'], 4)} | "
+                     f"{cell(row['peak_gib'])} | {cell(row.get('ratio_to_t2vz'))} | {row['nan']} | "
+                     f"{row['black_frames'] or '-'} |")
+    return "\n".join(lines)
+
+
 def table(report: dict) -> str:
     def cell(value, digits=2):
         return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -274,6 +404,7 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny components on the CPU (the test suite's run)")
+    parser.add_argument("--sdxl", action="store_true", help="the SDXL rows (1024 px, 50 steps) instead")
     parser.add_argument("--steps", type=int, help="PNDM steps (default 100; 8 with --tiny)")
     parser.add_argument("--frames", type=int, help="frames of the video (default 8; 4 with --tiny)")
     parser.add_argument("--long-frames", type=int, help="frames of the chunked render (default 64; 8 with --tiny)")
@@ -283,6 +414,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", help="torch.compile backend (default inductor; eager with --tiny)")
     parser.add_argument("--out", help="write the JSON report here too")
     args = parser.parse_args(argv)
+    if args.sdxl:
+        args.steps = args.steps or (6 if args.tiny else 50)
+        args.frames = args.frames or (4 if args.tiny else 8)
+        args.size = args.size or (64 if args.tiny else 1024)
+        if not args.tiny and not torch.cuda.is_available():
+            parser.error("no CUDA device: run with --tiny for the CPU check")
+        report = run_sdxl(args)
+        print(sdxl_table(report))
+        print(json.dumps(report))
+        return 0
     args.steps = args.steps or (6 if args.tiny else 100)
     args.frames = args.frames or (4 if args.tiny else 8)
     args.long_frames = args.long_frames or (8 if args.tiny else 64)

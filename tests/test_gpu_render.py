@@ -51,12 +51,33 @@ def test_every_ratio_and_target_comes_from_the_measured_numbers(report):
     assert len(report["targets"]) == 6
 
 
-def test_the_check_needs_none_of_the_packages_the_gpu_image_lacks(report):
+def assert_none_imports_what_the_gpu_image_lacks(modules: list[str]) -> None:
     """Every direct2v module the check imported imports no prefect, vllm, pydantic or pyarrow."""
-    assert "direct2v.render.pipeline" in report["direct2v_modules"]
-    for name in report["direct2v_modules"]:
+    for name in modules:
         source = importlib.util.find_spec(name).origin
         tree = ast.parse(open(source, encoding="utf-8").read())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert not {module.split(".")[0] for module in imported} & {"prefect", "vllm", "pydantic", "pyarrow"}, name
+
+
+def test_the_check_needs_none_of_the_packages_the_gpu_image_lacks(report):
+    assert "direct2v.render.pipeline" in report["direct2v_modules"]
+    assert_none_imports_what_the_gpu_image_lacks(report["direct2v_modules"])
+
+
+def test_the_sdxl_rows_run_beside_diffusers_text2video_zero_sdxl(tmp_path):
+    out = tmp_path / "sdxl.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_render.py", "--tiny", "--sdxl", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| sdxl_rvm_dsf |" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["architecture"] == "tiny-sdxl" and list(report["variants"]) == ["sdxl_t2vz", "sdxl_rvm_dsf"]
+    rows = report["variants"]
+    for row in rows.values():
+        assert row["s_per_video"] > 0 and row["unet_calls"] > 0 and not row["nan"] and row["black_frames"] == []
+    assert rows["sdxl_rvm_dsf"]["ratio_to_t2vz"] == pytest.approx(
+        rows["sdxl_rvm_dsf"]["s_per_video"] / rows["sdxl_t2vz"]["s_per_video"])
+    assert "direct2v.render.pipeline_xl" in report["direct2v_modules"]
+    assert_none_imports_what_the_gpu_image_lacks(report["direct2v_modules"])

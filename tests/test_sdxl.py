@@ -325,3 +325,30 @@ def test_rvm_blocks_naming_a_block_without_attention_stops_the_job_before_any_mo
     assert ("render.rvm_blocks: up_blocks.2 hold no attention layers in" in done.stderr
             and "blocks that do: down_blocks.1, down_blocks.2, mid_block, up_blocks.0, up_blocks.1" in done.stderr)
     assert not (tmp_path / "run").exists()
+
+
+def test_models_check_says_what_a_directory_is_and_whether_it_runs(tiny_sdxl_dir, tiny_sd2_dir, tmp_path, run_cli):
+    done = run_cli(["models", "check", tiny_sdxl_dir], {})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{tiny_sdxl_dir}: Stable Diffusion XL (StableDiffusionXLPipeline)"
+    assert "native size     64 px" in done.stdout and "'up' = up_blocks.0, up_blocks.1" in done.stdout
+    assert any(line.split()[:1] == ["text_encoder_2"] and "F32 x37" in line for line in lines)
+    assert lines[-1].split() == ["will", "run", "yes"]
+
+    report = json.loads(run_cli(["models", "check", tiny_sd2_dir, "--json"], {}).stdout)
+    assert (report["runs"], report["architecture"], report["prediction_type"]) == (True, "sd", "v_prediction")
+    unet = next(c for c in report["components"] if c["name"] == "unet")
+    assert unet["parameters"] == sum(p.numel() for p in load_pipeline(tiny_sd2_dir).unet.parameters())
+
+    broken = shutil.copytree(tiny_sdxl_dir, tmp_path / "broken")
+    (broken / "tokenizer_2" / "merges.txt").unlink()
+    (broken / "tokenizer_2" / "tokenizer.json").unlink()
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "x"]}')
+    for path, reason in ((broken, "will not run    missing tokenizer_2/tokenizer.json or merges.txt"),
+                         (flux, "will not run    " + f"{flux} is a FluxPipeline, which this renderer does not run")):
+        done = run_cli(["models", "check", path], {})
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stdout.splitlines()[-1].startswith("  " + reason), done.stdout

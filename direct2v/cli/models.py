@@ -1,4 +1,4 @@
-"""``direct2v models``: build the embedded defaults, train the shape-world model and the shape director, a tiny CLIP."""
+"""``direct2v models``: build the embedded defaults, check a model directory, train the shape-world model and the shape director, a tiny CLIP."""
 
 from __future__ import annotations
 
@@ -28,6 +28,24 @@ def models_build(
     if not built:
         typer.echo("models already present (use --force to rebuild)")
 
+
+
+@models_app.command("check")
+def models_check(
+    model_dir: Annotated[Path, typer.Argument(help="a local diffusers pipeline directory", metavar="DIR")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """What a model directory is (architecture, native size, scheduler, RVM blocks, each component's
+    parameters, size and dtypes) and whether the renderer will run it; reads configs and safetensors
+    headers only. Exit code 2 when it will not run, with the reason."""
+    import json
+
+    from direct2v.render.model_check import check_model
+
+    report = check_model(model_dir)
+    typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
+    if not report.runs:
+        raise typer.Exit(2)
 
 
 @models_app.command("train-shapes")

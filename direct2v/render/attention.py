@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
+from direct2v.render import model_dir
 from direct2v.render.cpu_kernels import dual_softmax_attention, masked_own_attention, on_cpu_outside_autograd
 from direct2v.render.dsf import (
     DSF_CHUNK_ELEMENTS,
@@ -37,10 +38,6 @@ from direct2v.render.dsf import (
 )
 from direct2v.render.reference import FrameReference
 
-#: How many of the highest-resolution decoder stages with attention get RVM by default: the authors put
-#: it on SD 1.x's up_blocks.2/.3 (32 and 64 latent pixels at 512 px), the last two of its three
-#: attention up blocks. The same rule picks SDXL's up_blocks.0/.1 (32 and 64 latent pixels at 1024 px).
-DEFAULT_RVM_STAGES = 2
 
 # --- the processors ------------------------------------------------------------------------------
 
@@ -318,11 +315,8 @@ def _(mask: torch.Tensor, mapped: torch.Tensor, query: torch.Tensor, key: torch.
 
 
 def default_rvm_blocks(unet: UNet2DConditionModel) -> tuple[str, ...]:
-    """The up blocks ``rvm_blocks="up"`` means for this UNet: the ``DEFAULT_RVM_STAGES``
-    highest-resolution decoder stages that have attention, read from its ``up_block_types``
-    (SD 1.x/2.x: ``up_blocks.2``, ``up_blocks.3``; SDXL: ``up_blocks.0``, ``up_blocks.1``)."""
-    with_attention = [f"up_blocks.{i}" for i, kind in enumerate(unet.config.up_block_types) if "Attn" in kind]
-    return tuple(with_attention[-DEFAULT_RVM_STAGES:])
+    """The up blocks ``rvm_blocks="up"`` means for this UNet (:func:`direct2v.render.model_dir.default_rvm_blocks`)."""
+    return model_dir.default_rvm_blocks(unet.config.up_block_types)
 
 
 def rvm_layer_names(unet: UNet2DConditionModel, blocks: Literal["up", "all"] | Sequence[str]) -> list[str]:

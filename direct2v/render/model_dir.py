@@ -154,6 +154,20 @@ def load_components(path: str | Path, torch_dtype) -> tuple[Architecture, dict]:
     return architecture, components
 
 
+#: How many of the highest-resolution decoder stages with attention get RVM by default: the authors put
+#: it on SD 1.x's up_blocks.2/.3 (32 and 64 latent pixels at 512 px), the last two of its three
+#: attention up blocks. The same rule picks SDXL's up_blocks.0/.1 (32 and 64 latent pixels at 1024 px).
+DEFAULT_RVM_STAGES = 2
+
+
+def default_rvm_blocks(up_block_types: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The up blocks ``render.rvm_blocks="up"`` means for a UNet with these ``up_block_types``: the
+    ``DEFAULT_RVM_STAGES`` highest-resolution decoder stages that have attention (SD 1.x/2.x:
+    ``up_blocks.2``, ``up_blocks.3``; SDXL: ``up_blocks.0``, ``up_blocks.1``)."""
+    with_attention = [f"up_blocks.{i}" for i, kind in enumerate(up_block_types) if "Attn" in kind]
+    return tuple(with_attention[-DEFAULT_RVM_STAGES:])
+
+
 def attention_blocks(root: Path) -> list[str]:
     """The UNet blocks of ``root`` that hold attention layers (``down_blocks.1``, ``mid_block``,
     ``up_blocks.0``...), read from ``unet/config.json``: what ``render.rvm_blocks`` may name."""
