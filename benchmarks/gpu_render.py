@@ -376,7 +376,8 @@ def sdxl_table(report: dict) -> str:
 
     lines = [f"{report['device']}, {report['architecture']} {report['dtype']} {report['size']} px, "
              f"{report['steps']} steps, CFG {report['guidance_scale']}, torch {report['torch']}",
-             "| variant | frames | s/video | s/step | peak GiB | x T2V-Z | NaN | black |", "|---|---:|---:|---:|---:|---:|---|---|"]
+             "| variant | frames | s/video | s/step | peak GiB | x T2V-Z | NaN | black |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for name, row in report["variants"].items():
         lines.append(f"| {name} | {row['frames']} | {cell(row['s_per_video'])} | {cell(row['s_per_step'], 4)} | "
                      f"{cell(row['peak_gib'])} | {cell(row.get('ratio_to_t2vz'))} | {row['nan']} | "

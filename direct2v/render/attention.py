@@ -38,7 +38,6 @@ from direct2v.render.dsf import (
 )
 from direct2v.render.reference import FrameReference
 
-
 # --- the processors ------------------------------------------------------------------------------
 
 

@@ -43,7 +43,8 @@ class TextConditioning:
 
     def __getitem__(self, rows: slice | list[int]) -> TextConditioning:
         """The conditioning of some frames (a slice, or row indices in any order, repeats allowed)."""
-        return TextConditioning(*(None if part is None else part[rows] for part in (self.hidden, self.pooled, self.time_ids)))
+        parts = (self.hidden, self.pooled, self.time_ids)
+        return TextConditioning(*(None if part is None else part[rows] for part in parts))
 
     @staticmethod
     def cat(parts: list[TextConditioning]) -> TextConditioning:

@@ -150,7 +150,8 @@ def check_model(path: Path) -> ModelReport:
             except (OSError, ValueError, SafetensorError) as error:
                 report.problem = report.problem or f"{name}: its weights cannot be read ({error})"
     if report.missing and report.problem is None:
-        report.problem = f"missing {', '.join(report.missing)} (a complete {architecture.label} directory, safetensors only)"
+        report.problem = (f"missing {', '.join(report.missing)} "
+                          f"(a complete {architecture.label} directory, safetensors only)")
     if not report.default_rvm_blocks and report.problem is None:
         report.problem = "the UNet has no up blocks with attention: rotational value mapping has nowhere to act"
     return report
