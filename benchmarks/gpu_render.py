@@ -187,21 +187,28 @@ def graphs_compiled() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
+def report_header(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, architecture: str,
+                  size: int) -> dict:
+    """What every report starts with: the machine, the versions and the render's settings."""
+    window = resolve_schedule(args.steps)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "python": platform.python_version(),
+        "diffusers": __import__("diffusers").__version__, "transformers": __import__("transformers").__version__,
+        "architecture": architecture, "dtype": str(dtype).removeprefix("torch."), "size": size,
+        "frames": args.frames, "steps": args.steps, "t0": window.t0, "t1": window.t1,
+        "guidance_scale": args.guidance_scale, "variants": {},
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.float16
     architecture = "tiny" if args.tiny else "sd15"
-    size = args.size or (64 if args.tiny else 512)
+    size = args.size
     steps, frames, long_frames = args.steps, args.frames, args.long_frames
     window = resolve_schedule(steps)
-    report: dict = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "python": platform.python_version(),
-        "diffusers": __import__("diffusers").__version__, "transformers": __import__("transformers").__version__,
-        "architecture": architecture, "dtype": str(dtype).removeprefix("torch."), "size": size, "frames": frames,
-        "steps": steps, "t0": window.t0, "t1": window.t1, "guidance_scale": args.guidance_scale,
-        "compile_backend": args.backend, "variants": {}, "targets": [],
-    }
+    report = {**report_header(args, device, dtype, architecture, size), "compile_backend": args.backend, "targets": []}
 
     def save() -> None:
         # what this process imported: ours must import none of FORBIDDEN (tests/test_gpu_render.py reads
@@ -311,13 +318,7 @@ def run_sdxl(args: argparse.Namespace) -> dict:
     architecture = "tiny-sdxl" if args.tiny else "sdxl"
     size, steps, frames = args.size, args.steps, args.frames
     window = resolve_schedule(steps)
-    report: dict = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "python": platform.python_version(),
-        "diffusers": __import__("diffusers").__version__, "transformers": __import__("transformers").__version__,
-        "architecture": architecture, "dtype": str(dtype).removeprefix("torch."), "size": size, "frames": frames,
-        "steps": steps, "t0": window.t0, "t1": window.t1, "guidance_scale": args.guidance_scale, "variants": {},
-    }
+    report = report_header(args, device, dtype, architecture, size)
     with tempfile.TemporaryDirectory() as workdir:
         components = build_sdxl(architecture, device, dtype, Path(workdir))
     unet_calls = []
@@ -370,35 +371,25 @@ def run_sdxl(args: argparse.Namespace) -> dict:
     return report
 
 
-def sdxl_table(report: dict) -> str:
-    def cell(value, digits=2):
-        return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-    lines = [f"{report['device']}, {report['architecture']} {report['dtype']} {report['size']} px, "
-             f"{report['steps']} steps, CFG {report['guidance_scale']}, torch {report['torch']}",
-             "| variant | frames | s/video | s/step | peak GiB | x T2V-Z | NaN | black |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
-    for name, row in report["variants"].items():
-        lines.append(f"| {name} | {row['frames']} | {cell(row['s_per_video'])} | {cell(row['s_per_step'], 4)} | "
-                     f"{cell(row['peak_gib'])} | {cell(row.get('ratio_to_t2vz'))} | {row['nan']} | "
-                     f"{row['black_frames'] or '-'} |")
-    return "\n".join(lines)
-
-
 def table(report: dict) -> str:
+    """The variants as a Markdown table, then the targets (where the report has them)."""
     def cell(value, digits=2):
         return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
+    compiled = any("recompiles" in row for row in report["variants"].values())
     lines = [f"{report['device']}, {report['architecture']} {report['dtype']} {report['size']} px, "
              f"{report['steps']} steps, CFG {report['guidance_scale']}, torch {report['torch']}",
-             "| variant | frames | s/video | s/step | peak GiB | x T2V-Z | NaN | black | recompiles |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+             "| variant | frames | s/video | s/step | peak GiB | x T2V-Z | NaN | black |"
+             + (" recompiles |" * compiled),
+             "|---|---:|---:|---:|---:|---:|---|---|" + ("---:|" * compiled)]
     for name, row in report["variants"].items():
         lines.append(f"| {name} | {row['frames']} | {cell(row['s_per_video'])} | {cell(row['s_per_step'], 4)} | "
                      f"{cell(row['peak_gib'])} | {cell(row.get('ratio_to_t2vz'))} | {row['nan']} | "
-                     f"{row['black_frames'] or '-'} | {cell(row.get('recompiles'))} |")
-    lines += ["", "| target | value | limit | met |", "|---|---:|---:|---|"]
-    lines += [f"| {t['target']} | {cell(t['value'], 3)} | {t['limit']} | {cell(t['met'])} |" for t in report["targets"]]
+                     f"{row['black_frames'] or '-'} |" + (f" {cell(row.get('recompiles'))} |" * compiled))
+    if report.get("targets"):
+        lines += ["", "| target | value | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {t['target']} | {cell(t['value'], 3)} | {t['limit']} | {cell(t['met'])} |"
+                  for t in report["targets"]]
     return "\n".join(lines)
 
 
@@ -406,37 +397,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny components on the CPU (the test suite's run)")
     parser.add_argument("--sdxl", action="store_true", help="the SDXL rows (1024 px, 50 steps) instead")
-    parser.add_argument("--steps", type=int, help="PNDM steps (default 100; 8 with --tiny)")
+    parser.add_argument("--steps", type=int, help="PNDM steps (default 100, 50 with --sdxl; 6 with --tiny)")
     parser.add_argument("--frames", type=int, help="frames of the video (default 8; 4 with --tiny)")
     parser.add_argument("--long-frames", type=int, help="frames of the chunked render (default 64; 8 with --tiny)")
     parser.add_argument("--batch-size", type=int, help="frames per UNet call (default 8; 4 with --tiny)")
-    parser.add_argument("--size", type=int, help="pixels (default 512; 64 with --tiny)")
+    parser.add_argument("--size", type=int, help="pixels (default 512, 1024 with --sdxl; 64 with --tiny)")
     parser.add_argument("--guidance-scale", type=float, default=12.0)
     parser.add_argument("--backend", help="torch.compile backend (default inductor; eager with --tiny)")
     parser.add_argument("--out", help="write the JSON report here too")
     args = parser.parse_args(argv)
-    if args.sdxl:
-        args.steps = args.steps or (6 if args.tiny else 50)
-        args.frames = args.frames or (4 if args.tiny else 8)
-        args.size = args.size or (64 if args.tiny else 1024)
-        if not args.tiny and not torch.cuda.is_available():
-            parser.error("no CUDA device: run with --tiny for the CPU check")
-        report = run_sdxl(args)
-        print(sdxl_table(report))
-        print(json.dumps(report))
-        return 0
-    args.steps = args.steps or (6 if args.tiny else 100)
+    args.steps = args.steps or (6 if args.tiny else 50 if args.sdxl else 100)
     args.frames = args.frames or (4 if args.tiny else 8)
+    args.size = args.size or (64 if args.tiny else 1024 if args.sdxl else 512)
     args.long_frames = args.long_frames or (8 if args.tiny else 64)
     args.batch_size = args.batch_size or (4 if args.tiny else 8)
     args.backend = args.backend or ("eager" if args.tiny else "inductor")
     if not args.tiny and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --tiny for the CPU check")
-    report = run(args)
+    report = run_sdxl(args) if args.sdxl else run(args)
     print(table(report))
     print(json.dumps(report))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

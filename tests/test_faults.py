@@ -329,7 +329,7 @@ def test_an_encode_that_runs_out_of_space_is_a_disk_full_error_not_a_failed_vide
 
     class Renderer:  # the video stage passes it on: never a failed row for a full disk
         settings = RenderSettings(model_dir=tmp_path / "no-model", num_inference_steps=8, t0=4, t1=6)
-        model_id = "fake@0"
+        model_id, architecture = "fake@0", "sd"
 
         def render(self, plan, batch_size=None):
             return np.zeros((len(plan.frames), 16, 16, 3), np.float32)

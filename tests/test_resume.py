@@ -50,6 +50,7 @@ class FakeRenderer:
     def __init__(self, settings: RenderSettings, errors=()):
         self.settings = settings
         self.model_id = render_model_id(settings.model_dir)
+        self.architecture = "sd"
         self.errors = list(errors)
         self.calls: list[int | None] = []
 
@@ -64,6 +65,9 @@ class FakeRenderer:
 
 @pytest.fixture
 def render_settings(tmp_path):
+    """Settings naming a model directory that holds only its model index (FakeRenderer loads nothing)."""
+    (tmp_path / "no-model").mkdir()
+    (tmp_path / "no-model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     return RenderSettings(model_dir=tmp_path / "no-model", num_inference_steps=8, t0=4, t1=6, batch_size=8)
 
 

@@ -77,6 +77,10 @@ class DirecT2VXLPipeline(StableDiffusionXLLoraLoaderMixin, DirecT2VPipeline):
         dtype = self.text_encoder_2.dtype
         return torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype)
 
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """The UNet context of ``prompts``: :meth:`encode_prompts_xl`'s hidden states."""
+        return self.encode_prompts_xl(prompts)[0]
+
     def _frame_conditioning(
         self, frame_prompts: list[str], call: RenderCall
     ) -> tuple[TextConditioning, TextConditioning]:
