@@ -290,11 +290,13 @@ def test_an_fp16_sdxl_vae_decodes_in_float32_when_its_config_says_force_upcast(t
 
 
 @pytest.mark.flow
-def test_direct2v_run_renders_with_an_sdxl_model(tiny_sdxl_dir, smollm2_dir, tmp_path, run_cli):
+@pytest.mark.parametrize("family, architecture", [("sdxl", "sdxl"), ("sd2", "sd")])
+def test_direct2v_run_renders_with_the_model_given_by_set(model_dirs, smollm2_dir, tmp_path, run_cli, family,
+                                                          architecture):
     """``direct2v run`` on a run whose plans exist (so no director starts), with --set
-    render.model_dir=<tiny SDXL>: videos, rows, and the row names the architecture."""
+    render.model_dir=<tiny SDXL or SD 2.x>: videos, rows, and the row names the architecture."""
     settings = Settings(frames=3, fps=2, output_root=tmp_path / "outputs", director={"model_dir": smollm2_dir})
-    run_dir = tmp_path / "outputs" / "sdxl-run"
+    run_dir = tmp_path / "outputs" / "own-model-run"
     run_dir.mkdir(parents=True)
     (run_dir / "settings.json").write_text(settings.model_dump_json())
     prompts = tmp_path / "prompts.jsonl"
@@ -303,14 +305,14 @@ def test_direct2v_run_renders_with_an_sdxl_model(tiny_sdxl_dir, smollm2_dir, tmp
     for i in range(2):
         write_plan(FramePlan(prompt_id=f"p{i}", prompt=f"a fox, take {i}", fps=2, seed=i,
                              frames=["a red fox sits", "the fox stands up", "the fox runs"]), run_dir / "plans")
-    done = run_cli(["run", prompts, "--resume", run_dir, "--set", f"render.model_dir={tiny_sdxl_dir}",
+    done = run_cli(["run", prompts, "--resume", run_dir, "--set", f"render.model_dir={model_dirs[family]}",
                     "--set", "render.num_inference_steps=6", "--set", "render.t0=3", "--set", "render.t1=4"],
                    {}, cwd=tmp_path)
     summary = summary_of(done)
     assert summary["ok"] == 2, done.stderr[-3000:]
     rows = pq.read_table(run_dir / "manifest.parquet").to_pylist()
-    assert {row["render_architecture"] for row in rows} == {"sdxl"}
-    assert all(row["render_model"].startswith("tiny-sdxl@") for row in rows)
+    assert {row["render_architecture"] for row in rows} == {architecture}
+    assert all(row["render_model"].startswith(f"{model_dirs[family].name}@") for row in rows)
     assert all((run_dir / row["video_path"]).stat().st_size > 0 for row in rows)
 
 
