@@ -18,13 +18,21 @@ Two tables, from the trained shape-world model and the exact detectors (``direct
    in the asked cell), colour found, identity consistency of the tracked object, object-count
    errors, flicker (``direct2v/evaluation/shapes.py`` says exactly how each is computed).
 
+3. **Claims** (``--claims``): the scenarios of ``direct2v/evaluation/claims.py``, aimed at each of
+   the paper's claims (content that develops, an object that must be kept, two objects whose roles
+   swap), every variant above plus ``rvm-all`` (RVM on every attention layer, no DSF) on the same
+   seeds: one table per scenario kind (mean and 95% bootstrap interval of each measure) and the
+   claims table (each claim's paired difference, its 95% interval and the verdict).
+
     python benchmarks/shape_world.py                      # 20 seeds, the run defaults' schedule
     python benchmarks/shape_world.py --seeds 5 --steps 20 # a quick look
+    python benchmarks/shape_world.py --claims --seeds 30 --steps 20 --out claims.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -37,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from direct2v.core.config import Settings
-from direct2v.evaluation import shapes
+from direct2v.evaluation import claims, shapes
 from direct2v.render.call import RenderCall
 from direct2v.render.encode import to_uint8
 from direct2v.render.pipeline import DirecT2VPipeline
@@ -48,6 +56,7 @@ VARIANTS = {
     "t2v-z-frames": "Text2Video-Zero, frame prompts",
     "rvm": "RVM",
     "rvm-dsf": "RVM + DSF (default)",
+    "rvm-all": "RVM on every attention layer (ablation)",
 }
 VIDEO_KEYS = shapes.VIDEO_MEASURES
 
@@ -60,21 +69,36 @@ def render_call(settings, steps: int | None) -> RenderCall:
     return RenderCall.from_settings(render)
 
 
+def independent_frames(pipe: DirecT2VPipeline, prompts: list[str], seed: int, call: RenderCall) -> np.ndarray:
+    """Plain Stable Diffusion, each frame from its own prompt and the same initial noise, all frames in
+    one batch: diffusers' ``StableDiffusionPipeline`` on the same components and PNDM sampler (what
+    rendering each frame alone through our pipeline computes, up to float rounding: tests/test_shape_world.py)."""
+    from diffusers import StableDiffusionPipeline
+
+    plain = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                    unet=pipe.unet, scheduler=pipe.make_scheduler(call.scheduler), safety_checker=None,
+                                    feature_extractor=None, requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    size = pipe.unet.config.sample_size
+    noise = torch.randn((1, pipe.unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
+    return plain(prompts, num_inference_steps=call.num_inference_steps, guidance_scale=call.guidance_scale,
+                 negative_prompt=[call.negative_prompt] * len(prompts), latents=noise.expand(len(prompts), -1, -1, -1),
+                 output_type="np").images
+
+
 def render_variant(
     pipe: DirecT2VPipeline, variant: str, scenario: shapes.Scenario, seed: int, call: RenderCall
 ) -> np.ndarray:
     """One scenario rendered as ``variant`` with ``seed``: uint8 frames (F, H, W, 3)."""
     if variant == "independent":
-        frames = []
-        one = call.replace(rvm_period=math.inf, dsf=False)
-        for prompt in scenario.frames:
-            frames.append(pipe([prompt], one, generator=torch.Generator().manual_seed(seed))[0])
-        return to_uint8(np.stack(frames))
+        return to_uint8(independent_frames(pipe, scenario.frames, seed, call))
     prompts = list(scenario.frames)
     if variant == "t2v-z":
         prompts = [scenario.prompt] * len(prompts)
     if variant in ("t2v-z", "t2v-z-frames"):
         call = call.replace(rvm_period=math.inf, dsf=False)
+    elif variant == "rvm-all":
+        call = call.replace(rvm_blocks="all", dsf=False)
     else:
         call = call.replace(dsf=variant == "rvm-dsf")
     return to_uint8(pipe(prompts, call, generator=torch.Generator().manual_seed(seed)))
@@ -115,6 +139,47 @@ def video_table(pipe, call: RenderCall, seeds: int, variants: list[str], echo=pr
     return "\n".join(lines), summary
 
 
+def cell(mean: float, low: float, high: float) -> str:
+    return "-" if math.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=print) -> tuple[str, dict]:
+    """Every claim scenario of every seed rendered by every variant; the per-kind tables and the claims table."""
+    results: dict[str, dict[str, list[dict]]] = {kind: {name: [] for name in variants} for kind in claims.KINDS}
+    seconds = dict.fromkeys(variants, 0.0)
+    videos = 0
+    for seed in range(seeds):
+        for scenario in claims.scenarios(seed):
+            for name in variants:
+                started = time.perf_counter()
+                frames = render_variant(pipe, name, scenario, seed, call)
+                seconds[name] += time.perf_counter() - started
+                results[scenario.kind][name].append({"scenario": scenario.name, "seed": seed,
+                                                     **claims.scores(frames, scenario)})
+            videos += 1
+        echo(f"seed {seed + 1}/{seeds} done")
+    lines = []
+    for kind in claims.KINDS:
+        measures = [m for m in claims.MEASURES
+                    if not all(math.isnan(v[m]) for rows in results[kind].values() for v in rows)]
+        lines += [f"**{kind}** ({len(results[kind][variants[0]])} videos per variant: "
+                  f"{', '.join(dict.fromkeys(v['scenario'] for v in results[kind][variants[0]]))})", "",
+                  "| variant | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
+        for name in variants:
+            cells = [cell(*claims.interval([v[m] for v in results[kind][name]])) for m in measures]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    judged = [claims.judge(claim, results) for claim in claims.CLAIMS
+              if claim.treated in variants and claim.baseline in variants]
+    lines += ["| claim | scenarios | measure | paired difference | 95% interval | pairs | verdict |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {j['claim']} | {j['kind']} | {j['measure']}: {j['test']} | {j['difference']:+.3f} | "
+              f"[{j['low']:+.3f}, {j['high']:+.3f}] | {j['pairs']} | {j['verdict']} |" for j in judged]
+    lines.append("")
+    lines.append("seconds per video: " + ", ".join(f"{name} {seconds[name] / max(videos, 1):.2f}" for name in variants))
+    return "\n".join(lines), {"results": results, "claims": judged, "seconds": seconds, "videos": videos}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the run default render.model_dir")
@@ -126,6 +191,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--skip-images", action="store_true")
     parser.add_argument("--skip-videos", action="store_true")
+    parser.add_argument("--claims", action="store_true", help="only the claims tables (README \"Shape world\")")
+    parser.add_argument("--out", type=Path, help="--claims: write every video's scores and the verdicts here (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
     settings = Settings()
@@ -134,6 +201,17 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     call = render_call(settings, args.steps)
     print(f"model {model_dir}; {call}")
+    if args.claims:
+        started = time.perf_counter()
+        variants = [v for v in args.variants.split(",") if v]
+        table, report = claims_tables(pipe, call, args.seeds, variants)
+        report |= {"steps": call.num_inference_steps, "seeds": args.seeds, "model_dir": str(model_dir),
+                   "seconds_total": time.perf_counter() - started}
+        print(f"\n{args.seeds} seeds, {call.num_inference_steps} steps; mean [95% bootstrap interval]\n{table}\n"
+              f"({report['seconds_total']:.0f} s)")
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
+        return
     if not args.skip_images:
         started = time.perf_counter()
         table, _ = image_table(pipe, call, args.images, args.image_seeds)
