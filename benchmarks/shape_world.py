@@ -72,7 +72,7 @@ def render_call(settings, steps: int | None) -> RenderCall:
 def independent_frames(pipe: DirecT2VPipeline, prompts: list[str], seed: int, call: RenderCall) -> np.ndarray:
     """Plain Stable Diffusion, each frame from its own prompt and the same initial noise, all frames in
     one batch: diffusers' ``StableDiffusionPipeline`` on the same components and PNDM sampler (what
-    rendering each frame alone through our pipeline computes, up to float rounding: tests/test_shape_world.py)."""
+    rendering each frame alone through our pipeline computes, up to float rounding: tests/test_claims.py)."""
     from diffusers import StableDiffusionPipeline
 
     plain = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
