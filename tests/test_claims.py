@@ -171,8 +171,8 @@ def test_the_benchmarks_independent_frames_are_each_frame_rendered_alone(tiny_sd
     call = RenderCall(num_inference_steps=8, guidance_scale=7.5)
     prompts = by_name(0)["recolours"].frames[3:6]
     batched = benchmark.independent_frames(pipe, prompts, 4, call)
-    alone = np.stack([pipe([prompt], call, rvm_period=math.inf, dsf=False, generator=torch.Generator().manual_seed(4))[0]
-                      for prompt in prompts])
+    alone = np.stack([pipe([prompt], call, rvm_period=math.inf, dsf=False,
+                           generator=torch.Generator().manual_seed(4))[0] for prompt in prompts])
     assert batched.shape == alone.shape == (3, 64, 64, 3)
     assert np.abs(batched - alone).max() < 1e-4
     assert not np.allclose(batched[0], batched[-1])  # each frame its own prompt
