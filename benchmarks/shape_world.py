@@ -143,8 +143,11 @@ def cell(mean: float, low: float, high: float) -> str:
     return "-" if math.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=print) -> tuple[str, dict]:
-    """Every claim scenario of every seed rendered by every variant; the per-kind tables and the claims table."""
+def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=print,
+                  partial: Path | None = None) -> tuple[str, dict]:
+    """Every claim scenario of every seed rendered by every variant; the per-kind tables and the claims
+    table. ``partial``: the scores so far are written there (JSON) after every seed, so a run cut
+    short still leaves what it measured."""
     results: dict[str, dict[str, list[dict]]] = {kind: {name: [] for name in variants} for kind in claims.KINDS}
     seconds = dict.fromkeys(variants, 0.0)
     videos = 0
@@ -158,6 +161,8 @@ def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=
                                                      **claims.scores(frames, scenario)})
             videos += 1
         echo(f"seed {seed + 1}/{seeds} done")
+        if partial is not None:
+            partial.write_text(json.dumps({"results": results, "seeds_done": seed + 1}) + "\n")
     lines = []
     for kind in claims.KINDS:
         measures = [m for m in claims.MEASURES
@@ -204,7 +209,7 @@ def main() -> None:
     if args.claims:
         started = time.perf_counter()
         variants = [v for v in args.variants.split(",") if v]
-        table, report = claims_tables(pipe, call, args.seeds, variants)
+        table, report = claims_tables(pipe, call, args.seeds, variants, lambda line: print(line, flush=True), args.out)
         report |= {"steps": call.num_inference_steps, "seeds": args.seeds, "model_dir": str(model_dir),
                    "seconds_total": time.perf_counter() - started}
         print(f"\n{args.seeds} seeds, {call.num_inference_steps} steps; mean [95% bootstrap interval]\n{table}\n"
