@@ -61,3 +61,40 @@ def test_the_trained_model_is_an_sd_directory_the_renderer_loads(tmp_path):
     frames = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
                   rvm_period=math.inf, generator=torch.Generator().manual_seed(0))
     assert frames.shape == (2, 64, 64, 3)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    trainer = Trainer(TrainConfig(**TINY), tmp_path)
+    trainer.next_step = 1
+    state = trainer.state()
+    del state["config"]["latent_size"]  # written before the setting existed: that run's latents were 8 x 8
+    torch.save(state, trainer.checkpoint_path)
+    assert Trainer(TrainConfig(**TINY), tmp_path).load_checkpoint()
+    try:
+        Trainer(TrainConfig(**TINY, latent_size=16), tmp_path).load_checkpoint()
+    except ValueError as error:
+        assert "other settings" in str(error)
+    else:
+        raise AssertionError("an 8 x 8 checkpoint was continued as a 16 x 16 run")
+
+
+def test_a_16_by_16_latent_model_keeps_the_world_at_64_px_and_gives_attention_4x_the_tokens(tmp_path):
+    eight = Trainer(TrainConfig(**TINY), tmp_path / "eight")
+    out = train(TrainConfig(**TINY, latent_size=16), tmp_path / "model", tmp_path / "work", echo=lambda line: None)
+    pipe = DirecT2VPipeline.from_local_dir(out)
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+    tokens = {}
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn1"):
+            module.register_forward_hook(lambda m, args, kwargs, out, name=name: tokens.setdefault(name, args[0].shape[1]),
+                                         with_kwargs=True)
+    latents = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
+                   generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert latents.shape[-2:] == (16, 16)
+    # RVM's default blocks (up_blocks.2/.3) attend over 8 x 8 and 16 x 16 latent pixels, 4x the 8 x 8 model's
+    assert tokens["up_blocks.3.attentions.0.transformer_blocks.0.attn1"] == 256
+    assert tokens["up_blocks.2.attentions.0.transformer_blocks.0.attn1"] == 64
+    assert eight.unet.config.sample_size == 8 and len(eight.vae.config.block_out_channels) == 4
+    frames = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
+                  generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (2, 64, 64, 3)

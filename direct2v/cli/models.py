@@ -55,6 +55,9 @@ def models_train_shapes(
     vae_steps: Annotated[Optional[int], typer.Option(help="autoencoder steps (default: the committed model's)")] = None,
     unet_steps: Annotated[Optional[int], typer.Option(help="UNet + text encoder steps")] = None,
     num_images: Annotated[Optional[int], typer.Option(help="fixed training scenes")] = None,
+    unet_batch: Annotated[Optional[int], typer.Option(help="UNet + text encoder examples per step")] = None,
+    latent_size: Annotated[Optional[int], typer.Option(help="latent side: 8 (8x autoencoder, the committed "
+                                                       "model's) or 16 (4x: 4x the attention tokens)")] = None,
     seed: Annotated[int, typer.Option(help="model and step seed")] = 0,
     data_seed: Annotated[int, typer.Option(help="training-scene seed")] = 0,
     weights: Annotated[str, typer.Option(help="ema or raw: which weights the saved model gets (a finished "
@@ -63,9 +66,12 @@ def models_train_shapes(
     """Train the shape-world model on this CPU (about 30 minutes on 2 cores with the defaults; resumable)."""
     from direct2v.shape_world.training import CheckpointError, TrainConfig, train
 
-    given = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_images": num_images}
+    given = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_images": num_images, "unet_batch": unet_batch,
+             "latent_size": latent_size}
     if weights not in ("ema", "raw"):
         raise UserError(f"--weights must be ema or raw (got {weights!r})")
+    if latent_size not in (None, 8, 16):
+        raise UserError(f"--latent-size must be 8 or 16 (got {latent_size})")
     config = TrainConfig(seed=seed, data_seed=data_seed, weights=weights,
                          threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                          **{key: value for key, value in given.items() if value is not None})

@@ -3,7 +3,8 @@
     python -m direct2v models train-shapes --out .state/models/shape-world
 
 One config object (:class:`TrainConfig`) drives one loop. Steps ``[0, vae_steps)`` train the
-autoencoder (``AutoencoderKL``, SD's 4-level layout: 64 px -> 8 x 8 x 4 latents); at ``vae_steps``
+autoencoder (``AutoencoderKL``, SD's 4-level layout: 64 px -> 8 x 8 x 4 latents; with ``latent_size=16``
+three levels, 64 px -> 16 x 16 x 4, so that self-attention sees 4x the tokens); at ``vae_steps``
 the fixed training set is encoded once and the latent scaling factor measured; the remaining steps
 train the UNet (``UNet2DConditionModel``, SD's layout) and the CLIP text encoder together on the
 v-prediction objective with SD 1.5's noise schedule (10% empty captions for
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 UNET = {"sample_size": 8, "block_out_channels": (32, 64, 64, 64), "layers_per_block": 1,
         "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 8}
 VAE = {"block_out_channels": (8, 16, 32, 64), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}
+#: The autoencoder's levels per latent side: each level after the first halves the image (64 px / 2**(n - 1)).
+VAE_LEVELS = {8: (8, 16, 32, 64), 16: (16, 32, 64)}
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
@@ -52,6 +55,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     data_seed: int = 0
     num_images: int = Field(20000, ge=64, description="fixed training scenes (captions are re-drawn every step)")
+    latent_size: Literal[8, 16] = Field(
+        8, description="latent side: 8 (an 8x autoencoder, SD's layout) or 16 (4x: the UNet's self-attention sees "
+        "256 tokens at its finest level instead of 64, ~4x the UNet's work per step)")
     two_object_rate: float = 0.4
     vae_steps: int = Field(600, ge=1)
     vae_batch: int = 32
@@ -114,17 +120,20 @@ def tokenizer_corpus(seed: int = 0, lines: int = 400) -> str:
     return CORPUS + "\n".join(captions) + "\n"
 
 
-def build_components(staging: Path, seed: int):
+def build_components(staging: Path, seed: int, latent_size: int = 8):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from direct2v.bundled.tiny_models import SD_UNET_LAYOUT, SD_VAE_LAYOUT, build_clip_tokenizer, tiny_text_config
 
     tokenizer = build_clip_tokenizer(staging / "tokenizer", corpus=tokenizer_corpus(seed))
+    levels = VAE_LEVELS[latent_size]
+    vae_layout = {**SD_VAE_LAYOUT, "down_block_types": ("DownEncoderBlock2D",) * len(levels),
+                  "up_block_types": ("UpDecoderBlock2D",) * len(levels)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(**SD_VAE_LAYOUT, **VAE)
-        unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **UNET)
+        vae = AutoencoderKL(**vae_layout, **(VAE | {"block_out_channels": levels}))
+        unet = UNet2DConditionModel(**SD_UNET_LAYOUT, **(UNET | {"sample_size": latent_size}))
         text_encoder = CLIPTextModel(CLIPTextConfig(**(tiny_text_config(tokenizer) | TEXT)))
     return tokenizer, vae, unet, text_encoder
 
@@ -145,7 +154,8 @@ class Trainer:
         self.config = config
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer, self.vae, self.unet, self.text_encoder = build_components(self.work_dir / "staging", config.seed)
+        self.tokenizer, self.vae, self.unet, self.text_encoder = build_components(
+            self.work_dir / "staging", config.seed, config.latent_size)
         self.scenes = training_scenes(config)
         self.images = images_tensor(self.scenes)
         backgrounds = torch.tensor([world.BACKGROUNDS[scene.background] for scene in self.scenes], dtype=torch.uint8)
@@ -185,7 +195,9 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        saved = {key: value for key, value in state["config"].items() if key not in self.config.OUTPUT_ONLY}
+        # a setting added since the checkpoint was written reads as its default (what that run used)
+        saved = TrainConfig(**{key: value for key, value in state["config"].items()
+                               if key in TrainConfig.model_fields}).training_settings()
         if saved != self.config.training_settings():
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
         self.vae.load_state_dict(state["vae"])
