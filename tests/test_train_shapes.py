@@ -86,8 +86,8 @@ def test_a_16_by_16_latent_model_keeps_the_world_at_64_px_and_gives_attention_4x
     tokens = {}
     for name, module in pipe.unet.named_modules():
         if name.endswith("attn1"):
-            module.register_forward_hook(lambda m, args, kwargs, out, name=name: tokens.setdefault(name, args[0].shape[1]),
-                                         with_kwargs=True)
+            module.register_forward_hook(
+                lambda m, args, kwargs, out, name=name: tokens.setdefault(name, args[0].shape[1]), with_kwargs=True)
     latents = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
                    generator=torch.Generator().manual_seed(0), output_type="latent")
     assert latents.shape[-2:] == (16, 16)
