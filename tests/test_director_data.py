@@ -1,4 +1,4 @@
-"""The shape director's training examples (direct2v/shape_world/director_data.py), without any model:
+"""The shape director's training examples (direct2v/director/shape_data.py), without any model:
 seeded, every kind, prompts naming the story's colours and never a benchmark prompt, answers that
 are the benchmark's perfect plans."""
 
@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import jsonschema
 import numpy as np
 import pytest
 
-from direct2v.director.instructions import shape_instruction_text
+from direct2v.director.instructions import shape_instruction_text, storyline_instruction_text
 from direct2v.evaluation import shapes
 from direct2v.evaluation import storylines as sl
-from direct2v.shape_world import director_data as dd
+from direct2v.director import shape_data as dd
 from direct2v.shape_world import stories as st
 from direct2v.shape_world import story_prompts as sp
 
@@ -48,6 +49,23 @@ def test_the_request_is_the_directors_own_and_the_answer_the_perfect_plan():
         assert isinstance(answer, list) and len(answer) == example.frames and all(isinstance(t, str) for t in answer)
         checks = sl.check_plan(example.story, answer)
         assert sl.tells_story(checks), (example.story, checks)
+
+
+def test_a_storyline_example_is_the_same_draw_answered_with_its_story():
+    """``answer="storyline"`` (template storyline): the same stories and prompts as the frames
+    examples of that seed, asked without a frame count, answered with the story as JSON, from which
+    the director writes exactly the perfect plan at any frame count."""
+    storylines = dd.examples(len(EXAMPLES), seed=11, answer="storyline")
+    assert [(e.story, e.frames) for e in storylines] == [(e.story, e.frames) for e in EXAMPLES]
+    for example in storylines:
+        assert example.messages == [{"role": "user", "content": storyline_instruction_text(example.story.prompt)}]
+        told, problem = st.parse_storyline(example.answer)
+        assert problem is None and told == st.Storyline(**example.story.model_dump(include={
+            "background", "background_end", "objects"}))
+        for frames in (4, example.frames, 16):
+            assert st.ideal_frames(told, frames) == st.ideal_frames(example.story, frames)
+        jsonschema.validate(json.loads(example.answer), st.storyline_schema())  # what the engine constrains to
+    assert max(len(e.answer) for e in storylines) < min(len(e.answer) for e in EXAMPLES if e.frames == 8)
 
 
 def test_prompts_name_exactly_the_storys_colours():

@@ -404,3 +404,42 @@ def test_a_sample_that_repeats_an_earlier_one_is_drawn_again_then_kept_and_marke
     assert director.llm.calls == [3, 1, 1]  # sample 2 again and again: the draws are bounded
     assert results[2].director_sampling["repeats"] == "c-s1" and results[2].director_sampling["redraws"] == 2
     assert (director.report.redraws, director.report.repeated_samples) == (2, 1)
+
+
+def test_the_storyline_template_writes_the_frames_from_the_storyline_and_doubles_without_asking_again():
+    """Template storyline: the engine answers the story as JSON under the storyline schema; the frames
+    are the story's ideal ones at the asked count, and a doubling cuts the same story finer."""
+    from direct2v.shape_world.stories import Storyline, ideal_frames, storyline_schema
+
+    story = {"background": "white", "objects": [
+        {"colour": "red", "shape": "circle", "start": "left", "end": "right"},
+        {"colour": "blue", "shape": "square", "start": "top left", "end": "top left", "enters": "later"}]}
+
+    def answer(chat, seed):
+        asked = chat[-1]["content"]
+        assert len(chat) == 1 and "storyline as JSON" in asked and asked.endswith("Prompt: a red ball rolls right")
+        return json.dumps(story)
+
+    director = _scripted_director(answer, template_version="storyline", max_attempts=2)
+    plan = director.plan([PromptRecord(id="p", prompt="a red ball rolls right")], frames=4, fps=2, seed=0,
+                         fps_doublings=1)[0]
+    assert director.llm.calls == [1]  # the doubling is written from the same storyline
+    assert director.llm.params[0][0].structured_outputs.json == storyline_schema()
+    expected = Storyline.model_validate(story)
+    assert [r.frames for r in plan.rounds] == [ideal_frames(expected, 4), ideal_frames(expected, 8)]
+    assert plan.frames[0] == "a red circle on the left on a white background"
+    assert plan.frames[-1] == "a red circle on the right and a blue square in the top left corner on a white background"
+    assert plan.rounds[1].parents == lineage(8) and plan.fps == 4 and plan.template_version == "storyline"
+
+
+@pytest.mark.parametrize("bad", [
+    '{"background": "white", "objects": []}',  # no object
+    '{"background": "pink", "objects": [{"colour": "red", "shape": "circle", "start": "left", "end": "left"}]}',
+    '{"background": "white", "objects": [{"colour": "red", "shape": "circle", "start": "nowhere", "end": "left"}]}',
+    '["a red circle on the left on a white background"]',  # frames, not a storyline
+])
+def test_an_answer_that_is_not_a_storyline_is_repaired_then_fails_the_prompt(bad):
+    director = _scripted_director(lambda chat, seed: bad, template_version="storyline", max_attempts=2)
+    plan = director.plan([PromptRecord(id="p", prompt="a red ball rolls right")], frames=4, fps=2, seed=0)[0]
+    assert director.llm.calls == [1, 1]
+    assert not isinstance(plan, FramePlan) and "not a storyline" in plan.reason and plan.attempts == 2

@@ -64,7 +64,7 @@ def test_repair_turn_quotes_the_problems():
 def test_schema_fixes_the_frame_count():
     schema = frames_schema(5)
     assert schema["type"] == "array" and schema["minItems"] == schema["maxItems"] == 5
-    assert TEMPLATE_VERSIONS == ("v1", "v2", "shapes") and DirectorSettings().template_version == "v2"
+    assert TEMPLATE_VERSIONS == ("v1", "v2", "shapes", "storyline") and DirectorSettings().template_version == "v2"
 
 
 def test_v2_asks_for_one_frame_with_the_papers_instruction():

@@ -1,4 +1,4 @@
-"""The shape director's LoRA fine-tuning (direct2v/shape_world/director_training.py) and the merge
+"""The shape director's LoRA fine-tuning (direct2v/director/shape_training.py) and the merge
 (direct2v/bundled/models.py ``merge_director``), on a tiny random Llama with SmolLM2's real
 tokenizer and chat template: the loss is on the answer and end token only, training lowers it,
 a resumed run ends where an uninterrupted one does, the merged model answers as the adapter does,
@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from direct2v.bundled.models import merge_director
-from direct2v.shape_world import director_data as dd
-from direct2v.shape_world import director_training as dt
+from direct2v.director import shape_data as dd
+from direct2v.director import shape_training as dt
+from direct2v.shape_world import stories as st
 
 
 
@@ -67,6 +69,28 @@ def test_the_loss_covers_exactly_the_answer_and_the_end_token(tiny_base):
     assert batch["attention_mask"][1].sum() == len(ids) - 3 and (batch["labels"][1, len(ids) - 3 :] == dt.IGNORE).all()
     with pytest.raises(ValueError, match="longer than max_length"):
         dt.encode_example(tokenizer, example.messages, example.answer, 32)
+
+
+def test_a_storyline_run_trains_on_the_storyline_answers_and_an_older_checkpoint_resumes_as_frames(tiny_base, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base, local_files_only=True)
+    trainer = dt.DirectorTrainer(_config(answer="storyline"), tiny_base, tmp_path / "story", EXCLUDE)
+    rng = np.random.default_rng([0, 0])  # step 0's draws (rows() seeds each step by (seed, step))
+    wanted = [dd.random_example(rng, EXCLUDE, (4,), 0, dd.KIND_WEIGHTS, "storyline") for _ in range(2)]
+    answers = [tokenizer.decode([t for t, label in zip(ids, labels) if label != dt.IGNORE]) for ids, labels in
+               trainer.rows(0)]
+    assert answers == [example.answer + "<|im_end|>" for example in wanted]
+    assert all(st.parse_storyline(example.answer)[1] is None for example in wanted)
+    # a checkpoint written before ``answer`` existed was a frames run: it resumes as one, not as a storyline run
+    frames = dt.DirectorTrainer(_config(), tiny_base, tmp_path / "old", EXCLUDE)
+    frames.save_checkpoint()
+    state = torch.load(frames.checkpoint_path, weights_only=True)
+    del state["config"]["answer"]
+    torch.save(state, frames.checkpoint_path)
+    assert dt.DirectorTrainer(_config(), tiny_base, tmp_path / "old", EXCLUDE).load_checkpoint()
+    with pytest.raises(dt.CheckpointError, match="other settings"):
+        dt.DirectorTrainer(_config(answer="storyline"), tiny_base, tmp_path / "old", EXCLUDE).load_checkpoint()
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_base, tmp_path):

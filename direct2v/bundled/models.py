@@ -11,7 +11,7 @@
 The tiny random-weight SD (``tiny_models.build_tiny_sd``) stays for the fast unit tests.
 
 :func:`merge_director` folds a LoRA adapter of the director (the shape director,
-``direct2v/shape_world/director_training.py``) into its base model: a plain Hugging Face directory
+``direct2v/director/shape_training.py``) into its base model: a plain Hugging Face directory
 again, which vLLM loads like the base.
 
     python -m direct2v models build

@@ -94,6 +94,8 @@ def models_train_director(
     lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
     lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank")] = None,
     compute: Annotated[Optional[str], typer.Option(help="float32 or bfloat16-autocast")] = None,
+    answer: Annotated[Optional[str], typer.Option(help="frames (template shapes) or storyline (template "
+                                                  "storyline): what the director learns to write")] = None,
     seed: Annotated[int, typer.Option(help="adapter initialisation, batch and dropout seed")] = 0,
 ) -> None:
     """Fine-tune the shape director (a LoRA adapter on SmolLM2-135M-Instruct) on generated shape-world
@@ -104,10 +106,10 @@ def models_train_director(
 
     from pydantic import ValidationError
 
-    from direct2v.shape_world.director_training import CheckpointError, DirectorTrainConfig, train_director
+    from direct2v.director.shape_training import CheckpointError, DirectorTrainConfig, train_director
 
     given = {"steps": steps, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr, "lora_rank": lora_rank,
-             "compute": compute}
+             "compute": compute, "answer": answer}
     try:
         train_config = DirectorTrainConfig(seed=seed, threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                                            **{key: value for key, value in given.items() if value is not None})

@@ -89,10 +89,11 @@ class DirectorSettings(_Section):
         "benchmarks/plan_quality.py",
     )
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="measured: pads answers with whitespace")
-    template_version: Literal["v1", "v2", "shapes"] = Field(
+    template_version: Literal["v1", "v2", "shapes", "storyline"] = Field(
         "v2", description="v2 = one request per frame with a worked example (the general profile's, by "
         "measurement); v1 = the paper's single request for the whole list; shapes = the shape-world profile's "
-        "whole list in the world's words",
+        "whole list in the world's words; storyline = the shape world's storyline as JSON (objects, cells, "
+        "timing), the frames written from it (needs a director trained with `train-director --answer storyline`)",
     )
     frame_chars: int | None = Field(
         None, ge=20, le=300, description="cap on each description's characters (JSON schema maxLength); None = the "

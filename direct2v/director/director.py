@@ -41,7 +41,7 @@ from direct2v.director.instructions import (
 from direct2v.director.plan import FramePlan, PlanFailure, TokenBudget
 from direct2v.director.prompts import PromptRecord
 from direct2v.director.report import DirectorReport
-from direct2v.director.shapes import ShapeWorldStrategy
+from direct2v.director.shapes import ShapeWorldStrategy, StorylineStrategy
 from direct2v.director.strategy import Conversation, Draw, Strategy
 from direct2v.director.v1 import WholeListStrategy
 from direct2v.director.v2 import PerFrameStrategy
@@ -50,7 +50,8 @@ from direct2v.director.v2 import PerFrameStrategy
 SAMPLE_KEYS = ("sample", "sample_of", "sample_temperature", "sample_top_p", "sample_seed", "redraws", "repeats")
 
 #: ``director.template_version`` -> how that template asks
-STRATEGIES: dict[str, type[Strategy]] = {"v1": WholeListStrategy, "v2": PerFrameStrategy, "shapes": ShapeWorldStrategy}
+STRATEGIES: dict[str, type[Strategy]] = {"v1": WholeListStrategy, "v2": PerFrameStrategy, "shapes": ShapeWorldStrategy,
+                                         "storyline": StorylineStrategy}
 
 
 def unmarked(plan: FramePlan) -> FramePlan:

@@ -15,21 +15,21 @@ from importlib import resources
 from direct2v.director import quality
 from direct2v.director.plan import TokenBudget, parse_frames, quality_findings, quality_problems
 
-TEMPLATE_VERSIONS = ("v1", "v2", "shapes")
+TEMPLATE_VERSIONS = ("v1", "v2", "shapes", "storyline")
 CAMERA_INSTRUCTION = "4. Infer the desired camera angles and movements\n"
 # Brief descriptions (the paper's GPT-4 ones are ~150 characters); the cap stays well inside SD's 77
 # CLIP tokens and stops a small model from looping inside one string. v2 asks for one frame at a
 # time and 150 characters measured cleaner plans (benchmarks/quality.py). A renderer whose
 # tokenizer packs fewer characters per token lowers it (TokenBudget.safe_chars).
-TEMPLATE_FRAME_CHARS = {"v1": 200, "v2": 150, "shapes": 150}
+TEMPLATE_FRAME_CHARS = {"v1": 200, "v2": 150, "shapes": 150, "storyline": 150}
 SCHEMA_FRAME_CHARS = TEMPLATE_FRAME_CHARS["v1"]
 # vLLM's presence penalty counts only the answer's own tokens, not the prompt's (unlike its
 # repetition penalty): it pushes a frame away from the words it already used, so the model writes
 # a scene instead of one phrase over and over. Measured per template (benchmarks/quality.py).
-TEMPLATE_PRESENCE_PENALTY = {"v1": 0.0, "v2": 1.0, "shapes": 0.0}
+TEMPLATE_PRESENCE_PENALTY = {"v1": 0.0, "v2": 1.0, "shapes": 0.0, "storyline": 0.0}
 # Asked again greedily, a small model mostly gives the same answer back; v2 samples
 # ``repair_candidates`` answers per repaired frame and keeps the first that breaks no rule.
-TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.5, "shapes": None}
+TEMPLATE_REPAIR_TEMPERATURE = {"v1": None, "v2": 0.5, "shapes": None, "storyline": None}
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -90,10 +90,17 @@ def instruction_text(prompt: str, frames: int, fps: int, camera: bool = True) ->
 
 def shape_instruction_text(prompt: str, frames: int, fps: int) -> str:
     """The shape-world profile's one request (template ``shapes``): the whole list, in the world's
-    words. The shape director model is fine-tuned on exactly this text (``shape_world.director_training``)."""
+    words. The shape director model is fine-tuned on exactly this text (``director.shape_training``)."""
     return load_template("frame_director", "shapes").format(
         frames_in_words=number_in_words(frames), fps=fps, prompt=prompt
     ).rstrip("\n")
+
+
+def storyline_instruction_text(prompt: str) -> str:
+    """Template ``storyline``'s one request: the prompt's storyline as JSON (objects, cells, timing,
+    background), from which the frames are written (``director.shapes.StorylineStrategy``). It does not
+    depend on the frame count: the story is the same at any frame rate."""
+    return load_template("frame_director", "storyline").format(prompt=prompt).rstrip("\n")
 
 
 def frame_phase(frame: int, frames: int) -> str:

@@ -1,6 +1,8 @@
-"""Template ``shapes``, the shape-world profile: one request per prompt for the whole list, in the
+"""The shape world's templates.
+
+Template ``shapes``, the shape-world profile: one request per prompt for the whole list, in the
 shape world's own words (``instructions.shape_instruction_text``), answered by a SmolLM2 fine-tuned
-on storylines drawn from the world (``shape_world.director_training``).
+on storylines drawn from the world (``director.shape_training``).
 
 It differs from v1 where the world does: an object that holds its cell for a few frames gives
 identical neighbouring frames, and a background that is all that changes gives frames that differ
@@ -9,13 +11,29 @@ in one word, so the free-text rules that flag those (``adjacent_identical``, ``r
 do not apply; an answer must still parse, fit the budget, and not loop. An FPS doubling asks for
 the whole list again at twice the frames and rate (the model was trained on whole lists, not on
 v1's "divide each frame into two" turn).
+
+Template ``storyline``: one request per prompt for its storyline as JSON (each object's colour,
+shape, start and end cell, whether it enters later or leaves; the background and whether it
+changes), constrained to the world's names by the engine's structured output; the frames are then
+written from it in the world's own words (``shape_world.stories.ideal_frames``, what the storyline
+benchmark calls perfect). The model decides the story; the frame count only decides how finely it
+is cut, so an FPS doubling writes the same storyline at twice the frames without asking again.
 """
 
 from __future__ import annotations
 
-from direct2v.director.instructions import judge_answer, shape_instruction_text
+from collections.abc import Sequence
+
+from direct2v.director.instructions import (
+    cut_off_problem,
+    judge_answer,
+    shape_instruction_text,
+    storyline_instruction_text,
+)
+from direct2v.director.plan import validate_frames
 from direct2v.director.prompts import PromptRecord
 from direct2v.director.v1 import ListConversation, WholeListStrategy
+from direct2v.shape_world.stories import ideal_frames, parse_storyline, storyline_schema
 
 #: the soft rules that hold in the shape world (see the module docstring for those that do not)
 SHAPE_RULES = ("too_short", "phrase_loop")
@@ -42,3 +60,45 @@ class ShapeWorldStrategy(WholeListStrategy):
         frames, broken = judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget,
                                       finish_reason)
         return frames, {rule: text for rule, text in broken.items() if rule == "hard" or rule in SHAPE_RULES}
+
+
+#: Most tokens of a storyline answer (two objects with every field: ~90).
+STORYLINE_TOKENS = 160
+
+
+class StorylineStrategy(ShapeWorldStrategy):
+    """``storyline``: the prompt's storyline as JSON, the frames written from it."""
+
+    def _request(self, conversation: ListConversation) -> dict:
+        return {"role": "user", "content": storyline_instruction_text(conversation.record.prompt)}
+
+    def _schema(self, conversation: ListConversation) -> dict:
+        return storyline_schema()
+
+    def _max_tokens(self, conversation: ListConversation) -> int:
+        return STORYLINE_TOKENS
+
+    def _repair(self, problems: list[str], conversation: ListConversation) -> dict:
+        return {"role": "user", "content": f"That is not a storyline: {'; '.join(problems)}. Write the storyline "
+                                           "again as JSON."}
+
+    def run(self, conversations: Sequence[ListConversation], fps_doublings: int) -> None:
+        """The storyline is asked once; each FPS doubling writes it again at twice the frames."""
+        self._run_round(conversations, first_round=True)
+        for _ in range(fps_doublings):
+            for conversation in [c for c in conversations if not c.problems]:
+                conversation.frames *= 2
+                conversation.fps *= 2
+                frames, broken = self._judge(conversation.last_answer, conversation, "stop")
+                self._settle(conversation, frames, broken)
+
+    def _judge(self, answer: str, conversation: ListConversation, finish_reason: str) -> tuple[list[str] | None, dict]:
+        cut_off = cut_off_problem(finish_reason)
+        if cut_off:
+            return None, {"hard": cut_off}
+        storyline, problem = parse_storyline(answer)
+        if storyline is None:
+            return None, {"hard": problem}
+        frames = ideal_frames(storyline, conversation.frames)
+        problems = validate_frames(frames, conversation.frames, self.budget)  # e.g. too long for the renderer
+        return (None, {"hard": "; ".join(problems)}) if problems else (frames, {})

@@ -40,6 +40,17 @@ class WholeListStrategy(Strategy):
         super()._double(conversation)
         conversation.messages.append({"role": "user", "content": doubling_text(conversation.frames, conversation.fps)})
 
+    def _schema(self, conversation: ListConversation) -> dict:
+        """The structured-output schema of the answer: the paper's list of F strings."""
+        return frames_schema(conversation.frames, self.frame_chars)
+
+    def _max_tokens(self, conversation: ListConversation) -> int:
+        return max_answer_tokens(conversation.frames, self.frame_chars)
+
+    def _repair(self, problems: list[str], conversation: ListConversation) -> dict:
+        """The turn that follows an answer breaking the rules ``problems`` name."""
+        return {"role": "user", "content": repair_text(problems, conversation.frames)}
+
     def _judge(self, answer: str, conversation: ListConversation, finish_reason: str) -> tuple[list[str] | None, dict]:
         """The answer's frames and the rules it breaks (``instructions.judge_answer``)."""
         return judge_answer(answer, conversation.frames, conversation.record.prompt, self.budget, finish_reason)
@@ -56,9 +67,8 @@ class WholeListStrategy(Strategy):
             if not pending:
                 return
             answers = self.ask(
-                [c.messages for c in pending], [frames_schema(c.frames, self.frame_chars) for c in pending],
-                [max_answer_tokens(c.frames, self.frame_chars) for c in pending], repair=attempt > 1,
-                draws=[c.draw for c in pending],
+                [c.messages for c in pending], [self._schema(c) for c in pending],
+                [self._max_tokens(c) for c in pending], repair=attempt > 1, draws=[c.draw for c in pending],
             )
             retry = []
             for conversation, [(answer, finish_reason)] in zip(pending, answers, strict=True):
@@ -72,9 +82,7 @@ class WholeListStrategy(Strategy):
                 blocking = broken if self.settings.quality_policy != "warn" or "hard" in broken else {}
                 self.report.unchanged_repairs += unchanged
                 if blocking and not unchanged and attempt < self.settings.max_attempts:
-                    conversation.messages.append(
-                        {"role": "user", "content": repair_text(list(blocking.values()), conversation.frames)}
-                    )
+                    conversation.messages.append(self._repair(list(blocking.values()), conversation))
                     retry.append(conversation)
                     continue
                 self._settle(conversation, frames, broken)

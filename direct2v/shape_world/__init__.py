@@ -1,8 +1,9 @@
 """The shape world: a tiny world of flat shapes (``world``: scenes, captions, exact detectors), its
 stories (``stories``: what a storyline asks for and the frames a perfect director writes), the
-trainer of the embedded renderer in Stable Diffusion's format (``training``), and the shape
-director's fine-tuning data and trainer (``director_data``, ``director_training``: the director's
-own instruction text, made from the world's stories).
+trainer of the embedded renderer in Stable Diffusion's format (``training``), and the grammar of
+the prompts the shape director is trained on (``story_prompts``).
 
-Imports ``direct2v.core``, ``direct2v.bundled`` and ``direct2v.director`` (which never imports it).
+Imports ``direct2v.core`` and ``direct2v.bundled``. The director imports it (the shape-world
+templates write frames from its stories, and the shape director is trained on them in
+``direct2v.director.shape_data``); it never imports the director.
 """

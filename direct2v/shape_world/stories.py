@@ -5,7 +5,7 @@ static one), entering at the start or later and perhaps leaving, on a background
 once (:class:`Story`, :class:`StoryObject`; read from JSONL by :func:`load_stories`).
 :func:`ideal_scenes` and :func:`ideal_frames` are what a perfect director would ask for: the
 storyline benchmark (``direct2v.evaluation.storylines``) scores plans against them, and the shape
-director is fine-tuned on them (``director_data``).
+director is fine-tuned on them (``direct2v.director.shape_data``).
 
 Pure functions; no model is loaded here.
 """
@@ -13,6 +13,7 @@ Pure functions; no model is loaded here.
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 from pathlib import Path
@@ -96,21 +97,18 @@ class StoryObject(BaseModel):
         return self.start == self.end
 
 
-class Story(BaseModel):
-    """One storyline: a prompt and the truth it asks for (``background_end``: the background from halfway)."""
+class Storyline(BaseModel):
+    """What happens in a storyline: its objects and its background (``background_end``: the
+    background from halfway). The shape-story director answers with one (:func:`storyline_answer`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str
-    prompt: str
-    kind: Kind
-    split: Literal["dev", "held_out", "example", "train"]  # example: prompts_in/examples.*; train: generated (``director_data``), never in the benchmark
     background: str
     background_end: str | None = None
     objects: tuple[StoryObject, ...]
 
     @model_validator(mode="after")
-    def _coherent(self) -> Story:
+    def _coherent(self) -> Storyline:
         for name in (self.background, self.background_end):
             if name is not None and name not in world.BACKGROUNDS:
                 raise ValueError(f"background must be one of {', '.join(world.BACKGROUNDS)}, got {name!r}")
@@ -124,6 +122,15 @@ class Story(BaseModel):
 
     def colours(self) -> dict[str, StoryObject]:
         return {obj.colour: obj for obj in self.objects}
+
+
+class Story(Storyline):
+    """One storyline of the benchmark or the training data: a prompt and the truth it asks for."""
+
+    id: str
+    prompt: str
+    kind: Kind
+    split: Literal["dev", "held_out", "example", "train"]  # example: prompts_in/examples.*; train: generated (``direct2v.director.shape_data``), never in the benchmark
 
 
 #: The storylines this project knows: the storyline benchmark's (dev and held out) and the shipped
@@ -174,7 +181,7 @@ def is_shown(obj: StoryObject, frame: int, frames: int) -> bool:
     return not ((obj.enters == "later" and frame < half) or (obj.leaves and frame >= half))
 
 
-def ideal_scenes(story: Story, frames: int, size: str = "small") -> list[world.Scene]:
+def ideal_scenes(story: Storyline, frames: int, size: str = "small") -> list[world.Scene]:
     """The story's scene in each frame (no jitter; ``size`` small so that objects in neighbouring cells never touch)."""
     half = frames // 2
     scenes = []
@@ -189,10 +196,56 @@ def ideal_scenes(story: Story, frames: int, size: str = "small") -> list[world.S
     return scenes
 
 
-def ideal_frames(story: Story, frames: int) -> list[str]:
+def ideal_frames(story: Storyline, frames: int) -> list[str]:
     """What a perfect director writes: each ideal scene in the world's canonical words ("a red circle
     on the left and a blue square at the top on a white background")."""
     return [world.caption(scene) for scene in ideal_scenes(story, frames)]
+
+
+# ---------------------------------------------------------------- the storyline as an answer
+
+
+def storyline_answer(story: Storyline) -> str:
+    """``story`` as the shape-story director writes it: compact JSON, cells in words, defaults left
+    out (``{"background": "white", "objects": [{"colour": "red", "shape": "circle", "start": "left",
+    "end": "right"}]}``); :func:`parse_storyline` reads it back."""
+    def described(obj: StoryObject) -> dict:
+        fields = {"colour": obj.colour, "shape": obj.shape, "start": cell_name(obj.start), "end": cell_name(obj.end)}
+        if obj.enters == "later":
+            fields["enters"] = "later"
+        if obj.leaves:
+            fields["leaves"] = True
+        return fields
+
+    answer: dict = {"background": story.background}
+    if story.background_end is not None:
+        answer["background_end"] = story.background_end
+    answer["objects"] = [described(obj) for obj in story.objects]
+    return json.dumps(answer)
+
+
+def parse_storyline(answer: str) -> tuple[Storyline | None, str | None]:
+    """An answer as (storyline, None), or (None, what is wrong with it, in one line)."""
+    try:
+        return Storyline.model_validate_json(answer), None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        return None, f"the answer is not a storyline ({where + ': ' if where else ''}{first['msg']})"
+
+
+def storyline_schema() -> dict:
+    """JSON schema of :func:`storyline_answer`'s answers, every name an enum of the world's (for
+    the engine's structured output)."""
+    cells = sorted({cell_name((column, row)) for column in range(3) for row in range(3)})
+    obj = {"type": "object", "additionalProperties": False, "required": ["colour", "shape", "start", "end"],
+           "properties": {"colour": {"enum": list(world.COLOURS)}, "shape": {"enum": list(world.SHAPES)},
+                          "start": {"enum": cells}, "end": {"enum": cells}, "enters": {"enum": ["start", "later"]},
+                          "leaves": {"type": "boolean"}}}
+    return {"type": "object", "additionalProperties": False, "required": ["background", "objects"],
+            "properties": {"background": {"enum": list(world.BACKGROUNDS)},
+                           "background_end": {"enum": list(world.BACKGROUNDS)},
+                           "objects": {"type": "array", "minItems": 1, "maxItems": 2, "items": obj}}}
 
 
 def normalised(prompt: str) -> str:

@@ -1,6 +1,6 @@
 """Prompts for shape-world stories: one everyday English sentence asking for a story, from a
 grammar of many paraphrases (verbs, position words, appearing and disappearing, background
-changes, synonyms, word orders). The shape director's training data (``director_data``) asks with
+changes, synonyms, word orders). The shape director's training data (``direct2v.director.shape_data``) asks with
 these; the benchmark's own prompts were written apart and are never produced.
 
 Pure and seeded: the same ``numpy.random.Generator`` state gives the same prompt.

@@ -1,6 +1,6 @@
 """Training examples for the shape director: a random story, a prompt in everyday English, and the answer.
 
-The shape director (SmolLM2-135M-Instruct with a LoRA adapter, ``director_training``) is taught
+The shape director (SmolLM2-135M-Instruct with a LoRA adapter, ``shape_training``) is taught
 to answer the director's own request (``director.instructions.shape_instruction_text``, template
 ``shapes``) with the list of frame descriptions a perfect director writes: ``json.dumps`` of
 :func:`~direct2v.shape_world.stories.ideal_frames`, the very function the storyline benchmark
@@ -31,11 +31,11 @@ import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
-from direct2v.director.instructions import shape_instruction_text
+from direct2v.director.instructions import shape_instruction_text, storyline_instruction_text
 from direct2v.shape_world import world
 from direct2v.shape_world.stories import (
     KINDS,
@@ -48,6 +48,7 @@ from direct2v.shape_world.stories import (
     is_shown,
     load_stories,
     normalised,
+    storyline_answer,
 )
 from direct2v.shape_world.story_prompts import pick, story_prompt
 
@@ -169,9 +170,12 @@ def benchmark_prompts(path: Path = BENCHMARK_STORIES) -> frozenset[str]:
 
 
 def random_example(rng: np.random.Generator, exclude: Collection[str], frames_choices: Sequence[int] = FRAMES_CHOICES,
-                   number: int = 0, kind_weights: Mapping[str, float] = KIND_WEIGHTS) -> Example:
+                   number: int = 0, kind_weights: Mapping[str, float] = KIND_WEIGHTS,
+                   answer: Literal["frames", "storyline"] = "frames") -> Example:
     """One example: a story of a kind drawn by ``kind_weights``, its prompt (never one of ``exclude``, normalised
-    prompts), a frame count from ``frames_choices`` (8 weighted double), a frame rate, the request and the answer."""
+    prompts), a frame count from ``frames_choices`` (8 weighted double), a frame rate, the request and the answer:
+    ``frames``, template ``shapes``'s whole list of descriptions; ``storyline``, template ``storyline``'s JSON story
+    (the same draws either way; the storyline's request and answer do not use the frame count and rate)."""
     weights = np.array([kind_weights.get(kind, 0.0) for kind in KINDS])
     if len(set(weights)) == 1:  # every kind alike: the draw the committed adapter's data was made with
         kind = pick(rng, KINDS)
@@ -185,17 +189,21 @@ def random_example(rng: np.random.Generator, exclude: Collection[str], frames_ch
     weights = np.array([FRAMES_WEIGHTS.get(f, 1.0) for f in frames_choices])
     frames = int(frames_choices[int(rng.choice(len(frames_choices), p=weights / weights.sum()))])
     fps = int(pick(rng, FPS_CHOICES))
+    if answer == "storyline":
+        messages = [{"role": "user", "content": storyline_instruction_text(prompt)}]
+        return Example(story, frames, fps, messages, storyline_answer(story))
     messages = [{"role": "user", "content": shape_instruction_text(prompt, frames, fps)}]
     return Example(story, frames, fps, messages, json.dumps(ideal_frames(story, frames)))
 
 
 def examples(count: int, seed: int, frames_choices: Sequence[int] = FRAMES_CHOICES,
-             exclude: Collection[str] | None = None, kind_weights: Mapping[str, float] = KIND_WEIGHTS) -> list[Example]:
+             exclude: Collection[str] | None = None, kind_weights: Mapping[str, float] = KIND_WEIGHTS,
+             answer: Literal["frames", "storyline"] = "frames") -> list[Example]:
     """``count`` examples from ``seed`` (the same list every time); ``exclude``: normalised prompts
     never to produce (default: the benchmark's, :func:`benchmark_prompts`)."""
     exclude = benchmark_prompts() if exclude is None else exclude
     rng = np.random.default_rng(seed)
-    return [random_example(rng, exclude, frames_choices, number, kind_weights) for number in range(count)]
+    return [random_example(rng, exclude, frames_choices, number, kind_weights, answer) for number in range(count)]
 
 
 # ---------------------------------------------------------------- transparency

@@ -2,7 +2,7 @@
 
     python -m direct2v models train-director --out .state/models/shape-director-adapter
 
-Each example (``director_data``) is the director's own request (template ``shapes``, sent as one
+Each example (``shape_data``) is the director's own request (template ``shapes``, sent as one
 user message through the tokenizer's chat template with the generation prompt, SmolLM2's default
 system message included) and the answer a perfect director writes: ``json.dumps`` of the story's
 ideal frames, followed by the end-of-turn token ``<|im_end|>`` (the model's eos: vLLM stops there).
@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from direct2v.core.files import directory_hash, staged_directory, write_atomically
-from direct2v.shape_world import director_data
+from direct2v.director import shape_data
 from direct2v.shape_world.stories import KINDS
 from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps
 
@@ -65,9 +65,12 @@ class DirectorTrainConfig(BaseModel):
     lora_alpha: float = 32.0
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    answer: Literal["frames", "storyline"] = Field(
+        "frames", description="what the model learns to write: frames = the whole list of frame descriptions (template "
+        "shapes, the committed adapter); storyline = the story as JSON, the frames written from it (template storyline)")
     max_length: int = Field(640, ge=16, description="most tokens of one example (request + answer); longer is an error")
-    frames_choices: tuple[int, ...] = director_data.FRAMES_CHOICES
-    kind_weights: dict[str, float] = Field(default_factory=lambda: dict(director_data.KIND_WEIGHTS),
+    frames_choices: tuple[int, ...] = shape_data.FRAMES_CHOICES
+    kind_weights: dict[str, float] = Field(default_factory=lambda: dict(shape_data.KIND_WEIGHTS),
                                            description="how often each story kind is drawn, relative to the others")
     compute: Literal["float32", "bfloat16-autocast"] = Field(
         "bfloat16-autocast", description="float32 weights always; bfloat16-autocast runs the matrix products in bf16 "
@@ -153,7 +156,7 @@ class DirectorTrainer:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.base_hash = directory_hash(self.base_dir)
-        self.exclude = director_data.benchmark_prompts() if exclude is None else exclude
+        self.exclude = shape_data.benchmark_prompts() if exclude is None else exclude
         self.tokenizer, base = load_base(self.base_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -192,7 +195,8 @@ class DirectorTrainer:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if state["config"] != self.config.training_settings():
+        # a setting added since the checkpoint was written reads as its default (what that run used)
+        if DirectorTrainConfig(**state["config"]).training_settings() != self.config.training_settings():
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
         if state["base_hash"] != self.base_hash:
             raise CheckpointError(f"{self.checkpoint_path} was made from another base model; delete it or use another --work-dir")
@@ -206,8 +210,8 @@ class DirectorTrainer:
     def rows(self, step: int) -> list[tuple[list[int], list[int]]]:
         """Step ``step``'s examples, drawn from ``(seed, step)`` alone, as (input ids, labels)."""
         rng = np.random.default_rng([self.config.seed, step])
-        examples = [director_data.random_example(rng, self.exclude, self.config.frames_choices, step,
-                                                 self.config.kind_weights)
+        examples = [shape_data.random_example(rng, self.exclude, self.config.frames_choices, step,
+                                              self.config.kind_weights, self.config.answer)
                     for _ in range(self.config.batch_size)]
         return [encode_example(self.tokenizer, e.messages, e.answer, self.config.max_length) for e in examples]
 
