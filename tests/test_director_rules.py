@@ -306,12 +306,12 @@ def test_a_shapes_answer_that_breaks_a_hard_rule_is_repaired():
 
 
 @pytest.mark.parametrize(("given", "expected"), [
-    ({}, ("shape-world", ".state/models/smollm2-135m-shapes", "shapes")),
+    ({}, ("shape-world", ".state/models/smollm2-135m-storyline", "storyline")),
     ({"render": {"model_dir": "/models/sd15"}}, ("general", ".state/models/smollm2-135m-instruct", "v2")),
     ({"director": {"profile": "general"}}, ("general", ".state/models/smollm2-135m-instruct", "v2")),
-    ({"director": {"template_version": "v1"}}, ("shape-world", ".state/models/smollm2-135m-shapes", "v1")),
+    ({"director": {"template_version": "v1"}}, ("shape-world", ".state/models/smollm2-135m-storyline", "v1")),
     ({"render": {"model_dir": "/models/sd15"}, "director": {"profile": "shape-world", "model_dir": "/m/llm"}},
-     ("shape-world", "/m/llm", "shapes")),
+     ("shape-world", "/m/llm", "storyline")),
 ])
 def test_the_director_profile_follows_the_renderer_and_what_the_user_set(given, expected):
     from direct2v.core.config import Settings, load_settings

@@ -109,7 +109,7 @@ def test_run_end_to_end_then_rerender_its_plans(main_job, tmp_path, run_cli):
             assert (sampling["sample"], sampling["sample_of"]) == (int(prompt_id[-1]), "across-01")
             assert ("sample_temperature" in sampling) == (prompt_id == "across-01-s1")
         assert (run_dir / row["video_path"]).stat().st_size > 0
-        assert row["director_model"] == "smollm2-135m-shapes" and row["template_version"] == "shapes"
+        assert row["director_model"] == "smollm2-135m-storyline" and row["template_version"] == "storyline"
         assert row["render_model"].startswith("shape-world@") and row["render_architecture"] == "sd"
         assert row["render_s"] > 0 and row["encode_s"] > 0 and row["render_batch_size"] == expected_frames
     assert sum(row["status"] == "ok" for row in rows.values()) >= 1

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAPE_WORLD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-world"
-#: the shape-world director's LoRA (``direct2v models train-director``; TRAINING.json says how it was made)
-SHAPE_DIRECTOR_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape-director"
+#: the shape-world director's LoRA (``direct2v models train-director --answer storyline``; TRAINING.json says how it
+#: was made): it answers template ``storyline``
+SHAPE_DIRECTOR_WEIGHTS = Path(__file__).resolve().parent / "weights" / "storyline-director"
 #: The stamp in a directory ``models build`` made from committed weights: the sha256 of their directory.
 MADE_FROM = "MADE_FROM.sha256"
 

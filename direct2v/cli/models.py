@@ -99,7 +99,7 @@ def models_train_director(
     seed: Annotated[int, typer.Option(help="adapter initialisation, batch and dropout seed")] = 0,
 ) -> None:
     """Fine-tune the shape director (a LoRA adapter on SmolLM2-135M-Instruct) on generated shape-world
-    storylines, on this CPU (resumable). The committed adapter is direct2v/bundled/weights/shape-director;
+    storylines, on this CPU (resumable). The committed adapter is direct2v/bundled/weights/storyline-director;
     its TRAINING.json holds the command that made it. Fold an adapter into its base with merge-director."""
     import shlex
     import sys

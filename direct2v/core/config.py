@@ -29,8 +29,8 @@ STATE_DIR = Path(".state")
 #: The most videos one prompt may ask for (``samples``).
 MAX_SAMPLES = 64
 DEFAULT_LLM_DIR = STATE_DIR / "models" / "smollm2-135m-instruct"
-#: the shape-world profile's director: DEFAULT_LLM_DIR with the committed storyline LoRA merged in
-DEFAULT_SHAPE_DIRECTOR_DIR = STATE_DIR / "models" / "smollm2-135m-shapes"
+#: the shape-world profile's director: DEFAULT_LLM_DIR with the committed storyline LoRA merged in (template storyline)
+DEFAULT_SHAPE_DIRECTOR_DIR = STATE_DIR / "models" / "smollm2-135m-storyline"
 DEFAULT_SD_DIR = STATE_DIR / "models" / "shape-world"
 DEFAULT_GUIDANCE_SCALE = 12.0  # the paper's (App. C)
 LCM_GUIDANCE_SCALE = 1.0  # latent consistency sampling runs without classifier-free guidance
@@ -50,7 +50,7 @@ class DirectorSettings(_Section):
 
     profile: Literal["auto", "shape-world", "general"] = Field(
         "auto", description="which director: shape-world = SmolLM2 fine-tuned on the shape world's storylines with "
-        "template shapes (for the embedded shape-world renderer); general = the bundled SmolLM2 with template v2 "
+        "template storyline (for the embedded shape-world renderer); general = the bundled SmolLM2 with template v2 "
         "(for real Stable Diffusion models); auto = shape-world when render.model_dir is the embedded shape-world "
         "model (or another made by `direct2v models train-shapes`), general otherwise. director.model_dir and template_version, where set, win over the profile's",
     )
@@ -91,9 +91,9 @@ class DirectorSettings(_Section):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="measured: pads answers with whitespace")
     template_version: Literal["v1", "v2", "shapes", "storyline"] = Field(
         "v2", description="v2 = one request per frame with a worked example (the general profile's, by "
-        "measurement); v1 = the paper's single request for the whole list; shapes = the shape-world profile's "
-        "whole list in the world's words; storyline = the shape world's storyline as JSON (objects, cells, "
-        "timing), the frames written from it (needs a director trained with `train-director --answer storyline`)",
+        "measurement); v1 = the paper's single request for the whole list; shapes = the whole list in the shape "
+        "world's words (a director trained with `train-director --answer frames`); storyline = the shape-world "
+        "profile's: the storyline as JSON (objects, cells, timing), the frames written from it",
     )
     frame_chars: int | None = Field(
         None, ge=20, le=300, description="cap on each description's characters (JSON schema maxLength); None = the "
@@ -268,7 +268,7 @@ class Settings(BaseSettings):
             if "model_dir" not in given:
                 update["model_dir"] = DEFAULT_SHAPE_DIRECTOR_DIR
             if "template_version" not in given:
-                update["template_version"] = "shapes"
+                update["template_version"] = "storyline"
         update = {key: value for key, value in update.items() if getattr(director, key) != value}
         if update:  # (validate_assignment: assigning runs this again, which then finds nothing to do)
             self.director = director.model_copy(update=update)
