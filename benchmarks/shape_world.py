@@ -162,7 +162,16 @@ def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=
             videos += 1
         echo(f"seed {seed + 1}/{seeds} done")
         if partial is not None:
-            partial.write_text(json.dumps({"results": results, "seeds_done": seed + 1}) + "\n")
+            partial.write_text(json.dumps({"results": results, "seeds_done": seed + 1,
+                                           "steps": call.num_inference_steps}) + "\n")
+    table, judged = claims_report(results, variants)
+    table += "\nseconds per video: " + ", ".join(f"{name} {seconds[name] / max(videos, 1):.2f}" for name in variants)
+    return table, {"results": results, "claims": judged, "seconds": seconds, "videos": videos}
+
+
+def claims_report(results: dict[str, dict[str, list[dict]]], variants: list[str]) -> tuple[str, list[dict]]:
+    """The per-kind tables and the claims table of ``results[kind][variant]`` (every video's scores),
+    and the judged claims."""
     lines = []
     for kind in claims.KINDS:
         measures = [m for m in claims.MEASURES
@@ -180,9 +189,7 @@ def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {j['claim']} | {j['kind']} | {j['measure']}: {j['test']} | {j['difference']:+.3f} | "
               f"[{j['low']:+.3f}, {j['high']:+.3f}] | {j['pairs']} | {j['verdict']} |" for j in judged]
-    lines.append("")
-    lines.append("seconds per video: " + ", ".join(f"{name} {seconds[name] / max(videos, 1):.2f}" for name in variants))
-    return "\n".join(lines), {"results": results, "claims": judged, "seconds": seconds, "videos": videos}
+    return "\n".join(lines), judged
 
 
 def main() -> None:
@@ -198,7 +205,17 @@ def main() -> None:
     parser.add_argument("--skip-videos", action="store_true")
     parser.add_argument("--claims", action="store_true", help="only the claims tables (README \"Shape world\")")
     parser.add_argument("--out", type=Path, help="--claims: write every video's scores and the verdicts here (JSON)")
+    parser.add_argument("--tabulate", type=Path, metavar="JSON",
+                        help="print the claims tables of a JSON that --claims --out wrote (a run cut short too); no model")
     args = parser.parse_args()
+    if args.tabulate:
+        saved = json.loads(args.tabulate.read_text())
+        variants = [v for v in args.variants.split(",") if v and v in next(iter(saved["results"].values()))]
+        table, _ = claims_report(saved["results"], variants)
+        seeds = saved.get("seeds_done", saved.get("seeds"))
+        steps = saved.get("steps", args.steps)
+        print(f"{seeds} seeds, {steps or '?'} steps; mean [95% bootstrap interval]\n{table}")
+        return
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
     settings = Settings()
     model_dir = args.model_dir or settings.render.model_dir

@@ -176,3 +176,33 @@ def test_the_benchmarks_independent_frames_are_each_frame_rendered_alone(tiny_sd
     assert batched.shape == alone.shape == (3, 64, 64, 3)
     assert np.abs(batched - alone).max() < 1e-4
     assert not np.allclose(batched[0], batched[-1])  # each frame its own prompt
+
+
+def test_a_run_cut_short_is_tabulated_from_its_partial_json(tmp_path):
+    """``--claims --out`` writes the scores after every seed; ``--tabulate`` prints the tables and
+    verdicts of what a run cut short measured, without loading a model."""
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    variants = ("independent", "t2v-z", "t2v-z-frames", "rvm", "rvm-dsf")
+
+    def video(shift: float) -> dict:
+        return {"scenario": "any", "seed": 0, **{m: float(rng.random() * 0.1 + shift) for m in claims.MEASURES}}
+
+    results = {kind: {name: [video(0.5 if name == "rvm-dsf" else 0.0) for _ in range(12)] for name in variants}
+               for kind in claims.KINDS}
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"results": results, "seeds_done": 3, "steps": 100}))
+    root = __import__("conftest").REPO
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "shape_world.py"), "--tabulate", str(partial)],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("3 seeds, 100 steps")
+    verdicts = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[-1].rstrip(" |")
+                for line in done.stdout.splitlines() if line.endswith(("here |", "not shown |"))}
+    # DSF raised leaked pixels by 0.5 on every video: refuted (it should lower them); the rest differ by noise
+    assert verdicts["DSF stops values mapped from the wrong place"] == "refuted here"
+    assert verdicts["RVM lets content develop where T2V-Z stays faithful to frame 1"] == "not shown"
+    assert done.stdout.count("**develops** (12 videos per variant") == 1
