@@ -138,3 +138,19 @@ def test_a_csv_header_with_an_unknown_column_is_a_whole_file_error(monkeypatch):
         check_prompt_file(Path("unknown-column.csv"))
     assert str(error.value) == ("unknown-column.csv:1: unknown column 'colour' in the header row ('prompt', 'colour'); "
                                 "the first row must name the columns: prompt (required), id, frames, fps, seed, samples")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plan", "records.jsonl"], "Missing option '--out'"),
+    (["run", "records.jsonl", "--no-such-option"], "No such option: --no-such-option"),
+    (["render"], "Missing option '--plans'"),
+])
+def test_a_command_line_mistake_is_a_usage_line_not_a_bug(tmp_path, run_cli, args, message):
+    """A missing or unknown option is the user's mistake: click's usage lines and exit 2, never
+    "stopped on an unexpected ... (a bug)" with a traceback file."""
+    shutil.copy(CORPUS / "records.jsonl", tmp_path / "records.jsonl")
+    done = run_cli(args, {"DIRECT2V_OUTPUT_ROOT": str(tmp_path / "outputs")}, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Usage: " in done.stderr, done.stderr
+    assert "a bug" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "outputs").exists()

@@ -78,6 +78,15 @@ def _unexpected(error: Exception) -> str:
     return f"error: {_command()} stopped on an unexpected {type(cause).__name__}: {what} (a bug{run}; {where})"
 
 
+def _is_usage_error(error: Exception) -> bool:
+    """Whether ``error`` is a command-line usage error: click's, or the copy of click that typer
+    0.2x vendors (``typer._click``), whose exceptions do not derive from click's."""
+    import click
+    from typer.exceptions import TyperException
+
+    return isinstance(error, (click.ClickException, TyperException)) and hasattr(error, "show")
+
+
 def main() -> None:
     _setup_logging()
     try:
@@ -93,10 +102,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as error:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:  # usage errors arrive here with standalone_mode=False
+        if _is_usage_error(error):  # a missing option, an unknown one: click's "Usage: ... Error: ..." lines
             error.show()
             sys.exit(error.exit_code)
         if debugging():  # the traceback, as Python prints it
