@@ -119,17 +119,27 @@ def image_table(pipe, call: RenderCall, count: int, seeds: int) -> tuple[str, di
     return "\n".join(lines), summary
 
 
-def video_table(pipe, call: RenderCall, seeds: int, variants: list[str], echo=print) -> tuple[str, dict]:
-    scores: dict[str, list[dict]] = {name: [] for name in variants}
-    seconds = dict.fromkeys(variants, 0.0)
+def rendered(pipe, call: RenderCall, seeds: int, variants: list[str], scenarios_of, seconds: dict[str, float],
+             after_seed=lambda seed: None):
+    """Every scenario of every seed (``scenarios_of(seed)``) rendered by every variant, as (seed,
+    scenario, variant, frames); each render's seconds added to ``seconds[variant]``; ``after_seed(seed)``
+    once a seed's videos are all yielded."""
     for seed in range(seeds):
-        for scenario in shapes.video_scenarios(seed):
+        for scenario in scenarios_of(seed):
             for name in variants:
                 started = time.perf_counter()
                 frames = render_variant(pipe, name, scenario, seed, call)
                 seconds[name] += time.perf_counter() - started
-                scores[name].append(shapes.video_scores(frames, scenario.frames))
-        echo(f"seed {seed + 1}/{seeds} done")
+                yield seed, scenario, name, frames
+        after_seed(seed)
+
+
+def video_table(pipe, call: RenderCall, seeds: int, variants: list[str], echo=print) -> tuple[str, dict]:
+    scores: dict[str, list[dict]] = {name: [] for name in variants}
+    seconds = dict.fromkeys(variants, 0.0)
+    for _, scenario, name, frames in rendered(pipe, call, seeds, variants, shapes.video_scenarios, seconds,
+                                              lambda seed: echo(f"seed {seed + 1}/{seeds} done")):
+        scores[name].append(shapes.video_scores(frames, scenario.frames))
     summary = {name: shapes.summarise(values) for name, values in scores.items()}
     header = "| variant | " + " | ".join(VIDEO_KEYS) + " | s/video |"
     lines = [header, "|---" * (len(VIDEO_KEYS) + 2) + "|"]
@@ -150,20 +160,16 @@ def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=
     short still leaves what it measured."""
     results: dict[str, dict[str, list[dict]]] = {kind: {name: [] for name in variants} for kind in claims.KINDS}
     seconds = dict.fromkeys(variants, 0.0)
-    videos = 0
-    for seed in range(seeds):
-        for scenario in claims.scenarios(seed):
-            for name in variants:
-                started = time.perf_counter()
-                frames = render_variant(pipe, name, scenario, seed, call)
-                seconds[name] += time.perf_counter() - started
-                results[scenario.kind][name].append({"scenario": scenario.name, "seed": seed,
-                                                     **claims.scores(frames, scenario)})
-            videos += 1
+
+    def seed_done(seed: int) -> None:
         echo(f"seed {seed + 1}/{seeds} done")
         if partial is not None:
             partial.write_text(json.dumps({"results": results, "seeds_done": seed + 1,
                                            "steps": call.num_inference_steps}) + "\n")
+
+    for seed, scenario, name, frames in rendered(pipe, call, seeds, variants, claims.scenarios, seconds, seed_done):
+        results[scenario.kind][name].append({"scenario": scenario.name, "seed": seed, **claims.scores(frames, scenario)})
+    videos = sum(len(by_variant[variants[0]]) for by_variant in results.values())
     table, judged = claims_report(results, variants)
     table += "\nseconds per video: " + ", ".join(f"{name} {seconds[name] / max(videos, 1):.2f}" for name in variants)
     return table, {"results": results, "claims": judged, "seconds": seconds, "videos": videos}
