@@ -168,7 +168,8 @@ def claims_tables(pipe, call: RenderCall, seeds: int, variants: list[str], echo=
                                            "steps": call.num_inference_steps}) + "\n")
 
     for seed, scenario, name, frames in rendered(pipe, call, seeds, variants, claims.scenarios, seconds, seed_done):
-        results[scenario.kind][name].append({"scenario": scenario.name, "seed": seed, **claims.scores(frames, scenario)})
+        scores = claims.scores(frames, scenario)
+        results[scenario.kind][name].append({"scenario": scenario.name, "seed": seed, **scores})
     videos = sum(len(by_variant[variants[0]]) for by_variant in results.values())
     table, judged = claims_report(results, variants)
     table += "\nseconds per video: " + ", ".join(f"{name} {seconds[name] / max(videos, 1):.2f}" for name in variants)
@@ -212,7 +213,8 @@ def main() -> None:
     parser.add_argument("--claims", action="store_true", help="only the claims tables (README \"Shape world\")")
     parser.add_argument("--out", type=Path, help="--claims: write every video's scores and the verdicts here (JSON)")
     parser.add_argument("--tabulate", type=Path, metavar="JSON",
-                        help="print the claims tables of a JSON that --claims --out wrote (a run cut short too); no model")
+                        help="print the claims tables of a JSON that --claims --out wrote (a run cut short "
+                        "too); no model")
     args = parser.parse_args()
     if args.tabulate:
         saved = json.loads(args.tabulate.read_text())
