@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from direct2v.core.files import directory_hash, staged_directory, write_atomically
 from direct2v.director import shape_data
 from direct2v.shape_world.stories import KINDS
-from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps
+from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps, saved_settings
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,7 @@ class DirectorTrainer:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        # a setting added since the checkpoint was written reads as its default (what that run used)
-        if DirectorTrainConfig(**state["config"]).training_settings() != self.config.training_settings():
+        if saved_settings(DirectorTrainConfig, state["config"]) != self.config.training_settings():
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
         if state["base_hash"] != self.base_hash:
             raise CheckpointError(f"{self.checkpoint_path} was made from another base model; delete it or use another --work-dir")

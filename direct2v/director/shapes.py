@@ -22,8 +22,6 @@ is cut, so an FPS doubling writes the same storyline at twice the frames without
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from direct2v.director.instructions import (
     cut_off_problem,
     judge_answer,
@@ -32,6 +30,7 @@ from direct2v.director.instructions import (
 )
 from direct2v.director.plan import validate_frames
 from direct2v.director.prompts import PromptRecord
+from direct2v.director.strategy import Strategy
 from direct2v.director.v1 import ListConversation, WholeListStrategy
 from direct2v.shape_world.stories import ideal_frames, parse_storyline, storyline_schema
 
@@ -82,15 +81,16 @@ class StorylineStrategy(ShapeWorldStrategy):
         return {"role": "user", "content": f"That is not a storyline: {'; '.join(problems)}. Write the storyline "
                                            "again as JSON."}
 
-    def run(self, conversations: Sequence[ListConversation], fps_doublings: int) -> None:
-        """The storyline is asked once; each FPS doubling writes it again at twice the frames."""
-        self._run_round(conversations, first_round=True)
-        for _ in range(fps_doublings):
-            for conversation in [c for c in conversations if not c.problems]:
-                conversation.frames *= 2
-                conversation.fps *= 2
-                frames, broken = self._judge(conversation.last_answer, conversation, "stop")
-                self._settle(conversation, frames, broken)
+    def _double(self, conversation: ListConversation) -> None:
+        Strategy._double(self, conversation)  # twice the frames and rate; the story, and so the request, stay
+
+    def _run_round(self, conversations: list[ListConversation], first_round: bool) -> None:
+        """The storyline is asked once; a doubling round writes the same answer at twice the frames."""
+        if first_round:
+            super()._run_round(conversations, first_round)
+            return
+        for conversation in conversations:
+            self._settle(conversation, *self._judge(conversation.last_answer, conversation, "stop"))
 
     def _judge(self, answer: str, conversation: ListConversation, finish_reason: str) -> tuple[list[str] | None, dict]:
         cut_off = cut_off_problem(finish_reason)

@@ -93,6 +93,14 @@ class TrainConfig(BaseModel):
         return self.vae_steps + self.unet_steps
 
 
+def saved_settings(config_class: type[BaseModel], saved: dict) -> dict:
+    """The training settings a checkpoint's recorded config stands for, read with ``config_class``: a
+    setting added since it was written reads as its default (what that run used). The one resume
+    rule of this package's trainers: a checkpoint continues only a run of equal settings."""
+    known = {key: value for key, value in saved.items() if key in config_class.model_fields}
+    return config_class(**known).training_settings()
+
+
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < warmup:
@@ -195,10 +203,7 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        # a setting added since the checkpoint was written reads as its default (what that run used)
-        saved = TrainConfig(**{key: value for key, value in state["config"].items()
-                               if key in TrainConfig.model_fields}).training_settings()
-        if saved != self.config.training_settings():
+        if saved_settings(TrainConfig, state["config"]) != self.config.training_settings():
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
         self.vae.load_state_dict(state["vae"])
         self.unet.load_state_dict(state["unet"])
