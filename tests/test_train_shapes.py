@@ -5,7 +5,9 @@ import json
 import math
 
 import torch
+from diffusers import DDPMScheduler
 
+from direct2v.bundled.tiny_models import SD15_SCHEDULER
 from direct2v.render.pipeline import DirecT2VPipeline
 from direct2v.shape_world.training import TrainConfig, Trainer, train
 
@@ -95,6 +97,15 @@ def test_a_16_by_16_latent_model_keeps_the_world_at_64_px_and_gives_attention_4x
     assert tokens["up_blocks.3.attentions.0.transformer_blocks.0.attn1"] == 256
     assert tokens["up_blocks.2.attentions.0.transformer_blocks.0.attn1"] == 64
     assert eight.unet.config.sample_size == 8 and len(eight.vae.config.block_out_channels) == 4
+    # the noise schedule is SD 1.5's with every SNR divided by 4, in training and in the saved scheduler
+    # (so every sampler the renderer builds from its config samples what was trained); 8 x 8 keeps SD 1.5's
+    snr = lambda alphas: alphas / (1 - alphas)  # noqa: E731
+    sd15 = DDPMScheduler(**{key: SD15_SCHEDULER[key] for key in ("beta_start", "beta_end", "beta_schedule")})
+    torch.testing.assert_close(snr(pipe.scheduler.alphas_cumprod.double()), snr(sd15.alphas_cumprod.double()) / 4,
+                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, Trainer(TrainConfig(**TINY, latent_size=16),
+                                                                      tmp_path / "work").noise.alphas_cumprod)
+    assert eight.noise.config.trained_betas is None and torch.equal(eight.noise.alphas_cumprod, sd15.alphas_cumprod)
     frames = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
                   generator=torch.Generator().manual_seed(0))
     assert frames.shape == (2, 64, 64, 3)
