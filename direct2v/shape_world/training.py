@@ -79,9 +79,10 @@ class TrainConfig(BaseModel):
     min_snr_gamma: float = 5.0
     snr_shift: float | None = Field(
         None, gt=0, description="divide the noise schedule's signal-to-noise ratio by this at every timestep "
-        "(None: (latent_size / 8) ** 2, so 1 at 8 x 8 and 4 at 16 x 16). A latent with 4x the elements keeps "
-        "the layout readable through 4x the noise: unshifted, a 16 x 16 run learns to read positions from its "
-        "noisy input instead of its caption, and draws every position word at random (measured: 7% asked cell)")
+        "(None: (latent_size / 8) ** 2, so 1 at 8 x 8 and 4 at 16 x 16): a latent with 4x the elements keeps "
+        "the layout readable through 4x the noise (Hoogeboom et al. 2023). Measured, 2,000 steps at batch 64: "
+        "a 16 x 16 run put the asked colour in the asked cell in 7% of held-out images unshifted, 5% shifted; "
+        "both took the layout from the initial noise (docs/shape-world.md)")
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     threads: int | None = None
