@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "test: could not install chromium; the gallery test will say it is skipped" >&2
 fi
 source scripts/env.sh
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist), each with half the cores: the suite waits on subprocesses, servers and
+# imports for much of its time, and a second worker uses those gaps. DIRECT2V_TEST_WORKERS=0: one process.
+exec .venv/bin/python -m pytest -n "${DIRECT2V_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -12,8 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Tests run offline and on few cores, whatever the caller's environment says.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+# Tests run offline and on few cores, whatever the caller's environment says. Under pytest-xdist
+# (scripts/test.sh runs two workers) the cores are shared out: two workers of two torch threads each
+# on two cores spin against each other far more than 2x slower.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+CORES = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+os.environ["OMP_NUM_THREADS"] = str(max(1, CORES // WORKERS))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # One vLLM cache for every engine the suite starts, where the product's default state directory puts
@@ -22,14 +26,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".state" / "vllm-cache"))
 
 
+@contextlib.contextmanager
+def state_lock(name: str):
+    """A lock across pytest-xdist workers (scripts/test.sh runs two, ``--dist loadfile``):
+    ``models`` while a session builds a model under ``.state/models`` (every worker builds into the
+    same place, staged in a fixed ``.partial`` directory); ``vllm`` while a real vLLM engine runs
+    (test_director_llm, the main job): two engines on these cores starve each other."""
+    from filelock import FileLock
+
+    (REPO / ".state").mkdir(exist_ok=True)
+    with FileLock(REPO / ".state" / f"{name}.lock"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from direct2v.bundled.models import bundled_smollm2_gguf, convert_gguf_to_hf
     from direct2v.core.config import DEFAULT_LLM_DIR
 
     path = REPO / DEFAULT_LLM_DIR
-    if not (path / "config.json").is_file():
-        convert_gguf_to_hf(bundled_smollm2_gguf(), path)
+    with state_lock("models"):
+        if not (path / "config.json").is_file():
+            convert_gguf_to_hf(bundled_smollm2_gguf(), path)
     return path
 
 
@@ -42,8 +60,9 @@ def default_models(smollm2_dir) -> dict[str, Path]:
 
     paths = {"director": smollm2_dir, "shape-world director": REPO / DEFAULT_SHAPE_DIRECTOR_DIR,
              "renderer": REPO / DEFAULT_SD_DIR}
-    build_default_models(llm_dir=paths["director"], shape_director_dir=paths["shape-world director"],
-                         sd_dir=paths["renderer"])
+    with state_lock("models"):
+        build_default_models(llm_dir=paths["director"], shape_director_dir=paths["shape-world director"],
+                             sd_dir=paths["renderer"])
     return paths
 
 
@@ -196,3 +215,4 @@ def summary_of(done) -> dict:
 
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
+

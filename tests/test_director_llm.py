@@ -5,6 +5,7 @@ plans; v1 still plans; the cache answers a repeated request without the engine."
 
 import pytest
 import torch
+from conftest import state_lock
 
 from direct2v.core.config import DirectorSettings
 from direct2v.director.plan import FramePlan, PlanFailure, TokenBudget, lineage, validate_frames
@@ -25,7 +26,8 @@ def director(smollm2_dir, tiny_sd_dir, tmp_path_factory):
 
     settings = DirectorSettings(model_dir=smollm2_dir, max_attempts=2)
     state = tmp_path_factory.mktemp("state")
-    with Director(settings, state_dir=state, budget=TokenBudget.from_sd_model(tiny_sd_dir)) as loaded:
+    with state_lock("vllm"), Director(settings, state_dir=state,
+                                      budget=TokenBudget.from_sd_model(tiny_sd_dir)) as loaded:
         yield loaded
 
 

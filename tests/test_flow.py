@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, summary_of
+from conftest import REPO, state_lock, summary_of
 from test_airgap import air_gapped, check_air_gapped, namespace_unavailable
 
 from direct2v.director.plan import read_plan
@@ -63,7 +63,8 @@ def main_job(tmp_path_factory, cli_env, default_models):
     no_namespace = namespace_unavailable()
     if not no_namespace:
         command, env = air_gapped(command, env, workdir)
-    done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=1200)
+    with state_lock("vllm"):
+        done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=1200)
     summary = summary_of(done)
     run_dir = workdir / summary["run_dir"]
     rows = {row["prompt_id"]: row for row in pq.read_table(run_dir / "manifest.parquet").to_pylist()}
