@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from direct2v.core.errors import Direct2VError
 from direct2v.core.files import staged_directory, write_atomically
 from direct2v.shape_world import world
+from direct2v.shape_world.noise import noise_schedule, shifted_betas
 
 log = logging.getLogger(__name__)
 
@@ -156,31 +157,6 @@ def build_components(staging: Path, seed: int, latent_size: int = 8):
     return tokenizer, vae, unet, text_encoder
 
 
-def shifted_betas(shift: float) -> list[float] | None:
-    """SD 1.5's betas with every timestep's SNR divided by ``shift`` (Hoogeboom et al. 2023's shift
-    for a larger latent), as a scheduler's ``trained_betas``; None for ``shift == 1`` (the schedule as
-    SD 1.5 gives it, so an 8 x 8 model's scheduler config stays as it was)."""
-    from direct2v.bundled.tiny_models import SD15_SCHEDULER
-
-    if shift == 1:
-        return None
-    start, end, steps = SD15_SCHEDULER["beta_start"], SD15_SCHEDULER["beta_end"], SD15_SCHEDULER["num_train_timesteps"]
-    betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2  # "scaled_linear"
-    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-    shifted = alphas_cumprod / (alphas_cumprod + shift * (1 - alphas_cumprod))  # SNR' = SNR / shift
-    previous = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
-    return (1 - shifted / previous).tolist()
-
-
-def _noise_schedule(shift: float):
-    from diffusers import DDPMScheduler
-
-    from direct2v.bundled.tiny_models import SD15_SCHEDULER
-
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-    return DDPMScheduler(**{key: SD15_SCHEDULER[key] for key in keys}, trained_betas=shifted_betas(shift))
-
-
 class Trainer:
     """The models, optimisers and EMA of one run; ``step(i)`` does training step i."""
 
@@ -201,7 +177,7 @@ class Trainer:
         self.ema_text = {k: v.detach().clone() for k, v in self.text_encoder.state_dict().items()}
         self.latents: torch.Tensor | None = None
         self.scaling_factor: float | None = None
-        self.noise = _noise_schedule(config.noise_shift)
+        self.noise = noise_schedule(config.noise_shift)
         self.empty_ids = self._tokens([""])
         self.next_step = 0
         self.losses: list[tuple[int, float]] = []
