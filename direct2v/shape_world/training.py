@@ -81,9 +81,7 @@ class TrainConfig(BaseModel):
     snr_shift: float | None = Field(
         None, gt=0, description="divide the noise schedule's signal-to-noise ratio by this at every timestep "
         "(None: (latent_size / 8) ** 2, so 1 at 8 x 8 and 4 at 16 x 16): a latent with 4x the elements keeps "
-        "the layout readable through 4x the noise (Hoogeboom et al. 2023). Measured, 2,000 steps at batch 64: "
-        "a 16 x 16 run put the asked colour in the asked cell in 7% of held-out images unshifted, 5% shifted "
-        "(the layout came from the initial noise); at batch 128, shifted, 100% (docs/shape-world.md)")
+        "the layout readable through 4x the noise (Hoogeboom et al. 2023; measured in docs/shape-world.md)")
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     threads: int | None = None
