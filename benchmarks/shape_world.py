@@ -171,7 +171,8 @@ def video_table(pipe, call: RenderCall, seeds: int, variants: list[str], echo=pr
     lines = [header, "|---" * (len(VIDEO_KEYS) + 2) + "|"]
     for name in variants:
         cells = [f"{summary[name][key][0]:.3f} ± {summary[name][key][1]:.3f}" for key in VIDEO_KEYS]
-        lines.append(f"| {name} ({VARIANTS[name]}) | " + " | ".join(cells) + f" | {seconds[name] / len(scores[name]):.2f} |")
+        per_video = seconds[name] / len(scores[name])
+        lines.append(f"| {name} ({VARIANTS[name]}) | " + " | ".join(cells) + f" | {per_video:.2f} |")
     return "\n".join(lines), summary
 
 
@@ -229,7 +230,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the run default render.model_dir")
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=None, help="default: render.num_inference_steps of the run defaults")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="default: render.num_inference_steps of the run defaults")
     parser.add_argument("--images", type=int, default=len(world.held_out_triples()),
                         help="held-out captions for the image table (default: one per held-out triple)")
     parser.add_argument("--image-seeds", type=int, default=5)
