@@ -50,6 +50,7 @@ from direct2v.render.call import RenderCall
 from direct2v.render.encode import to_uint8
 from direct2v.render.pipeline import DirecT2VPipeline
 from direct2v.shape_world import world
+from direct2v.shape_world.training import images_tensor
 
 VARIANTS = {
     "independent": "plain SD per frame",
@@ -131,17 +132,16 @@ def autoencoder_scores(vae, count: int, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng([seed, 271])
     triples = world.held_out_triples()
     backgrounds = list(world.BACKGROUNDS)
-    rows = []
+    scenes = []
     for i in range(count):
         colour, shape, (column, row) = triples[i % len(triples)]
-        size = ("large", "small")[i % 2]
-        scene = world.Scene((world.ShapeObject(shape, colour, size, column, row),),
-                                   backgrounds[rng.integers(len(backgrounds))])
-        pixels = torch.tensor(world.draw(scene)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        with torch.no_grad():
-            decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-        image = to_uint8(((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())[0]
-        rows.append(shapes.image_scores(image, world.caption(scene)))
+        obj = world.ShapeObject(shape, colour, ("large", "small")[i % 2], column, row)
+        scenes.append(world.Scene((obj,), backgrounds[rng.integers(len(backgrounds))]))
+    pixels = images_tensor(scenes).float() / 127.5 - 1  # as the trainer feeds the autoencoder
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+    images = to_uint8(((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
+    rows = [shapes.image_scores(image, world.caption(scene)) for image, scene in zip(images, scenes, strict=True)]
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
@@ -244,8 +244,14 @@ def main() -> None:
                         help="print the claims tables of a JSON that --claims --out wrote (a run cut short "
                         "too); no model")
     args = parser.parse_args()
+    unknown = sorted(set(filter(None, args.variants.split(","))) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.tabulate:
-        saved = json.loads(args.tabulate.read_text())
+        try:
+            saved = json.loads(args.tabulate.read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"cannot read {args.tabulate} as a --claims --out JSON: {error}")
         variants = [v for v in args.variants.split(",") if v and v in next(iter(saved["results"].values()))]
         table, _ = claims_report(saved["results"], variants)
         seeds = saved.get("seeds_done", saved.get("seeds"))

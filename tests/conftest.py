@@ -215,4 +215,3 @@ def summary_of(done) -> dict:
 
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
-

@@ -5,6 +5,7 @@ claim's failure drawn into it scores as failing, by the amount the construction 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -223,13 +224,9 @@ class _Autoencoder:
         self.loss = loss
 
     def encode(self, pixels):
-        from types import SimpleNamespace
-
         return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: pixels))
 
     def decode(self, latents):
-        from types import SimpleNamespace
-
         return SimpleNamespace(sample=self.loss(latents))
 
 
@@ -245,3 +242,16 @@ def test_the_autoencoder_ceiling_scores_the_drawn_scenes_against_their_captions(
     blocks = benchmark.autoencoder_scores(
         _Autoencoder(lambda x: F.interpolate(F.avg_pool2d(x, 8), scale_factor=8, mode="nearest")), count=24)
     assert blocks["position"] > 0.9 and blocks["shape"] < 0.6  # measured: 0.958 and 0.458
+
+
+def test_the_benchmark_answers_a_missing_json_or_an_unknown_variant_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = __import__("conftest").REPO
+    script = str(root / "benchmarks" / "shape_world.py")
+    for args, said in ((["--tabulate", str(tmp_path / "none.json")], "cannot read"),
+                       (["--variants", "rvm,rvm-fast", "--tabulate", str(tmp_path / "none.json")],
+                        "unknown variants rvm-fast")):
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120, cwd=root)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
