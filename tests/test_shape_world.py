@@ -39,6 +39,18 @@ def test_held_out_triples_never_reach_training():
         assert all((o.colour, o.shape, o.cell) not in held for o in scene.objects)
 
 
+def test_image_captions_ask_for_held_out_or_for_seen_combinations_only():
+    def triples(captions):
+        return [(o.colour, o.shape, (o.column, o.row)) for text in captions for o in shapes.parse_caption(text)]
+
+    held_out = triples(shapes.image_captions(42))
+    seen = triples(shapes.image_captions(42, held_out=False))
+    assert len(held_out) == len(seen) == 42
+    assert all(world.is_held_out(*t) for t in held_out) and set(held_out) == set(world.held_out_triples())
+    assert not any(world.is_held_out(*t) for t in seen) and len(set(seen)) == 42  # 42 distinct of the 141 seen
+    assert seen == triples(shapes.image_captions(42, held_out=False))  # seeded
+
+
 def test_every_caption_paraphrase_parses_back_to_its_objects():
     rng = np.random.default_rng(5)
     for scene in _scenes(400, seed=2):

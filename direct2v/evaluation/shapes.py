@@ -178,10 +178,16 @@ def video_scenarios(seed: int, frames: int = 8, background: str | None = None) -
     ]
 
 
-def image_captions(count: int, seed: int = 0) -> list[str]:
-    """Held-out single-object captions (canonical wording), cycling through the held-out triples."""
+def image_captions(count: int, seed: int = 0, held_out: bool = True) -> list[str]:
+    """Single-object captions (canonical wording), cycling through the held-out (colour, shape, cell)
+    triples, or with ``held_out=False`` through the triples training shows, in a seeded order: the
+    same model scored on both tells drawing a shape apart from composing an unseen combination."""
     rng = np.random.default_rng([seed, 314])
     triples = world.held_out_triples()
+    if not held_out:
+        seen = [(colour, shape, (column, row)) for colour in world.COLOURS for shape in world.SHAPES
+                for column in range(3) for row in range(3) if not world.is_held_out(colour, shape, (column, row))]
+        triples = [seen[i] for i in np.random.default_rng([seed, 315]).permutation(len(seen))]
     out = []
     for i in range(count):
         colour, shape, cell = triples[i % len(triples)]
