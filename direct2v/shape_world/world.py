@@ -111,12 +111,17 @@ def is_held_out(colour: str, shape: str, cell: tuple[int, int]) -> bool:
     return zlib.crc32(key) % 7 == 0
 
 
-def held_out_triples() -> list[tuple[str, str, tuple[int, int]]]:
+def triples(held_out: bool) -> list[tuple[str, str, tuple[int, int]]]:
+    """Every (colour, shape, cell) the world can ask for that is held out of training, or that training shows."""
     return [
         (colour, shape, (column, row))
         for colour in COLOURS for shape in SHAPES for column in range(3) for row in range(3)
-        if is_held_out(colour, shape, (column, row))
+        if is_held_out(colour, shape, (column, row)) == held_out
     ]
+
+
+def held_out_triples() -> list[tuple[str, str, tuple[int, int]]]:
+    return triples(held_out=True)
 
 
 def random_object(rng: np.random.Generator, colour: str | None = None, shape: str | None = None,
