@@ -63,7 +63,7 @@ def models_train_shapes(
     weights: Annotated[str, typer.Option(help="ema or raw: which weights the saved model gets (a finished "
                                          "checkpoint is saved again without training)")] = "ema",
 ) -> None:
-    """Train the shape-world model on this CPU (about 30 minutes on 2 cores with the defaults; resumable)."""
+    """Train the shape-world model on this CPU (about 56 minutes on 2 cores with the defaults; resumable)."""
     from direct2v.shape_world.training import CheckpointError, TrainConfig, train
 
     given = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_images": num_images, "unet_batch": unet_batch,

@@ -60,12 +60,12 @@ class TrainConfig(BaseModel):
         8, description="latent side: 8 (an 8x autoencoder, SD's layout) or 16 (4x: the UNet's self-attention sees "
         "256 tokens at its finest level instead of 64, ~4x the UNet's work per step)")
     two_object_rate: float = 0.4
-    vae_steps: int = Field(600, ge=1)
+    vae_steps: int = Field(3600, ge=1)
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
     object_weight: float = Field(4.0, ge=0.0, description="extra loss weight on object pixels (they are a few % of the image)")
-    unet_steps: int = Field(2000, ge=1)
+    unet_steps: int = Field(4000, ge=1)
     unet_batch: int = 128
     unet_lr: float = 1e-3
     warmup: int = 100
