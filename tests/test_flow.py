@@ -34,9 +34,9 @@ from direct2v.shape_world.stories import KNOWN_STORIES, load_stories
 pytestmark = [pytest.mark.llm, pytest.mark.flow]
 
 #: two known storylines: the README's first example at the run's 8 frames and seed (measured by
-#: benchmarks/storylines.py on 2026-12-06: told at plan and video level), and a dev story at a
-#: record's own 4 frames, 1 fps and seed 3, two videos of it (the overrides and ``samples``; its
-#: storyline is not asserted: unmeasured there)
+#: benchmarks/storylines.py on 2026-12-06, and on 2026-12-07 with the retrained renderer: told at
+#: plan and video level), and a dev story at a record's own 4 frames, 1 fps and seed 3, two videos
+#: of it (the overrides and ``samples``; its storyline is not asserted: unmeasured there)
 STORIES = {story.id: story for story in load_stories(KNOWN_STORIES)}
 PROMPTS = [
     {"id": "example-01", "prompt": STORIES["example-01"].prompt},

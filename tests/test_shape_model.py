@@ -31,7 +31,8 @@ def shape_pipe():
     return DirecT2VPipeline.from_local_dir(SHAPE_WORLD_WEIGHTS)
 
 
-STEPS = RenderSettings().num_inference_steps  # the defaults as a run renders (at 20 steps this model draws 71% of colours)
+# the defaults as a run renders: at 20 steps this model finds 71% of the colours (docs/shape-world.md)
+STEPS = RenderSettings().num_inference_steps
 
 
 def _defaults():
