@@ -4,12 +4,13 @@ Stable Diffusion directory the renderer loads unchanged."""
 import json
 import math
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
 from direct2v.bundled.tiny_models import SD15_SCHEDULER
 from direct2v.render.pipeline import DirecT2VPipeline
-from direct2v.shape_world.training import TrainConfig, Trainer, train
+from direct2v.shape_world.training import CheckpointError, TrainConfig, Trainer, train
 
 TINY = {"num_images": 64, "vae_steps": 2, "unet_steps": 3, "vae_batch": 4, "unet_batch": 4, "warmup": 1, "checkpoint_every": 100}
 
@@ -40,6 +41,37 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path):
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[key], got[key]) for key in expected)
     assert resumed.scaling_factor == straight.scaling_factor
+
+
+def test_a_run_started_from_another_runs_autoencoder_is_the_run_from_scratch(tmp_path):
+    longer = TrainConfig(**{**TINY, "unet_steps": 4})  # another UNet phase, the same autoencoder settings
+    straight = Trainer(longer, tmp_path / "straight")
+    for step in range(longer.total_steps):
+        straight.step(step)
+
+    train(TrainConfig(**TINY), tmp_path / "shorter-model", tmp_path / "shorter", echo=lambda line: None)
+    started = Trainer(longer, tmp_path / "started")
+    started.load_autoencoder(tmp_path / "shorter")
+    assert started.next_step == longer.vae_steps and [step for step, _ in started.losses] == [0, 1]
+    for step in range(started.next_step, longer.total_steps):
+        started.step(step)
+
+    expected, got = _weights(straight), _weights(started)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert started.scaling_factor == straight.scaling_factor
+
+
+def test_an_autoencoder_of_other_settings_or_not_yet_done_is_refused(tmp_path):
+    Trainer(TrainConfig(**TINY), tmp_path / "early").save_checkpoint()  # at step 0: no autoencoder yet
+    train(TrainConfig(**TINY), tmp_path / "model", tmp_path / "done", echo=lambda line: None)
+    cases = {tmp_path / "early": "before its autoencoder is done",
+             tmp_path / "nowhere": "no checkpoint at"}
+    for source, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            Trainer(TrainConfig(**TINY), tmp_path / "new").load_autoencoder(source)
+    with pytest.raises(CheckpointError, match="differs in kl_weight, vae_steps"):
+        Trainer(TrainConfig(**{**TINY, "vae_steps": 1, "kl_weight": 0.5}), tmp_path / "new").load_autoencoder(
+            tmp_path / "done" / "checkpoint.pt")
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path):

@@ -62,6 +62,9 @@ def models_train_shapes(
     data_seed: Annotated[int, typer.Option(help="training-scene seed")] = 0,
     weights: Annotated[str, typer.Option(help="ema or raw: which weights the saved model gets (a finished "
                                          "checkpoint is saved again without training)")] = "ema",
+    autoencoder_from: Annotated[Optional[Path], typer.Option(
+        help="another run's --work-dir (or checkpoint.pt) with the same autoencoder settings and its autoencoder "
+        "done: start at the UNet phase with that autoencoder (the same run, ~22 minutes sooner at the defaults)")] = None,
 ) -> None:
     """Train the shape-world model on this CPU (about 56 minutes on 2 cores with the defaults; resumable)."""
     from direct2v.shape_world.training import CheckpointError, TrainConfig, train
@@ -76,7 +79,8 @@ def models_train_shapes(
                          threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                          **{key: value for key, value in given.items() if value is not None})
     try:
-        typer.echo(f"trained shape-world model: {train(config, out, work_dir, echo=typer.echo)}")
+        model = train(config, out, work_dir, echo=typer.echo, autoencoder_from=autoencoder_from)
+        typer.echo(f"trained shape-world model: {model}")
     except CheckpointError as error:
         raise UserError(str(error)) from None
 

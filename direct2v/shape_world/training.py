@@ -12,7 +12,10 @@ classifier-free guidance, v-prediction with the x0 error weighted max(SNR, 1), a
 ``StableDiffusionPipeline`` directory (safetensors), so every renderer path loads it unchanged.
 
 Every step's randomness comes from ``(seed, step)``, so resuming from the checkpoint (written
-every ``checkpoint_every`` steps and on Ctrl-C) continues exactly as an uninterrupted run would.
+every ``checkpoint_every`` steps and on Ctrl-C) continues exactly as an uninterrupted run would. For
+the same reason a run may start its UNet phase from the finished autoencoder of another run whose
+autoencoder settings are equal (``--autoencoder-from``): the autoencoder phase reads no UNet setting,
+so that is the run from scratch, less the autoencoder's minutes.
 """
 
 from __future__ import annotations
@@ -89,9 +92,17 @@ class TrainConfig(BaseModel):
 
     #: Settings that do not change what the steps compute: a checkpoint resumes whatever they are.
     OUTPUT_ONLY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "threads", "weights"})
+    #: The settings the autoencoder phase reads (its data, schedule and loss; ``seed`` also seeds the
+    #: initial weights): runs equal in these train the same autoencoder.
+    AUTOENCODER: ClassVar[frozenset[str]] = frozenset({
+        "seed", "data_seed", "num_images", "latent_size", "two_object_rate", "vae_steps", "vae_batch", "vae_lr",
+        "kl_weight", "object_weight", "warmup"})
 
     def training_settings(self) -> dict:
         return self.model_dump(exclude=set(self.OUTPUT_ONLY))
+
+    def autoencoder_settings(self) -> dict:
+        return self.model_dump(include=set(self.AUTOENCODER))
 
     @property
     def total_steps(self) -> int:
@@ -205,17 +216,44 @@ class Trainer:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if saved_settings(TrainConfig, state["config"]) != self.config.training_settings():
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
+        self._load(state)
+        return True
+
+    def load_autoencoder(self, path: Path) -> None:
+        """Start at the UNet phase with the autoencoder of the checkpoint at ``path`` (a file or a
+        work directory), from a run with this run's autoencoder settings and its autoencoder phase done."""
+        path = Path(path)
+        path = path / self.checkpoint_path.name if path.is_dir() else path
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}: give a training run's --work-dir or its checkpoint.pt")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = TrainConfig(**saved_settings(TrainConfig, state["config"]))
+        theirs, ours = saved.autoencoder_settings(), self.config.autoencoder_settings()
+        if theirs != ours:
+            differing = sorted(key for key in ours if theirs[key] != ours[key])
+            raise CheckpointError(f"{path} trained another autoencoder (differs in {', '.join(differing)})")
+        if state["next_step"] < saved.vae_steps:
+            raise CheckpointError(f"{path} is at step {state['next_step']}, before its autoencoder is done "
+                                  f"(step {saved.vae_steps}): resume that run first")
+        vae_steps = self.config.vae_steps
+        # the state that run had when its autoencoder was done: the UNet, text encoder, their
+        # optimiser and EMA stay as this trainer initialised them (from the same seed)
+        self._load({"vae": state["vae"], "vae_opt": state["vae_opt"], "scaling_factor": state["scaling_factor"],
+                    "next_step": vae_steps, "losses": [x for x in state["losses"] if x[0] < vae_steps]})
+
+    def _load(self, state: dict) -> None:
+        """Every part of a :meth:`state` that ``state`` holds, then the latents when the UNet phase has begun."""
         self.vae.load_state_dict(state["vae"])
-        self.unet.load_state_dict(state["unet"])
-        self.text_encoder.load_state_dict(state["text"])
         self.vae_opt.load_state_dict(state["vae_opt"])
-        self.unet_opt.load_state_dict(state["unet_opt"])
-        self.ema_unet, self.ema_text = state["ema_unet"], state["ema_text"]
+        if "unet" in state:
+            self.unet.load_state_dict(state["unet"])
+            self.text_encoder.load_state_dict(state["text"])
+            self.unet_opt.load_state_dict(state["unet_opt"])
+            self.ema_unet, self.ema_text = state["ema_unet"], state["ema_text"]
         self.next_step, self.losses = state["next_step"], [tuple(x) for x in state["losses"]]
         self.scaling_factor = state["scaling_factor"]
         if self.next_step > self.config.vae_steps:
             self.encode_dataset()
-        return True
 
     # ------------------------------------------------------------ steps
 
@@ -374,13 +412,17 @@ def run_steps(trainer, total_steps: int, checkpoint_every: int, echo=print, log_
     trainer.save_checkpoint()
 
 
-def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print) -> Path:
-    """Train (resuming from ``work_dir/checkpoint.pt`` when there is one) and save the pipeline to ``out_dir``."""
+def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print, autoencoder_from: Path | None = None) -> Path:
+    """Train and save the pipeline to ``out_dir``: resuming from ``work_dir/checkpoint.pt`` when there
+    is one; else, given ``autoencoder_from``, starting at the UNet phase with that run's autoencoder."""
     if config.threads:
         torch.set_num_threads(config.threads)
     trainer = Trainer(config, work_dir)
     if trainer.load_checkpoint():
         echo(f"resuming from step {trainer.next_step} of {config.total_steps}")
+    elif autoencoder_from is not None:
+        trainer.load_autoencoder(autoencoder_from)
+        echo(f"autoencoder from {autoencoder_from}: starting at step {trainer.next_step} of {config.total_steps}")
     started = time.monotonic()
     run_steps(trainer, config.total_steps, config.checkpoint_every, echo, log_every=50,
               phase=lambda step: "vae" if step < config.vae_steps else "unet")
@@ -389,6 +431,7 @@ def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print) -> Pat
         "command": "python -m direct2v models train-shapes", "config": config.model_dump(), "commit": _git_commit(),
         "train_seconds_this_session": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "latent_scaling_factor": trainer.scaling_factor,
+        "autoencoder_from": str(autoencoder_from) if autoencoder_from is not None else None,
         "final_losses": {"vae": _mean_loss(trainer.losses, 0, config.vae_steps),
                          "unet": _mean_loss(trainer.losses, config.vae_steps, config.total_steps)},
     }
