@@ -252,7 +252,7 @@ class Trainer:
             self.ema_unet, self.ema_text = state["ema_unet"], state["ema_text"]
         self.next_step, self.losses = state["next_step"], [tuple(x) for x in state["losses"]]
         self.scaling_factor = state["scaling_factor"]
-        if self.next_step > self.config.vae_steps:
+        if self.next_step >= self.config.vae_steps:  # here, not in the first step: its rate is the loop's estimate
             self.encode_dataset()
 
     # ------------------------------------------------------------ steps
