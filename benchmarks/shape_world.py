@@ -137,7 +137,7 @@ def autoencoder_scores(vae, count: int, seed: int = 0) -> dict[str, float]:
     diffusion, scored against their captions as the model's images are. A shape the decoder cannot
     draw back is one no denoiser can get right."""
     rng = np.random.default_rng([seed, 271])
-    triples = world.held_out_triples()
+    triples = world.triples(held_out=True)
     backgrounds = list(world.BACKGROUNDS)
     scenes = []
     for i in range(count):
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=None,
                         help="default: render.num_inference_steps of the run defaults")
-    parser.add_argument("--images", type=int, default=len(world.held_out_triples()),
+    parser.add_argument("--images", type=int, default=len(world.triples(held_out=True)),
                         help="held-out captions for the image table (default: one per held-out triple)")
     parser.add_argument("--image-seeds", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))

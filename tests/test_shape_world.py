@@ -33,7 +33,7 @@ def test_detectors_split_two_blobs_of_one_colour_and_ignore_specks():
 
 
 def test_held_out_triples_never_reach_training():
-    held = set(world.held_out_triples())
+    held = set(world.triples(held_out=True))
     assert 0 < len(held) < 6 * 3 * 9 // 4
     for scene in _scenes(2000, seed=1):
         assert all((o.colour, o.shape, o.cell) not in held for o in scene.objects)
@@ -46,7 +46,7 @@ def test_image_captions_ask_for_held_out_or_for_seen_combinations_only():
     held_out = triples(shapes.image_captions(42))
     seen = triples(shapes.image_captions(42, held_out=False))
     assert len(held_out) == len(seen) == 42
-    assert all(world.is_held_out(*t) for t in held_out) and set(held_out) == set(world.held_out_triples())
+    assert all(world.is_held_out(*t) for t in held_out) and set(held_out) == set(world.triples(held_out=True))
     assert not any(world.is_held_out(*t) for t in seen) and len(set(seen)) == 42  # 42 distinct of the 141 seen
     assert seen == triples(shapes.image_captions(42, held_out=False))  # seeded
 

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 
 from direct2v.bundled.tiny_models import SD15_SCHEDULER
 from direct2v.render.pipeline import DirecT2VPipeline
-from direct2v.shape_world.training import CheckpointError, TrainConfig, Trainer, train
+from direct2v.shape_world.training import CheckpointError, TrainConfig, Trainer, autoencoder_state, train
 
 TINY = {"num_images": 64, "vae_steps": 2, "unet_steps": 3, "vae_batch": 4, "unet_batch": 4, "warmup": 1, "checkpoint_every": 100}
 
@@ -51,7 +51,7 @@ def test_a_run_started_from_another_runs_autoencoder_is_the_run_from_scratch(tmp
 
     train(TrainConfig(**TINY), tmp_path / "shorter-model", tmp_path / "shorter", echo=lambda line: None)
     started = Trainer(longer, tmp_path / "started")
-    started.load_autoencoder(tmp_path / "shorter")
+    started.load_state(autoencoder_state(tmp_path / "shorter", longer))
     assert started.next_step == longer.vae_steps and [step for step, _ in started.losses] == [0, 1]
     for step in range(started.next_step, longer.total_steps):
         started.step(step)
@@ -68,10 +68,10 @@ def test_an_autoencoder_of_other_settings_or_not_yet_done_is_refused(tmp_path):
              tmp_path / "nowhere": "no checkpoint at"}
     for source, message in cases.items():
         with pytest.raises(CheckpointError, match=message):
-            Trainer(TrainConfig(**TINY), tmp_path / "new").load_autoencoder(source)
+            autoencoder_state(source, TrainConfig(**TINY))
+    other = TrainConfig(**{**TINY, "vae_steps": 1, "kl_weight": 0.5})
     with pytest.raises(CheckpointError, match="differs in kl_weight, vae_steps"):
-        Trainer(TrainConfig(**{**TINY, "vae_steps": 1, "kl_weight": 0.5}), tmp_path / "new").load_autoencoder(
-            tmp_path / "done" / "checkpoint.pt")
+        autoencoder_state(tmp_path / "done" / "checkpoint.pt", other)
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path):

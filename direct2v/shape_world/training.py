@@ -47,6 +47,9 @@ VAE_LEVELS = {8: (8, 16, 32, 64), 16: (16, 32, 64)}
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
 class CheckpointError(Direct2VError, ValueError):
     """A work directory's checkpoint cannot be continued with these settings (the message says what to do)."""
 
@@ -119,6 +122,29 @@ def saved_settings(config_class: type[BaseModel], saved: dict) -> dict:
     rule of this package's trainers: a checkpoint continues only a run of equal settings."""
     known = {key: value for key, value in saved.items() if key in config_class.model_fields}
     return config_class(**known).training_settings()
+
+
+def autoencoder_state(path: Path, config: TrainConfig) -> dict:
+    """The state a run of ``config`` has when its autoencoder is done, taken from the checkpoint at
+    ``path`` (a work directory or its checkpoint file) of a run with the same autoencoder settings
+    and its autoencoder phase done; for :meth:`Trainer.load_state`. The UNet, text encoder, their
+    optimiser and EMA are not in it: the trainer's own, initialised from the same seed, are that
+    run's. Read before any model is built, so that a wrong source fails at once."""
+    path = Path(path)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: give a training run's --work-dir or its {CHECKPOINT}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = TrainConfig(**saved_settings(TrainConfig, state["config"]))
+    theirs, ours = saved.autoencoder_settings(), config.autoencoder_settings()
+    if theirs != ours:
+        differing = sorted(key for key in ours if theirs[key] != ours[key])
+        raise CheckpointError(f"{path} trained another autoencoder (differs in {', '.join(differing)})")
+    if state["next_step"] < saved.vae_steps:
+        raise CheckpointError(f"{path} is at step {state['next_step']}, before its autoencoder is done "
+                              f"(step {saved.vae_steps}): resume that run first")
+    return {"vae": state["vae"], "vae_opt": state["vae_opt"], "scaling_factor": state["scaling_factor"],
+            "next_step": config.vae_steps, "losses": [x for x in state["losses"] if x[0] < config.vae_steps]}
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -195,7 +221,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.work_dir / "checkpoint.pt"
+        return self.work_dir / CHECKPOINT
 
     def state(self) -> dict:
         return {
@@ -216,32 +242,10 @@ class Trainer:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if saved_settings(TrainConfig, state["config"]) != self.config.training_settings():
             raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
-        self._load(state)
+        self.load_state(state)
         return True
 
-    def load_autoencoder(self, path: Path) -> None:
-        """Start at the UNet phase with the autoencoder of the checkpoint at ``path`` (a file or a
-        work directory), from a run with this run's autoencoder settings and its autoencoder phase done."""
-        path = Path(path)
-        path = path / self.checkpoint_path.name if path.is_dir() else path
-        if not path.is_file():
-            raise CheckpointError(f"no checkpoint at {path}: give a training run's --work-dir or its checkpoint.pt")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = TrainConfig(**saved_settings(TrainConfig, state["config"]))
-        theirs, ours = saved.autoencoder_settings(), self.config.autoencoder_settings()
-        if theirs != ours:
-            differing = sorted(key for key in ours if theirs[key] != ours[key])
-            raise CheckpointError(f"{path} trained another autoencoder (differs in {', '.join(differing)})")
-        if state["next_step"] < saved.vae_steps:
-            raise CheckpointError(f"{path} is at step {state['next_step']}, before its autoencoder is done "
-                                  f"(step {saved.vae_steps}): resume that run first")
-        vae_steps = self.config.vae_steps
-        # the state that run had when its autoencoder was done: the UNet, text encoder, their
-        # optimiser and EMA stay as this trainer initialised them (from the same seed)
-        self._load({"vae": state["vae"], "vae_opt": state["vae_opt"], "scaling_factor": state["scaling_factor"],
-                    "next_step": vae_steps, "losses": [x for x in state["losses"] if x[0] < vae_steps]})
-
-    def _load(self, state: dict) -> None:
+    def load_state(self, state: dict) -> None:
         """Every part of a :meth:`state` that ``state`` holds, then the latents when the UNet phase has begun."""
         self.vae.load_state_dict(state["vae"])
         self.vae_opt.load_state_dict(state["vae_opt"])
@@ -417,11 +421,12 @@ def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print, autoen
     is one; else, given ``autoencoder_from``, starting at the UNet phase with that run's autoencoder."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    source = autoencoder_state(autoencoder_from, config) if autoencoder_from is not None else None
     trainer = Trainer(config, work_dir)
     if trainer.load_checkpoint():
         echo(f"resuming from step {trainer.next_step} of {config.total_steps}")
-    elif autoencoder_from is not None:
-        trainer.load_autoencoder(autoencoder_from)
+    elif source is not None:
+        trainer.load_state(source)
         echo(f"autoencoder from {autoencoder_from}: starting at step {trainer.next_step} of {config.total_steps}")
     started = time.monotonic()
     run_steps(trainer, config.total_steps, config.checkpoint_every, echo, log_every=50,

@@ -120,10 +120,6 @@ def triples(held_out: bool) -> list[tuple[str, str, tuple[int, int]]]:
     ]
 
 
-def held_out_triples() -> list[tuple[str, str, tuple[int, int]]]:
-    return triples(held_out=True)
-
-
 def random_object(rng: np.random.Generator, colour: str | None = None, shape: str | None = None,
                   cell: tuple[int, int] | None = None) -> ShapeObject:
     column, row = cell if cell is not None else (int(rng.integers(3)), int(rng.integers(3)))
