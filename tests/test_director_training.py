@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from direct2v.bundled.models import merge_director
+from direct2v.core.training import CheckpointError
 from direct2v.director import shape_data as dd
 from direct2v.director import shape_training as dt
 from direct2v.shape_world import stories as st
@@ -89,7 +90,7 @@ def test_a_storyline_run_trains_on_the_storyline_answers_and_an_older_checkpoint
     del state["config"]["answer"]
     torch.save(state, frames.checkpoint_path)
     assert dt.DirectorTrainer(_config(), tiny_base, tmp_path / "old", EXCLUDE).load_checkpoint()
-    with pytest.raises(dt.CheckpointError, match="other settings"):
+    with pytest.raises(CheckpointError, match="other settings"):
         dt.DirectorTrainer(_config(answer="storyline"), tiny_base, tmp_path / "old", EXCLUDE).load_checkpoint()
 
 
@@ -136,7 +137,7 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_does(tiny_base, tmp
     assert record["final_loss"] > 0 and record["command"].startswith("python -m direct2v models train-director")
     assert record["config"]["kind_weights"] == dd.KIND_WEIGHTS and len(record["loss_every_10_steps"]) == 1
     for other in (_config(lr=1e-3), _config(kind_weights={"two_moving": 1.0})):  # other examples: not this run
-        with pytest.raises(dt.CheckpointError, match="other settings"):
+        with pytest.raises(CheckpointError, match="other settings"):
             dt.train_director(other, tiny_base, tmp_path / "other", tmp_path / "work", echo=said.append,
                               exclude=EXCLUDE)
     for bad in ({"sideways": 1.0}, {"across": 0.0}, {"across": -1.0, "appears": 2.0}):

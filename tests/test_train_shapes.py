@@ -10,7 +10,8 @@ from diffusers import DDPMScheduler
 
 from direct2v.bundled.tiny_models import SD15_SCHEDULER
 from direct2v.render.pipeline import DirecT2VPipeline
-from direct2v.shape_world.training import CheckpointError, TrainConfig, Trainer, autoencoder_state, train
+from direct2v.core.training import CheckpointError
+from direct2v.shape_world.training import TrainConfig, Trainer, autoencoder_state, train
 
 TINY = {"num_images": 64, "vae_steps": 2, "unet_steps": 3, "vae_batch": 4, "unet_batch": 4, "warmup": 1, "checkpoint_every": 100}
 

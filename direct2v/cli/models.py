@@ -67,7 +67,8 @@ def models_train_shapes(
         "done: start at the UNet phase with that autoencoder (the same run, ~22 minutes sooner at the defaults)")] = None,
 ) -> None:
     """Train the shape-world model on this CPU (about 56 minutes on 2 cores with the defaults; resumable)."""
-    from direct2v.shape_world.training import CheckpointError, TrainConfig, train
+    from direct2v.core.training import CheckpointError
+    from direct2v.shape_world.training import TrainConfig, train
 
     given = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_images": num_images, "unet_batch": unet_batch,
              "latent_size": latent_size}
@@ -110,7 +111,8 @@ def models_train_director(
 
     from pydantic import ValidationError
 
-    from direct2v.director.shape_training import CheckpointError, DirectorTrainConfig, train_director
+    from direct2v.core.training import CheckpointError
+    from direct2v.director.shape_training import DirectorTrainConfig, train_director
 
     given = {"steps": steps, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr, "lora_rank": lora_rank,
              "compute": compute, "answer": answer}

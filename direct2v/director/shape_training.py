@@ -32,10 +32,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from direct2v.core.files import directory_hash, staged_directory, write_atomically
+from direct2v.core.files import atomic_path, directory_hash, staged_directory, write_atomically
+from direct2v.core.training import (
+    CHECKPOINT,
+    CheckpointError,
+    check_resumable,
+    git_commit,
+    learning_rate,
+    run_steps,
+)
 from direct2v.director import shape_data
 from direct2v.shape_world.stories import KINDS
-from direct2v.shape_world.training import CheckpointError, _git_commit, learning_rate, run_steps, saved_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ END_OF_TURN = "<|im_end|>"
 IGNORE = -100
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-__all__ = ["CheckpointError", "DirectorTrainConfig", "DirectorTrainer", "encode_example", "train_director"]
+__all__ = ["DirectorTrainConfig", "DirectorTrainer", "encode_example", "train_director"]
 
 
 class DirectorTrainConfig(BaseModel):
@@ -174,7 +181,7 @@ class DirectorTrainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.work_dir / "checkpoint.pt"
+        return self.work_dir / CHECKPOINT
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
@@ -185,9 +192,8 @@ class DirectorTrainer:
     def save_checkpoint(self) -> None:
         state = {"config": self.config.training_settings(), "base_hash": self.base_hash, "next_step": self.next_step,
                  "losses": self.losses, "adapter": self.adapter_state(), "optimizer": self.optimizer.state_dict()}
-        partial = self.checkpoint_path.with_suffix(".partial")
-        torch.save(state, partial)
-        partial.replace(self.checkpoint_path)
+        with atomic_path(self.checkpoint_path) as temporary:
+            torch.save(state, temporary)
 
     def load_checkpoint(self) -> bool:
         from peft import set_peft_model_state_dict
@@ -195,8 +201,7 @@ class DirectorTrainer:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if saved_settings(DirectorTrainConfig, state["config"]) != self.config.training_settings():
-            raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
+        check_resumable(self.checkpoint_path, state["config"], self.config)
         if state["base_hash"] != self.base_hash:
             raise CheckpointError(f"{self.checkpoint_path} was made from another base model; delete it or use another --work-dir")
         set_peft_model_state_dict(self.model, state["adapter"])
@@ -285,7 +290,7 @@ def train_director(config: DirectorTrainConfig, base_dir: Path, out_dir: Path, w
     recent = [loss for _, loss in trainer.losses][-20:]
     provenance = {
         "command": command, "config": config.model_dump(mode="json"), "base_model": trainer.base_dir.name,
-        "base_model_sha256": trainer.base_hash, "commit": _git_commit(), "steps": config.steps,
+        "base_model_sha256": trainer.base_hash, "commit": git_commit(), "steps": config.steps,
         "final_loss": round(float(np.mean(recent)), 5) if recent else None,
         "train_seconds_this_session": round(time.monotonic() - started, 1), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "excluded_benchmark_prompts": len(trainer.exclude),

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import subprocess
 import time
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -32,8 +30,16 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from direct2v.core.errors import Direct2VError
-from direct2v.core.files import staged_directory, write_atomically
+from direct2v.core.files import atomic_path, staged_directory, write_atomically
+from direct2v.core.training import (
+    CHECKPOINT,
+    CheckpointError,
+    check_resumable,
+    checkpoint_settings,
+    git_commit,
+    learning_rate,
+    run_steps,
+)
 from direct2v.shape_world import world
 from direct2v.shape_world.noise import noise_schedule, shifted_betas
 
@@ -45,13 +51,6 @@ VAE = {"block_out_channels": (8, 16, 32, 64), "layers_per_block": 1, "norm_num_g
 #: The autoencoder's levels per latent side: each level after the first halves the image (64 px / 2**(n - 1)).
 VAE_LEVELS = {8: (8, 16, 32, 64), 16: (16, 32, 64)}
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
-
-
-CHECKPOINT = "checkpoint.pt"
-
-
-class CheckpointError(Direct2VError, ValueError):
-    """A work directory's checkpoint cannot be continued with these settings (the message says what to do)."""
 
 
 class TrainConfig(BaseModel):
@@ -116,14 +115,6 @@ class TrainConfig(BaseModel):
         return self.snr_shift if self.snr_shift is not None else (self.latent_size / 8) ** 2
 
 
-def saved_settings(config_class: type[BaseModel], saved: dict) -> dict:
-    """The training settings a checkpoint's recorded config stands for, read with ``config_class``: a
-    setting added since it was written reads as its default (what that run used). The one resume
-    rule of this package's trainers: a checkpoint continues only a run of equal settings."""
-    known = {key: value for key, value in saved.items() if key in config_class.model_fields}
-    return config_class(**known).training_settings()
-
-
 def autoencoder_state(path: Path, config: TrainConfig) -> dict:
     """The state a run of ``config`` has when its autoencoder is done, taken from the checkpoint at
     ``path`` (a work directory or its checkpoint file) of a run with the same autoencoder settings
@@ -135,7 +126,7 @@ def autoencoder_state(path: Path, config: TrainConfig) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: give a training run's --work-dir or its {CHECKPOINT}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = TrainConfig(**saved_settings(TrainConfig, state["config"]))
+    saved = TrainConfig(**checkpoint_settings(TrainConfig, state["config"]))
     theirs, ours = saved.autoencoder_settings(), config.autoencoder_settings()
     if theirs != ours:
         differing = sorted(key for key in ours if theirs[key] != ours[key])
@@ -145,14 +136,6 @@ def autoencoder_state(path: Path, config: TrainConfig) -> dict:
                               f"(step {saved.vae_steps}): resume that run first")
     return {"vae": state["vae"], "vae_opt": state["vae_opt"], "scaling_factor": state["scaling_factor"],
             "next_step": config.vae_steps, "losses": [x for x in state["losses"] if x[0] < config.vae_steps]}
-
-
-def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def training_scenes(config: TrainConfig) -> list[world.Scene]:
@@ -232,16 +215,14 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        partial = self.checkpoint_path.with_suffix(".partial")
-        torch.save(self.state(), partial)
-        partial.replace(self.checkpoint_path)
+        with atomic_path(self.checkpoint_path) as temporary:
+            torch.save(self.state(), temporary)
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if saved_settings(TrainConfig, state["config"]) != self.config.training_settings():
-            raise CheckpointError(f"{self.checkpoint_path} was made with other settings; delete it or use another --work-dir")
+        check_resumable(self.checkpoint_path, state["config"], self.config)
         self.load_state(state)
         return True
 
@@ -379,43 +360,6 @@ class Trainer:
         return Path(out_dir)
 
 
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
-                              cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def run_steps(trainer, total_steps: int, checkpoint_every: int, echo=print, log_every: int = 50,
-              phase=lambda step: "") -> None:
-    """The one resumable loop of this package's trainers: steps ``[trainer.next_step, total_steps)``,
-    each recorded in ``trainer.losses``, a checkpoint every ``checkpoint_every`` steps, on Ctrl-C
-    (then re-raised) and at the end; progress through ``echo`` every ``log_every`` steps.
-    ``trainer``: ``step(step) -> loss``, ``next_step``, ``losses``, ``save_checkpoint()``."""
-    started = time.monotonic()
-    first = trainer.next_step
-    try:
-        for step in range(trainer.next_step, total_steps):
-            loss = trainer.step(step)
-            trainer.next_step = step + 1
-            trainer.losses.append((step, loss))
-            if trainer.next_step % checkpoint_every == 0:
-                trainer.save_checkpoint()
-            if step % log_every == 0 or step + 1 == total_steps:
-                rate = (step + 1 - first) / max(1e-9, time.monotonic() - started)
-                left = (total_steps - step - 1) / max(rate, 1e-9)
-                label = f"{phase(step)} " if phase(step) else ""
-                echo(f"step {step + 1}/{total_steps} {label}loss {loss:.4f} "
-                     f"({60 * rate:.1f} steps/min, ~{left / 60:.1f} min left)")
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        echo(f"interrupted: checkpoint at step {trainer.next_step}; run the same command again to resume")
-        raise
-    trainer.save_checkpoint()
-
-
 def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print, autoencoder_from: Path | None = None) -> Path:
     """Train and save the pipeline to ``out_dir``: resuming from ``work_dir/checkpoint.pt`` when there
     is one; else, given ``autoencoder_from``, starting at the UNet phase with that run's autoencoder."""
@@ -433,7 +377,7 @@ def train(config: TrainConfig, out_dir: Path, work_dir: Path, echo=print, autoen
               phase=lambda step: "vae" if step < config.vae_steps else "unet")
     seconds = time.monotonic() - started
     provenance = {
-        "command": "python -m direct2v models train-shapes", "config": config.model_dump(), "commit": _git_commit(),
+        "command": "python -m direct2v models train-shapes", "config": config.model_dump(), "commit": git_commit(),
         "train_seconds_this_session": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "latent_scaling_factor": trainer.scaling_factor,
         "autoencoder_from": str(autoencoder_from) if autoencoder_from is not None else None,
