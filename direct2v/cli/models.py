@@ -86,6 +86,37 @@ def models_train_shapes(
         raise UserError(str(error)) from None
 
 
+@models_app.command("tune-decoder")
+def models_tune_decoder(
+    model_dir: Annotated[Path, typer.Option(help="a trained shape-world model directory (train-shapes --out)")],
+    out: Annotated[Path, typer.Option(help="where to write the model with the tuned decoder")],
+    work_dir: Annotated[Path, typer.Option(help="checkpoints; an interrupted run resumes from here")] = Path(
+        ".state/tune-decoder"),
+    steps: Annotated[Optional[int], typer.Option(help="decoder steps")] = None,
+    latent_noise: Annotated[Optional[float], typer.Option(
+        help="the largest noise std added to a latent, in the UNet's unit-variance units")] = None,
+) -> None:
+    """Fine-tune a shape-world model's decoder alone on noisy latents, so that it draws crisp shapes from
+    a sampler's slightly-off latents; the encoder, UNet and text encoder are kept (resumable)."""
+    from pydantic import ValidationError
+
+    from direct2v.core.training import CheckpointError
+    from direct2v.shape_world.decoder_tuning import DecoderTuneConfig, tune_decoder
+
+    given = {"steps": steps, "latent_noise": latent_noise}
+    try:
+        config = DecoderTuneConfig(threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+                                   **{key: value for key, value in given.items() if value is not None})
+    except ValidationError as error:
+        problems = (f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in error.errors())
+        raise UserError("; ".join(problems)) from None
+    try:
+        model = tune_decoder(config, model_dir, out, work_dir, echo=typer.echo)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+    typer.echo(f"model with the tuned decoder: {model}")
+
+
 @models_app.command("train-director")
 def models_train_director(
     out: Annotated[Path, typer.Option(help="where to write the LoRA adapter (PEFT directory + TRAINING.json)")] = Path(

@@ -138,14 +138,30 @@ def autoencoder_state(path: Path, config: TrainConfig) -> dict:
             "next_step": config.vae_steps, "losses": [x for x in state["losses"] if x[0] < config.vae_steps]}
 
 
-def training_scenes(config: TrainConfig) -> list[world.Scene]:
-    rng = np.random.default_rng(config.data_seed)
-    return [world.training_scene(rng, config.two_object_rate) for _ in range(config.num_images)]
+def training_scenes(count: int, data_seed: int, two_object_rate: float) -> list[world.Scene]:
+    """The fixed training set: ``count`` scenes of the training distribution, drawn from ``data_seed``."""
+    rng = np.random.default_rng(data_seed)
+    return [world.training_scene(rng, two_object_rate) for _ in range(count)]
 
 
 def images_tensor(scenes: list[world.Scene]) -> torch.Tensor:
     """uint8 (N, 3, 64, 64)."""
     return torch.from_numpy(np.stack([world.draw(scene) for scene in scenes])).permute(0, 3, 1, 2).contiguous()
+
+
+def object_mask(scenes: list[world.Scene], images: torch.Tensor) -> torch.Tensor:
+    """Which pixels are an object's (bool, N x 1 x 64 x 64): the ones that are not the background colour."""
+    backgrounds = torch.tensor([world.BACKGROUNDS[scene.background] for scene in scenes], dtype=torch.uint8)
+    return (images != backgrounds[:, :, None, None]).any(dim=1, keepdim=True)
+
+
+def reconstruction_loss(decoded: torch.Tensor, pixels: torch.Tensor, on_object: torch.Tensor,
+                        object_weight: float) -> torch.Tensor:
+    """The autoencoder's pixel loss: squared error plus a tenth of the absolute error, weighted
+    ``1 + object_weight`` on object pixels (a few % of the image, and what every metric reads)."""
+    error = decoded - pixels
+    weights = 1.0 + object_weight * on_object.float()
+    return (weights * (error.pow(2) + 0.1 * error.abs())).mean()
 
 
 def tokenizer_corpus(seed: int = 0, lines: int = 400) -> str:
@@ -184,10 +200,9 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.tokenizer, self.vae, self.unet, self.text_encoder = build_components(
             self.work_dir / "staging", config.seed, config.latent_size)
-        self.scenes = training_scenes(config)
+        self.scenes = training_scenes(config.num_images, config.data_seed, config.two_object_rate)
         self.images = images_tensor(self.scenes)
-        backgrounds = torch.tensor([world.BACKGROUNDS[scene.background] for scene in self.scenes], dtype=torch.uint8)
-        self.object_mask = (self.images != backgrounds[:, :, None, None]).any(dim=1, keepdim=True)
+        self.object_mask = object_mask(self.scenes, self.images)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
         params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.unet_opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
@@ -254,7 +269,6 @@ class Trainer:
         rng, _ = self._batch_rng(step)
         index = torch.from_numpy(rng.integers(len(self.images), size=config.vae_batch))
         pixels = self.images[index].float() / 127.5 - 1.0
-        weight = 1.0 + config.object_weight * self.object_mask[index].float()
         for group in self.vae_opt.param_groups:
             group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, config.warmup)
         # The posterior mean, not a sample: a sample's noise (std 1 at initialisation) drowns the
@@ -262,8 +276,8 @@ class Trainer:
         # UNet is trained on them); a small penalty on their size stands in for the KL term.
         latent = self.vae.encode(pixels).latent_dist.mean
         decoded = self.vae.decode(latent).sample
-        error = decoded - pixels
-        loss = (weight * (error.pow(2) + 0.1 * error.abs())).mean() + config.kl_weight * latent.pow(2).mean()
+        loss = (reconstruction_loss(decoded, pixels, self.object_mask[index], config.object_weight)
+                + config.kl_weight * latent.pow(2).mean())
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
