@@ -17,9 +17,21 @@ def clean_env(monkeypatch):
 
 def test_defaults_follow_the_paper():
     settings = load_settings()
-    assert settings.render.num_inference_steps == 100 and settings.render.resolved_guidance_scale() == 12.0
+    assert settings.render.num_inference_steps == 100
     schedule = settings.render.schedule()
     assert (schedule.t0, schedule.t1, schedule.period, schedule.joint_steps) == (90, 95, 4, 96)
+
+
+def test_guidance_is_the_papers_for_a_real_model_and_the_measured_one_for_the_shape_world(tmp_path):
+    real, trained = tmp_path / "sd15", tmp_path / "trained"
+    real.mkdir(), trained.mkdir()
+    (trained / "TRAINING.json").write_text('{"command": "python -m direct2v models train-shapes"}')
+    assert load_settings(render={"model_dir": real}).render.resolved_guidance_scale() == 12.0
+    assert load_settings().render.resolved_guidance_scale() == 7.5  # the embedded shape-world model
+    assert load_settings(render={"model_dir": trained}).render.resolved_guidance_scale() == 7.5
+    assert load_settings(render={"model_dir": trained, "scheduler": "lcm", "num_inference_steps": 4}
+                         ).render.resolved_guidance_scale() == 1.0
+    assert load_settings(render={"guidance_scale": 9.0}).render.resolved_guidance_scale() == 9.0  # given: kept
 
 
 def test_env_then_overrides(monkeypatch):

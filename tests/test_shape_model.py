@@ -21,7 +21,7 @@ from direct2v.render.pipeline import DirecT2VPipeline
 # measured at commit time on these seeds, defaults at STEPS steps (see the module docstring)
 IMAGE_COLOUR_MIN = 0.95  # measured 1.000 (21 of 21)
 IMAGE_CELL_MIN = 0.95  # measured 1.000 (21 of 21)
-IMAGE_SHAPE_MIN = 0.85  # measured 0.905 (19 of 21; the first 8x8 model drew about 26%)
+IMAGE_SHAPE_MIN = 0.90  # measured 0.952 (20 of 21; before the decoder tuning 0.905; the first 8x8 model about 26%)
 VIDEO_ADHERENCE_MIN = 0.83  # measured 1.000 (6 videos; one failing wholly is 0.833)
 VIDEO_COLOUR_MIN = 0.83  # measured 1.000
 
