@@ -98,16 +98,24 @@ def plan() -> FramePlan:
     return FramePlan(prompt_id="fox", prompt="a fox", fps=2, seed=1, frames=["a fox runs", "a fox stops"])
 
 
+#: a model directory that is not a shape-world model's: the paper's guidance (12) is its default
+REAL_MODEL = Path("models/sd15")
+
+
 def test_two_ways_of_writing_one_schedule_are_one_video():
-    default = RenderSettings()
-    spelled_out = RenderSettings(t0=90, t1=95, rvm_period_steps=4, guidance_scale=12.0)
+    default = RenderSettings(model_dir=REAL_MODEL)
+    spelled_out = RenderSettings(model_dir=REAL_MODEL, t0=90, t1=95, rvm_period_steps=4, guidance_scale=12.0)
     assert video_hash(plan(), default, "m@1") == video_hash(plan(), spelled_out, "m@1")
     assert video_hash(plan(), RenderSettings(num_inference_steps=20), "m@1") != video_hash(plan(), default, "m@1")
+    # the shape world's default guidance (7.5) is part of the identity as a written one is
+    assert video_hash(plan(), RenderSettings(), "m@1") == video_hash(plan(), RenderSettings(guidance_scale=7.5), "m@1")
+    assert video_hash(plan(), RenderSettings(), "m@1") != video_hash(plan(), RenderSettings(guidance_scale=12.0), "m@1")
 
 
 def test_the_video_identity_keeps_its_pre_fraction_form():
     # the keys videos were hashed with before the schedule became relative, with the resolved values:
     # finished videos of earlier runs keep their identity (resume, --reuse-from)
-    identity = identity_settings(RenderSettings())
+    identity = identity_settings(RenderSettings(model_dir=REAL_MODEL))
     assert (identity["t0"], identity["t1"], identity["rvm_period"], identity["guidance_scale"]) == (90, 95, 4.0, 12.0)
+    assert identity_settings(RenderSettings())["guidance_scale"] == 7.5  # the shape world's
     assert not {"t0_fraction", "t1_fraction", "rvm_period_steps", "lora_dir", "lora_scale", "model_dir"} & set(identity)

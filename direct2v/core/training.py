@@ -4,7 +4,8 @@ storyline director's (``director.shape_training``).
 One resumable loop (:func:`run_steps`) drives any trainer that has ``step(i) -> loss``,
 ``next_step``, ``losses`` and ``save_checkpoint()``; one resume rule (:func:`check_resumable`:
 a checkpoint continues only a run of equal training settings); one learning-rate schedule; and the
-commit a trained model records. Imports no ML library: each trainer writes its own state.
+commit a trained model records. Checkpoints are written and read here too (torch is imported only
+there): a trainer's state is its own dict.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from direct2v.core.errors import Direct2VError
+from direct2v.core.files import atomic_path
 
 #: A trainer's checkpoint file in its work directory.
 CHECKPOINT = "checkpoint.pt"
@@ -39,6 +41,32 @@ def check_resumable(path: Path, saved: dict, config: BaseModel) -> None:
     ``config``'s training settings."""
     if checkpoint_settings(type(config), saved) != config.training_settings():
         raise CheckpointError(f"{path} was made with other settings; delete it or use another --work-dir")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """A trainer's ``state`` at ``path`` (``torch.save``), all or nothing: a crash keeps the last one."""
+    import torch
+
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+
+
+def load_checkpoint(path: Path, config: BaseModel, source: tuple[str, str, str] | None = None) -> dict | None:
+    """The trainer state saved at ``path``, None when there is none. Refused unless it continues a run
+    of ``config``'s training settings and, given ``source = (key, value, what)``, one made from the
+    same ``what``: the state's ``key`` is ``value``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_resumable(path, state["config"], config)
+    if source is not None:
+        key, value, what = source
+        if state[key] != value:
+            raise CheckpointError(f"{path} was made from another {what}; delete it or use another --work-dir")
+    return state
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:

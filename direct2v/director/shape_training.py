@@ -32,15 +32,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from direct2v.core.files import atomic_path, directory_hash, staged_directory, write_atomically
-from direct2v.core.training import (
-    CHECKPOINT,
-    CheckpointError,
-    check_resumable,
-    git_commit,
-    learning_rate,
-    run_steps,
-)
+from direct2v.core.files import directory_hash, staged_directory, write_atomically
+from direct2v.core.training import CHECKPOINT, git_commit, learning_rate, load_checkpoint, run_steps, save_checkpoint
 from direct2v.director import shape_data
 from direct2v.shape_world.stories import KINDS
 
@@ -190,20 +183,16 @@ class DirectorTrainer:
         return {key: value.detach().clone() for key, value in state.items()}
 
     def save_checkpoint(self) -> None:
-        state = {"config": self.config.training_settings(), "base_hash": self.base_hash, "next_step": self.next_step,
-                 "losses": self.losses, "adapter": self.adapter_state(), "optimizer": self.optimizer.state_dict()}
-        with atomic_path(self.checkpoint_path) as temporary:
-            torch.save(state, temporary)
+        save_checkpoint(self.checkpoint_path, {
+            "config": self.config.training_settings(), "base_hash": self.base_hash, "next_step": self.next_step,
+            "losses": self.losses, "adapter": self.adapter_state(), "optimizer": self.optimizer.state_dict()})
 
     def load_checkpoint(self) -> bool:
         from peft import set_peft_model_state_dict
 
-        if not self.checkpoint_path.is_file():
+        state = load_checkpoint(self.checkpoint_path, self.config, ("base_hash", self.base_hash, "base model"))
+        if state is None:
             return False
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        check_resumable(self.checkpoint_path, state["config"], self.config)
-        if state["base_hash"] != self.base_hash:
-            raise CheckpointError(f"{self.checkpoint_path} was made from another base model; delete it or use another --work-dir")
         set_peft_model_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.next_step, self.losses = state["next_step"], [tuple(x) for x in state["losses"]]

@@ -29,15 +29,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from direct2v.core.files import atomic_path, directory_hash, staged_directory, write_atomically
-from direct2v.core.training import (
-    CHECKPOINT,
-    CheckpointError,
-    check_resumable,
-    git_commit,
-    learning_rate,
-    run_steps,
-)
+from direct2v.core.files import directory_hash, staged_directory, write_atomically
+from direct2v.core.training import CHECKPOINT, git_commit, learning_rate, load_checkpoint, run_steps, save_checkpoint
 from direct2v.shape_world.training import images_tensor, object_mask, reconstruction_loss, training_scenes
 
 
@@ -100,19 +93,14 @@ class DecoderTuner:
         return self.work_dir / CHECKPOINT
 
     def save_checkpoint(self) -> None:
-        state = {"config": self.config.training_settings(), "model_hash": self.model_hash, "next_step": self.next_step,
-                 "losses": self.losses, "decoder": self.vae.state_dict(), "optimizer": self.optimizer.state_dict()}
-        with atomic_path(self.checkpoint_path) as temporary:
-            torch.save(state, temporary)
+        save_checkpoint(self.checkpoint_path, {
+            "config": self.config.training_settings(), "model_hash": self.model_hash, "next_step": self.next_step,
+            "losses": self.losses, "decoder": self.vae.state_dict(), "optimizer": self.optimizer.state_dict()})
 
     def load_checkpoint(self) -> bool:
-        if not self.checkpoint_path.is_file():
+        state = load_checkpoint(self.checkpoint_path, self.config, ("model_hash", self.model_hash, "model's decoder"))
+        if state is None:
             return False
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        check_resumable(self.checkpoint_path, state["config"], self.config)
-        if state["model_hash"] != self.model_hash:
-            raise CheckpointError(f"{self.checkpoint_path} tuned another model's decoder; delete it or use another "
-                                  "--work-dir")
         self.vae.load_state_dict(state["decoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.next_step, self.losses = state["next_step"], [tuple(x) for x in state["losses"]]
@@ -147,7 +135,8 @@ class DecoderTuner:
         from diffusers import AutoencoderKL
 
         # A fresh module of the same config: saving the loaded one would record where it was read from.
-        vae = AutoencoderKL.from_config({key: value for key, value in self.vae.config.items() if key != "_name_or_path"})
+        config = {key: value for key, value in self.vae.config.items() if key != "_name_or_path"}
+        vae = AutoencoderKL.from_config(config)
         vae.load_state_dict(self.vae.state_dict())
         training = self.model_dir / "TRAINING.json"
         record = json.loads(training.read_text(encoding="utf-8")) if training.is_file() else {}

@@ -30,15 +30,16 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from direct2v.core.files import atomic_path, staged_directory, write_atomically
+from direct2v.core.files import staged_directory, write_atomically
 from direct2v.core.training import (
     CHECKPOINT,
     CheckpointError,
-    check_resumable,
     checkpoint_settings,
     git_commit,
     learning_rate,
+    load_checkpoint,
     run_steps,
+    save_checkpoint,
 )
 from direct2v.shape_world import world
 from direct2v.shape_world.noise import noise_schedule, shifted_betas
@@ -230,16 +231,13 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        with atomic_path(self.checkpoint_path) as temporary:
-            torch.save(self.state(), temporary)
+        save_checkpoint(self.checkpoint_path, self.state())
 
     def load_checkpoint(self) -> bool:
-        if not self.checkpoint_path.is_file():
-            return False
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        check_resumable(self.checkpoint_path, state["config"], self.config)
-        self.load_state(state)
-        return True
+        state = load_checkpoint(self.checkpoint_path, self.config)
+        if state is not None:
+            self.load_state(state)
+        return state is not None
 
     def load_state(self, state: dict) -> None:
         """Every part of a :meth:`state` that ``state`` holds, then the latents when the UNet phase has begun."""
