@@ -77,7 +77,8 @@ def test_a_resumed_run_is_the_uninterrupted_run(tiny_model, tmp_path):
 def test_a_checkpoint_of_other_settings_or_another_model_is_refused(tiny_model, tmp_path):
     DecoderTuner(DecoderTuneConfig(**TINY), tiny_model, tmp_path / "work").save_checkpoint()
     with pytest.raises(CheckpointError, match="other settings"):
-        DecoderTuner(DecoderTuneConfig(**{**TINY, "latent_noise": 0.2}), tiny_model, tmp_path / "work").load_checkpoint()
+        other_settings = DecoderTuneConfig(**{**TINY, "latent_noise": 0.2})
+        DecoderTuner(other_settings, tiny_model, tmp_path / "work").load_checkpoint()
 
     other = train(TrainConfig(**{**TINY_MODEL, "seed": 1}), tmp_path / "other", tmp_path / "other-work",
                   echo=lambda line: None)
@@ -94,3 +95,12 @@ def test_the_command_line_refuses_a_bad_option_and_a_missing_model_in_one_line(t
                                   "--out", str(tmp_path / "o"), "--work-dir", str(tmp_path / "w")])
     assert isinstance(missing.exception, UserError) and "not a shape-world model directory" in str(missing.exception)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_whose_decoder_is_already_tuned_is_refused(tiny_model, tmp_path):
+    tuned = tune_decoder(DecoderTuneConfig(**TINY), tiny_model, tmp_path / "tuned", tmp_path / "work",
+                         echo=lambda line: None)
+    again = CliRunner().invoke(app, ["models", "tune-decoder", "--model-dir", str(tuned), "--out", str(tmp_path / "o"),
+                                     "--work-dir", str(tmp_path / "w2")])
+    assert isinstance(again.exception, UserError) and "already tuned" in str(again.exception)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w2").exists()

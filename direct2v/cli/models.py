@@ -101,7 +101,7 @@ def models_tune_decoder(
     from pydantic import ValidationError
 
     from direct2v.core.training import CheckpointError
-    from direct2v.shape_world.decoder_tuning import DecoderTuneConfig, tune_decoder
+    from direct2v.shape_world.decoder_tuning import DecoderTuneConfig, DecoderTuningError, tune_decoder
 
     given = {"steps": steps, "latent_noise": latent_noise}
     try:
@@ -112,7 +112,7 @@ def models_tune_decoder(
         raise UserError("; ".join(problems)) from None
     try:
         model = tune_decoder(config, model_dir, out, work_dir, echo=typer.echo)
-    except (CheckpointError, FileNotFoundError) as error:
+    except (CheckpointError, DecoderTuningError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     typer.echo(f"model with the tuned decoder: {model}")
 
