@@ -232,11 +232,16 @@ def is_shape_world_model(model_dir: Path) -> bool:
     model_dir = Path(model_dir)
     if model_dir.resolve() == DEFAULT_SD_DIR.resolve():
         return True
+    return "models train-shapes" in str(training_record(model_dir).get("command", ""))
+
+
+def training_record(model_dir: Path) -> dict:
+    """A model directory's ``TRAINING.json`` (what trained it), {} when it has none or an unreadable one."""
     try:
-        record = json.loads((model_dir / "TRAINING.json").read_text(encoding="utf-8"))
+        record = json.loads((Path(model_dir) / "TRAINING.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "models train-shapes" in str(record.get("command", ""))
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 class Settings(BaseSettings):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from direct2v.core.config import training_record
 from direct2v.core.errors import Direct2VError
 from direct2v.core.files import directory_hash, staged_directory, write_atomically
 from direct2v.core.training import CHECKPOINT, git_commit, learning_rate, load_checkpoint, run_steps, save_checkpoint
@@ -66,12 +67,6 @@ class DecoderTuningError(Direct2VError, ValueError):
     """A model this command will not tune (the message says which to give instead)."""
 
 
-def read_training_record(model_dir: Path) -> dict:
-    """A model directory's ``TRAINING.json`` ({} when it has none)."""
-    training = Path(model_dir) / "TRAINING.json"
-    return json.loads(training.read_text(encoding="utf-8")) if training.is_file() else {}
-
-
 class DecoderTuner:
     """The model's autoencoder, its training scenes' posterior means and the decoder's optimiser."""
 
@@ -81,7 +76,7 @@ class DecoderTuner:
         self.config, self.model_dir, self.work_dir = config, Path(model_dir), Path(work_dir)
         if not (self.model_dir / "vae").is_dir():
             raise FileNotFoundError(f"{self.model_dir} is not a shape-world model directory (no vae/ in it)")
-        if "decoder_tuning" in read_training_record(self.model_dir):
+        if "decoder_tuning" in training_record(self.model_dir):
             raise DecoderTuningError(f"{self.model_dir}'s decoder is already tuned (its TRAINING.json says so): "
                                     "give the train-shapes model it was tuned from")
         self.vae = AutoencoderKL.from_pretrained(self.model_dir, subfolder="vae", local_files_only=True,
@@ -152,7 +147,7 @@ class DecoderTuner:
         config = {key: value for key, value in self.vae.config.items() if key != "_name_or_path"}
         vae = AutoencoderKL.from_config(config)
         vae.load_state_dict(self.vae.state_dict())
-        record = {**read_training_record(self.model_dir), "decoder_tuning": provenance}
+        record = {**training_record(self.model_dir), "decoder_tuning": provenance}
         with staged_directory(out_dir) as staging:
             shutil.copytree(self.model_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae"))
             vae.eval().save_pretrained(staging / "vae", safe_serialization=True)
