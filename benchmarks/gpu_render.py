@@ -134,7 +134,7 @@ def build(architecture: str, device: torch.device, dtype: torch.dtype, workdir: 
         text_encoder = CLIPTextModel(CLIPTextConfig(**{**tiny_text_config(tokenizer), **text_config}))
     return {
         "unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
-        "tokenizer": tokenizer, "scheduler": PNDMScheduler(**SD15_SCHEDULER),
+        "tokenizer": tokenizer, "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER),
     }
 
 
@@ -154,7 +154,7 @@ def build_sdxl(architecture: str, device: torch.device, dtype: torch.dtype, work
     return {
         "unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
         "text_encoder_2": text_encoder_2.to(dtype).eval(), "tokenizer": tokenizer, "tokenizer_2": tokenizer_2,
-        "scheduler": PNDMScheduler(**SD15_SCHEDULER),
+        "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER),
     }
 
 

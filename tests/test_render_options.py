@@ -47,6 +47,22 @@ def test_named_schedulers_come_from_the_model_config(pipe):
     assert pipe.make_scheduler(None) is pipe.scheduler
 
 
+@pytest.mark.parametrize("config_says", [False, None])
+def test_no_sampler_clips_the_latents_to_the_pixel_range(pipe, monkeypatch, config_says):
+    # DDIM's own default clips x0 to [-1, 1], which erases unit-variance latents (the shape world's
+    # DDIM videos came out empty); a model config without the key must not get that default.
+    config = {key: value for key, value in pipe.scheduler.config.items() if key != "clip_sample"}
+    if config_says is not None:
+        config["clip_sample"] = config_says
+    monkeypatch.setattr(pipe, "scheduler", PNDMScheduler.from_config(config))
+    for name in ("ddim", "dpmsolver++", "euler", "lcm"):
+        scheduler = pipe.make_scheduler(name)
+        scheduler.set_timesteps(10)
+        latents = 3.0 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        step = scheduler.step(torch.zeros_like(latents), scheduler.timesteps[-1], latents)
+        assert step.prev_sample.abs().max() > 2.0, name
+
+
 def test_each_scheduler_renders_deterministically(pipe):
     videos = {}
     others = [(name, 10 - 9 + 2 + 9) for name in ("ddim", "dpmsolver++", "euler", "euler-ancestral", "lcm")]

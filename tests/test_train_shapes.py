@@ -93,6 +93,8 @@ def test_the_trained_model_is_an_sd_directory_the_renderer_loads(tmp_path):
     assert provenance["config"]["unet_steps"] == 3 and provenance["latent_scaling_factor"] > 0
     pipe = DirecT2VPipeline.from_local_dir(out)
     assert pipe.vae.config.scaling_factor == provenance["latent_scaling_factor"]
+    # plain diffusers' DDIMScheduler.from_config(pipe.scheduler.config) reads it: x0 must not be clipped
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["clip_sample"] is False
     frames = pipe(["a red circle on the left", "a red circle in the center"], num_inference_steps=4, t0=1, t1=2,
                   rvm_period=math.inf, generator=torch.Generator().manual_seed(0))
     assert frames.shape == (2, 64, 64, 3)

@@ -36,6 +36,7 @@ SD15_SCHEDULER = {
     "skip_prk_steps": True,
     "set_alpha_to_one": False,
     "steps_offset": 1,
+    "clip_sample": False,  # PNDM does not take it; DDIM and the others read it from this config
 }
 
 CORPUS = """
@@ -269,7 +270,7 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
 #: SD 2.x differs from 1.x in its text encoder (OpenCLIP's, in CLIPTextModel form: GELU), a UNet with
 #: linear projections and more heads, and (2.1, 768 px) v-prediction with SD 2.1's DDIM scheduler.
 SD2_UNET = {**TINY_UNET, "use_linear_projection": True, "attention_head_dim": (2, 4, 8, 8)}
-SD2_SCHEDULER = {**SD15_SCHEDULER, "prediction_type": "v_prediction", "clip_sample": False}
+SD2_SCHEDULER = {**SD15_SCHEDULER, "prediction_type": "v_prediction"}
 
 #: SDXL's layout (two attention levels in three, the top one attention-free), with tiny sizes: the
 #: UNet's context is the two text encoders side by side (32 + 32), its added embedding takes 6 time ids
@@ -287,7 +288,7 @@ SDXL_UNET = {
 SDXL_VAE = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}
 #: SDXL 1.0's scheduler configuration (Euler, "leading" timesteps).
 SDXL_SCHEDULER = {**SD15_SCHEDULER, "timestep_spacing": "leading", "interpolation_type": "linear",
-                  "use_karras_sigmas": False, "clip_sample": False}
+                  "use_karras_sigmas": False}
 
 
 def build_tiny_sd2(path: Path, seed: int = 0) -> Path:
@@ -348,7 +349,7 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
         safety_checker=None,
         feature_extractor=CLIPImageProcessorPil(),
         requires_safety_checker=False,

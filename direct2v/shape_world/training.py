@@ -362,8 +362,9 @@ class Trainer:
         vae.load_state_dict(self.vae.state_dict())
         pipeline = StableDiffusionPipeline(
             vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=self.tokenizer, unet=unet.eval(),
-            scheduler=PNDMScheduler(**SD15_SCHEDULER, prediction_type=self.config.prediction_type,
-                                    trained_betas=shifted_betas(self.config.noise_shift)), safety_checker=None,
+            scheduler=PNDMScheduler.from_config({**SD15_SCHEDULER, "prediction_type": self.config.prediction_type,
+                                                 "trained_betas": shifted_betas(self.config.noise_shift)}),
+            safety_checker=None,
             feature_extractor=CLIPImageProcessorPil(), requires_safety_checker=False,
         )
         with staged_directory(out_dir) as staging:
