@@ -19,6 +19,9 @@ prompts are planned in one batch, so there is no per-kind figure) head the repor
     python benchmarks/storylines.py --ideal                  # the renderer alone, on the ideal plans
     python benchmarks/storylines.py --set render.num_inference_steps=20 --json results.json
     python benchmarks/storylines.py --reuse outputs/storylines/20260101-120000-abcdef   # score only
+    python benchmarks/storylines.py --reuse outputs/<run of scripts/run-examples.sh> --split example
+
+A run holds a story under its id or, as a user's run does, under any id with its prompt.
 
 Run it with the environment of ``scripts/env.sh``; the runs go under ``--out``.
 """
@@ -110,15 +113,20 @@ def score_run(
     run_dir: Path, stories: Sequence[st.Story], read: Callable[[Path], np.ndarray] = read_video
 ) -> list[dict]:
     """Each story of ``stories`` that the run holds, checked at plan and video level. A story
-    without a plan fails every check at both levels; one without a video, every video check."""
-    rows = {row.prompt_id: row for row in manifest.read_rows(run_dir)}
+    without a plan fails every check at both levels; one without a video, every video check.
+
+    A run holds a story under the story's id (this benchmark's runs) or under any id with the
+    story's prompt, case and punctuation aside (a user's run, ``scripts/run-examples.sh``'s)."""
+    rows = manifest.read_rows(run_dir)
+    by_id = {row.prompt_id: row for row in rows}
+    by_prompt = {st.normalised(row.prompt): row for row in rows if row.prompt}
     results = []
     for story in stories:
-        row = rows.get(story.id)
+        row = by_id.get(story.id) or by_prompt.get(st.normalised(story.prompt))
         if row is None:
             continue
         failed = dict.fromkeys(sl.checks_for(story), False)
-        plan_path = run_dir / PLANS_DIR / f"{story.id}.json"
+        plan_path = run_dir / PLANS_DIR / f"{row.prompt_id}.json"
         frames = json.loads(plan_path.read_text(encoding="utf-8"))["frames"] if plan_path.is_file() else None
         plan = sl.check_plan(story, frames) if frames else failed
         video_path = run_dir / row.video_path if row.status == "ok" and row.video_path else None

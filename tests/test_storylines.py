@@ -350,6 +350,33 @@ def test_the_benchmark_scores_a_run_directory_from_its_plans_manifest_and_videos
     assert across_held_out["appears"] == "–" and across_held_out["render s/video"] == "2.00"
 
 
+def test_the_benchmark_scores_a_users_run_by_its_prompts_when_the_ids_are_not_story_ids(tmp_path):
+    """``scripts/run-examples.sh`` names its prompts p00001-...: each story is found by its prompt
+    (case and punctuation aside) and scored from that row's own plan and video."""
+    from direct2v.job import manifest
+
+    bench = _benchmark()
+    told, backwards = BY_ID["example-01"], BY_ID["example-02"]
+    run = tmp_path / "run"
+    bench.write_ideal_plans([told, backwards], 8, run / "plans")
+    for story, prompt_id in ((told, "p00001-aa"), (backwards, "p00002-bb")):
+        (run / "plans" / f"{story.id}.json").rename(run / "plans" / f"{prompt_id}.json")
+    videos = {"p00001-aa": np.stack([world.draw(scene) for scene in st.ideal_scenes(told, 8)]),
+              "p00002-bb": np.stack([world.draw(scene) for scene in st.ideal_scenes(backwards, 8)])[::-1]}
+    manifest.append_rows(run, [
+        manifest.ManifestRow(run_id="run", prompt_id="p00001-aa", prompt=told.prompt.upper() + "!", status="ok",
+                             video_path="videos/p00001-aa.mp4"),
+        manifest.ManifestRow(run_id="run", prompt_id="p00002-bb", prompt=backwards.prompt, status="ok",
+                             video_path="videos/p00002-bb.mp4"),
+    ])
+
+    results = bench.score_run(run, [told, backwards, BY_ID["example-03"]], read=lambda path: videos[path.stem])
+    by_id = {r["id"]: r for r in results}
+    assert list(by_id) == ["example-01", "example-02"]  # example-03: not in the run
+    assert by_id["example-01"]["plan_tells"] and by_id["example-01"]["video_tells"]
+    assert by_id["example-02"]["plan_tells"] and {"start", "end"} <= _failing(by_id["example-02"]["video"])
+
+
 # ---------------------------------------------------------------- the gallery shows a known storyline's checks
 
 
