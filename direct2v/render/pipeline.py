@@ -336,8 +336,8 @@ class DirecT2VPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         # A latent model's x0 is never clipped to the pixel range (SD's configs say clip_sample false).
         # A config without the key (a PNDMScheduler built in code does not keep it) would get DDIM's
         # pixel-space default, and clipping unit-variance latents to [-1, 1] erases the picture.
-        config = {"clip_sample": False} | dict(self.scheduler.config)
-        config = {key: value for key, value in config.items() if key in accepted}
+        given = {"clip_sample": False, **self.scheduler.config}
+        config = {key: value for key, value in given.items() if key in accepted}
         return cls.from_config({**config, **overrides})
 
     def _frame_conditioning(
